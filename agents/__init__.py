@@ -1,0 +1,9 @@
+"""Stop-policy learners. Importing this package registers every built-in learner.
+
+- ``reverse_kl`` / ``forward_kl``: exact KL imitation of the oracle (``agents.imitation``)
+"""
+
+from agents import imitation  # noqa: F401
+from agents.base import LearnerContext, LearnerResult, Validator
+
+__all__ = ["LearnerContext", "LearnerResult", "Validator"]

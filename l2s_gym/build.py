@@ -1,0 +1,51 @@
+"""Build tasks, predictors and policies from a validated config; pick the device."""
+
+from __future__ import annotations
+
+import torch
+
+from l2s_gym import registry
+from l2s_gym.config import ComponentSpec, ExperimentConfig
+from l2s_gym.policy import StopPolicy
+from l2s_gym.predictor import LayeredPredictor
+from l2s_gym.task import Task
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for, but PyTorch sees no CUDA device")
+    return torch.device(name)
+
+
+def make_task(spec: ComponentSpec, seed: int, device: torch.device | str) -> Task:
+    entry = registry.TASKS[spec.name]
+    return entry.cls(spec.params, seed=seed, device=str(device))
+
+
+def make_predictor(spec: ComponentSpec, task: Task, seed: int | None = None) -> LayeredPredictor:
+    """A fresh predictor for ``task``; ``seed`` fixes its initialisation."""
+    entry = registry.PREDICTORS[spec.name]
+    if seed is not None:
+        torch.manual_seed(seed)
+    predictor = entry.cls(spec.params, task).to(task.device)
+    predictor.check_protocol()
+    return predictor
+
+
+def make_policy(
+    cfg: ExperimentConfig, predictor: LayeredPredictor, seed: int | None = None
+) -> StopPolicy:
+    """The StopPolicy every learner trains, sized by ``cfg.policy``."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return StopPolicy(
+        predictor.feature_shape,
+        predictor.num_layers,
+        hidden=cfg.policy.hidden,
+        depth=cfg.policy.depth,
+        encoder=predictor.policy_encoder(),
+        pos_dim=cfg.policy.pos_dim,
+    ).to(predictor.device)

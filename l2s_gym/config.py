@@ -1,0 +1,341 @@
+"""Experiment configuration: YAML files validated on load, with ``--set`` overrides.
+
+An unknown or misspelled key, a wrong type or an impossible value raises ``ConfigError``
+whose message names the key (``stage1.steps: expected an int, got 'ten'``). The command
+line turns it into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from l2s_gym import registry
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key."""
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+@dataclass
+class Stage1Config:
+    """Stage 1, learning to predict (training the layered predictor)."""
+
+    steps: int = 500
+    """Optimiser steps for each predictor trained (stop model and fixed-depth baseline)."""
+    batch_size: int = 256
+    lr: float = 1e-3
+    val_every: int = 50
+    """Validate (and keep the best checkpoint) every this many steps."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm to this (0 disables)."""
+    fixed_depth_loss: Literal["last", "mean"] = "last"
+    """Loss of the fixed-depth baseline: last layer's loss, or the mean over layers."""
+
+    def validate(self, path: str) -> None:
+        _positive(self, path, "steps", "batch_size", "lr", "val_every")
+        _non_negative(self, path, "grad_clip")
+
+
+@dataclass
+class PolicyConfig:
+    """The StopPolicy network shared by every learner."""
+
+    hidden: int = 64
+    depth: int = 2
+    pos_dim: int = 8
+
+    def validate(self, path: str) -> None:
+        _positive(self, path, "hidden", "depth", "pos_dim")
+
+
+@dataclass
+class ImitationConfig:
+    """Stage 2, learning to stop by imitating the oracle with an exact KL over all T."""
+
+    steps: int = 400
+    batch_size: int = 256
+    lr: float = 3e-3
+    val_every: int = 50
+
+    def validate(self, path: str) -> None:
+        _positive(self, path, "steps", "batch_size", "lr", "val_every")
+
+
+@dataclass
+class RLConfig:
+    """Policy-gradient baselines trained on the environment (same objective, sampled)."""
+
+    reward: Literal["terminal_loss", "log_oracle", "improvement"] = "log_oracle"
+    layer_cost: float = 0.0
+    """Reward subtracted per layer computed (0: the paper's objective)."""
+    num_envs: int = 256
+    """Instances advanced together by the batched environment."""
+    layer_budget: int = 2_000_000
+    """Layer evaluations each RL agent may consume in training."""
+    lr: float = 3e-3
+    val_every: int = 20
+    """Validate every this many updates."""
+    entropy_coef: float = 1.0
+    """Multiplier on beta for the entropy bonus (1.0: the max-entropy objective)."""
+
+    def validate(self, path: str) -> None:
+        _positive(self, path, "num_envs", "layer_budget", "lr", "val_every")
+        _non_negative(self, path, "layer_cost", "entropy_coef")
+
+
+@dataclass
+class CompareConfig:
+    """Which learners ``l2s compare`` trains and reports."""
+
+    learners: list[str] = field(
+        default_factory=lambda: ["reverse_kl", "forward_kl", "reinforce", "ppo", "a2c"]
+    )
+    eval_batch_size: int = 1024
+
+    def validate(self, path: str) -> None:
+        known = registry.learner_names()
+        for name in self.learners:
+            if known and name not in known:
+                raise ConfigError(
+                    f"{path}.learners: unknown learner {name!r}; known: {', '.join(known)}"
+                )
+        _positive(self, path, "eval_batch_size")
+
+
+@dataclass
+class ComponentSpec:
+    """``task`` or ``predictor``: a registered name plus that component's own parameters."""
+
+    name: str
+    params: Any
+
+
+@dataclass
+class ExperimentConfig:
+    experiment: str
+    task: Any = None
+    """A ``ComponentSpec`` (set by ``from_dict``)."""
+    predictor: Any = None
+    """A ``ComponentSpec`` (set by ``from_dict``)."""
+    seed: int = 0
+    device: str = "auto"
+    beta: float = 0.1
+    """Weight of the stop-time entropy; temperature of the oracle q*."""
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    imitation: ImitationConfig = field(default_factory=ImitationConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, ComponentSpec):
+                out[f.name] = {"name": value.name, **dataclasses.asdict(value.params)}
+            elif dataclasses.is_dataclass(value):
+                out[f.name] = dataclasses.asdict(value)  # type: ignore[arg-type]
+            else:
+                out[f.name] = value
+        return out
+
+
+# --- value checks used by sections -----------------------------------------------------------
+
+
+def _positive(obj: Any, path: str, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{path}.{name}: must be > 0, got {getattr(obj, name)!r}")
+
+
+def _non_negative(obj: Any, path: str, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 0:
+            raise ConfigError(f"{path}.{name}: must be >= 0, got {getattr(obj, name)!r}")
+
+
+positive = _positive
+non_negative = _non_negative
+
+
+# --- generic strict conversion ----------------------------------------------------------------
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(
+                f"{path}: expected one of {', '.join(map(repr, allowed))}, got {value!r}"
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{path}: bad value {value!r}")
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path}: expected an int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported type {tp!r}")  # pragma: no cover
+
+
+def build_dataclass(cls: type, data: Any, path: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"{where}: unknown key{_suggest(str(key), list(fields))}")
+    kwargs = {}
+    for name in fields:
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], f"{path}.{name}" if path else name)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:
+        missing = [n for n, f in fields.items() if n not in kwargs and _required(f)]
+        raise ConfigError(f"{path}.{missing[0] if missing else '?'}: required key missing") from exc
+    if hasattr(obj, "validate"):
+        obj.validate(path)
+    return obj
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _component(kind: str, data: Any) -> ComponentSpec:
+    if not isinstance(data, dict) or "name" not in data:
+        raise ConfigError(f"{kind}.name: required key missing")
+    name = data["name"]
+    table = registry.TASKS if kind == "task" else registry.PREDICTORS
+    if name not in table:
+        raise ConfigError(
+            f"{kind}.name: unknown {kind} {name!r}{_suggest(str(name), list(table))}; "
+            f"known: {', '.join(sorted(table))}"
+        )
+    params = {k: v for k, v in data.items() if k != "name"}
+    return ComponentSpec(name, build_dataclass(table[name].config_cls, params, kind))
+
+
+def from_dict(data: Any) -> ExperimentConfig:
+    """Validate a parsed YAML mapping into an ``ExperimentConfig``."""
+    if not isinstance(data, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    data = dict(data)
+    task = _component("task", data.pop("task", None))
+    predictor = _component("predictor", data.pop("predictor", None))
+    pred_entry = registry.PREDICTORS[predictor.name]
+    if pred_entry.task is not None and pred_entry.task != task.name:
+        raise ConfigError(
+            f"predictor.name: {predictor.name!r} works on task {pred_entry.task!r}, "
+            f"not {task.name!r}"
+        )
+    cfg = build_dataclass(ExperimentConfig, data, "")
+    cfg.task = task
+    cfg.predictor = predictor
+    if cfg.beta <= 0:
+        raise ConfigError(f"beta: must be > 0, got {cfg.beta!r}")
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise ConfigError(f"device: expected auto, cpu or cuda, got {cfg.device!r}")
+    return cfg
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override and validate a YAML experiment file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: no such file {str(path)!r}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML ({exc.__class__.__name__})") from exc
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def find_config(name_or_path: str) -> Path:
+    """A config path, or the name of a bundled config (``sparse_recovery_small``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = Path(__file__).resolve().parent.parent / "configs" / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    packaged = Path(__file__).resolve().parent / "configs" / f"{name_or_path}.yaml"
+    if packaged.is_file():
+        return packaged
+    return path

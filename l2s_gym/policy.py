@@ -1,0 +1,80 @@
+"""StopPolicy: one network, shared by every learner (imitation, REINFORCE, PPO, A2C)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def position_encoding(t: Tensor, num_layers: int, dim: int) -> Tensor:
+    """Encode 0-based layer indices ``t`` as ``[t/(T-1), sin/cos of t at dim//2 scales]``."""
+    frac = t.float() / max(num_layers - 1, 1)
+    half = max(dim // 2, 1)
+    scales = torch.exp(
+        torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(num_layers) / half)
+    )
+    angles = t.float().unsqueeze(-1) * scales
+    enc = torch.cat([frac.unsqueeze(-1), torch.sin(angles), torch.cos(angles)], dim=-1)
+    return enc
+
+
+class StopPolicy(nn.Module):
+    """``pi_phi(x, x_t)``: maps the policy features at layer ``t`` and ``t`` to a stop logit.
+
+    One MLP shared across layers, fed the encoded features and a position encoding of
+    ``t``. Features that are not flat vectors (images) go through a pluggable
+    ``encoder`` first, so every family and every learner uses this one class.
+
+    Args:
+        feature_shape: shape of one instance's features at one layer.
+        num_layers: ``T``, for the position encoding.
+        hidden: width of the hidden layers.
+        depth: number of hidden layers.
+        encoder: optional module ``(N, *feature_shape) -> (N, D)``; ``None`` flattens.
+        pos_dim: size of the position encoding's sin/cos part.
+    """
+
+    def __init__(
+        self,
+        feature_shape: tuple[int, ...],
+        num_layers: int,
+        hidden: int = 64,
+        depth: int = 2,
+        encoder: nn.Module | None = None,
+        pos_dim: int = 8,
+    ) -> None:
+        super().__init__()
+        self.feature_shape = tuple(int(s) for s in feature_shape)
+        self.num_layers = int(num_layers)
+        self.pos_dim = int(pos_dim)
+        self.encoder = encoder if encoder is not None else nn.Flatten(start_dim=1)
+        with torch.no_grad():
+            enc_dim = int(self.encoder(torch.zeros(2, *self.feature_shape)).shape[-1])
+        in_dim = enc_dim + 1 + 2 * max(self.pos_dim // 2, 1)
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            layers += [nn.Linear(in_dim, hidden), nn.Tanh()]
+            in_dim = hidden
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(in_dim, 1)
+        # Start undecided-but-patient: a small negative bias means "continue" at first.
+        nn.init.zeros_(self.head.weight)
+        nn.init.constant_(self.head.bias, -1.0)
+
+    def hidden_features(self, features: Tensor, t: Tensor) -> Tensor:
+        """The last hidden layer for ``features`` ``(N, *feature_shape)`` at layers ``t`` ``(N,)``."""
+        z = self.encoder(features)
+        pos = position_encoding(t, self.num_layers, self.pos_dim).to(z.dtype)
+        return self.body(torch.cat([z, pos], dim=-1))
+
+    def forward(self, features: Tensor, t: Tensor) -> Tensor:
+        """Stop logits ``(N,)`` for features ``(N, *feature_shape)`` at layers ``t`` ``(N,)``."""
+        return self.head(self.hidden_features(features, t)).squeeze(-1)
+
+    def trace_logits(self, features: Tensor) -> Tensor:
+        """Stop logits ``(B, T)`` for a trace's features ``(B, T, *feature_shape)``."""
+        b, t = features.shape[:2]
+        layer = torch.arange(t, device=features.device).expand(b, t).reshape(-1)
+        return self.forward(features.reshape(b * t, *features.shape[2:]), layer).reshape(b, t)

@@ -1,0 +1,3 @@
+"""Built-in layered predictors; importing this package registers them."""
+
+from l2s_gym.predictors import lista  # noqa: F401

@@ -1,0 +1,162 @@
+"""Layered predictors for sparse recovery: LISTA (learned) and ISTA / FISTA (classical)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from l2s_gym.config import positive
+from l2s_gym.predictor import LayeredPredictor, State
+from l2s_gym.registry import register_predictor
+from l2s_gym.tasks.sparse_recovery import SparseRecoveryTask
+
+
+def soft_threshold(x: Tensor, theta: Tensor) -> Tensor:
+    return torch.sign(x) * torch.relu(x.abs() - theta)
+
+
+class _SparseFeatures(LayeredPredictor):
+    """Shared state handling and label-free policy features for sparse-recovery predictors.
+
+    The state is ``{"x": x_t, "dx": x_t - x_{t-1}}``. The policy sees four numbers:
+    the log relative residual ``||y - A x_t||^2 / ||y||^2`` (which tracks the noise
+    level), the log relative update ``||dx||^2 / ||x_t||^2`` (convergence), the
+    fraction of non-zero entries, and the log measurement energy.
+    """
+
+    feature_shape = (4,)
+    A: Tensor
+
+    def initial_state(self, inputs: dict[str, Tensor]) -> State:
+        y = inputs["y"]
+        zeros = y.new_zeros(y.shape[0], self.A.shape[1])
+        return {"x": zeros, "dx": zeros}
+
+    def readout(self, t: int, state: State, inputs: dict[str, Tensor]) -> Tensor:
+        return state["x"]  # type: ignore[index]
+
+    def policy_features(
+        self, t: int, state: State, inputs: dict[str, Tensor], prediction: Tensor
+    ) -> Tensor:
+        y, x, dx = inputs["y"], state["x"], state["dx"]  # type: ignore[index]
+        y2 = y.pow(2).sum(1)
+        resid = (y - x @ self.A.T).pow(2).sum(1) / (y2 + 1e-12)
+        update = dx.pow(2).sum(1) / (x.pow(2).sum(1) + 1e-12)
+        nonzero = (x != 0).float().mean(1)
+        energy = y2 / y.shape[1]
+        return torch.stack(
+            [
+                torch.log10(resid + 1e-8),
+                torch.log10(update + 1e-8),
+                nonzero * 10,
+                torch.log10(energy + 1e-8),
+            ],
+            dim=1,
+        )
+
+
+@dataclass
+class IterativeConfig:
+    """ISTA / FISTA: classical iterations, nothing trained."""
+
+    num_layers: int = 20
+    lam: float = 0.05
+    """The l1 weight lambda of the LASSO the iterations solve."""
+
+    def validate(self, path: str) -> None:
+        positive(self, path, "num_layers", "lam")
+
+
+@register_predictor("ista", IterativeConfig, task="sparse_recovery")
+class ISTA(_SparseFeatures):
+    """ISTA, ``x <- soft(x + A^T (y - A x) / L, lam / L)``, one iteration per layer."""
+
+    display_name = "ISTA"
+
+    def __init__(self, cfg: IterativeConfig, task: SparseRecoveryTask) -> None:
+        super().__init__()
+        self.num_layers = cfg.num_layers
+        self.lam = cfg.lam
+        self.register_buffer("A", task.A.clone())
+        self.L = float(torch.linalg.matrix_norm(task.A.cpu(), ord=2) ** 2)
+
+    def _ista(self, x: Tensor, y: Tensor) -> Tensor:
+        grad = (x @ self.A.T - y) @ self.A
+        return soft_threshold(x - grad / self.L, torch.tensor(self.lam / self.L))
+
+    def layer(self, t: int, state: State, inputs: dict[str, Tensor]) -> State:
+        x = state["x"]  # type: ignore[index]
+        new = self._ista(x, inputs["y"])
+        return {"x": new, "dx": new - x}
+
+
+@register_predictor("fista", IterativeConfig, task="sparse_recovery")
+class FISTA(ISTA):
+    """FISTA (Beck & Teboulle): ISTA with Nesterov momentum; the state carries z and s."""
+
+    display_name = "FISTA"
+
+    def initial_state(self, inputs: dict[str, Tensor]) -> State:
+        state = dict(super().initial_state(inputs))  # type: ignore[arg-type]
+        state["z"] = state["x"]
+        state["s"] = inputs["y"].new_ones(inputs["y"].shape[0])
+        return state
+
+    def layer(self, t: int, state: State, inputs: dict[str, Tensor]) -> State:
+        x, z, s = state["x"], state["z"], state["s"]  # type: ignore[index]
+        new = self._ista(z, inputs["y"])
+        s_next = (1 + torch.sqrt(1 + 4 * s * s)) / 2
+        z_next = new + ((s - 1) / s_next).unsqueeze(1) * (new - x)
+        return {"x": new, "dx": new - x, "z": z_next, "s": s_next}
+
+
+@dataclass
+class ListaConfig:
+    """LISTA: T untied layers initialised from ISTA, a learnable threshold per layer."""
+
+    num_layers: int = 20
+    lam: float = 0.05
+    """ISTA's lambda, used only to initialise the thresholds."""
+    weights: Literal["full", "coupled"] = "full"
+    """``full``: ``soft(W1_t y + W2_t x, theta_t)`` (Gregor & LeCun);
+    ``coupled``: ``soft(x + W_t^T (y - A x), theta_t)`` (LISTA-CP, fewer weights)."""
+
+    def validate(self, path: str) -> None:
+        positive(self, path, "num_layers", "lam")
+
+
+@register_predictor("lista", ListaConfig, task="sparse_recovery")
+class LISTA(_SparseFeatures):
+    """Learned ISTA with untied weights and one learnable threshold per layer."""
+
+    display_name = "LISTA"
+
+    def __init__(self, cfg: ListaConfig, task: SparseRecoveryTask) -> None:
+        super().__init__()
+        self.num_layers = cfg.num_layers
+        self.weights = cfg.weights
+        a = task.A.clone()
+        self.register_buffer("A", a)
+        m, n = a.shape
+        L = float(torch.linalg.matrix_norm(a.cpu(), ord=2) ** 2)
+        T = cfg.num_layers
+        if cfg.weights == "full":
+            self.W1 = nn.Parameter((a.T / L).unsqueeze(0).repeat(T, 1, 1).contiguous())
+            w2 = torch.eye(n, device=a.device) - a.T @ a / L
+            self.W2 = nn.Parameter(w2.unsqueeze(0).repeat(T, 1, 1).contiguous())
+        else:
+            self.W = nn.Parameter((a / L).unsqueeze(0).repeat(T, 1, 1).contiguous())
+        # Thresholds are untied: one per layer (the official code shares one across all).
+        self.theta = nn.Parameter(torch.full((T,), cfg.lam / L, device=a.device))
+
+    def layer(self, t: int, state: State, inputs: dict[str, Tensor]) -> State:
+        x, y = state["x"], inputs["y"]  # type: ignore[index]
+        if self.weights == "full":
+            pre = y @ self.W1[t].T + x @ self.W2[t].T
+        else:
+            pre = x + (y - x @ self.A.T) @ self.W[t]
+        new = soft_threshold(pre, self.theta[t])
+        return {"x": new, "dx": new - x}

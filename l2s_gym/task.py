@@ -1,0 +1,108 @@
+"""The Task protocol: data, the per-sample loss of the oracle and rewards, the user's metric."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from l2s_gym.predictor import LayeredPredictor
+
+
+@dataclass
+class Batch:
+    """A batch of instances: named input tensors, targets, and a group id per instance.
+
+    Every tensor has the batch as its leading dimension. ``groups`` indexes
+    ``Task.group_names`` (e.g. the SNR of each sparse-recovery instance).
+    """
+
+    inputs: dict[str, Tensor]
+    targets: Tensor
+    groups: Tensor
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            {k: v.to(device) for k, v in self.inputs.items()},
+            self.targets.to(device),
+            self.groups.to(device),
+        )
+
+    def select(self, index: Tensor | slice) -> Batch:
+        """The instances at ``index`` (a slice, an index tensor or a bool mask)."""
+        return Batch(
+            {k: v[index] for k, v in self.inputs.items()}, self.targets[index], self.groups[index]
+        )
+
+    def chunks(self, size: int) -> list[Batch]:
+        return [self.select(slice(i, i + size)) for i in range(0, len(self), size)]
+
+
+class Task(abc.ABC):
+    """A family of problems: draws batches, holds seeded evaluation sets, scores predictions.
+
+    Subclasses set ``name``, ``metric_name``, ``higher_is_better``, ``group_title`` and
+    ``group_names`` and implement the abstract methods. The per-sample ``loss`` drives
+    the oracle and the environment's rewards; ``metric_stat`` and ``aggregate`` give the
+    metric a user reads (``aggregate`` turns per-sample statistics into one number, so
+    that e.g. NMSE in dB is ``10 log10`` of a mean, not a mean of logs).
+    """
+
+    name: str = "task"
+    metric_name: str = "metric"
+    higher_is_better: bool = False
+    group_title: str = "group"
+    group_names: list[str] = []
+
+    def __init__(self, seed: int = 0, device: torch.device | str = "cpu") -> None:
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self._eval_cache: dict[str, Batch] = {}
+
+    # --- data -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """A fresh training batch on ``self.device`` drawn with ``generator``."""
+
+    @abc.abstractmethod
+    def make_eval_set(self, split: str) -> Batch:
+        """Build the fixed validation (``"val"``) or test (``"test"``) set, seeded."""
+
+    def eval_set(self, split: str) -> Batch:
+        """The fixed, seeded ``"val"`` or ``"test"`` set (built once, then cached)."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        if split not in self._eval_cache:
+            self._eval_cache[split] = self.make_eval_set(split)
+        return self._eval_cache[split]
+
+    def generator(self, offset: int) -> torch.Generator:
+        """A generator on the task's device seeded from the task seed and ``offset``."""
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.seed * 1_000_003 + offset)
+        return gen
+
+    # --- scoring ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def loss(self, prediction: Tensor, targets: Tensor) -> Tensor:
+        """Per-sample loss ``l(y, x_t)``, shape ``(B,)``, differentiable in ``prediction``."""
+
+    @abc.abstractmethod
+    def metric_stat(self, prediction: Tensor, targets: Tensor) -> Tensor:
+        """Per-sample statistic, shape ``(B,)``, that ``aggregate`` turns into the metric."""
+
+    def aggregate(self, stats: Tensor) -> float:
+        """The metric of a set of per-sample statistics (default: their mean)."""
+        return float(stats.double().mean())
+
+    # --- comparison extras ----------------------------------------------------------------
+    def classical_baselines(self, num_layers: int) -> list[tuple[str, LayeredPredictor]]:
+        """Untrained layered predictors reported at full depth (e.g. ISTA, FISTA)."""
+        return []

@@ -1,0 +1,3 @@
+"""Built-in tasks; importing this package registers them."""
+
+from l2s_gym.tasks import sparse_recovery  # noqa: F401

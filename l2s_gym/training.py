@@ -1,0 +1,155 @@
+"""Stage 1, learning to predict: train a LayeredPredictor under the oracle (or a fixed depth)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from l2s_gym.config import Stage1Config
+from l2s_gym.evaluation import depth_curve, is_better, metric_at, oracle_stop
+from l2s_gym.predictor import LayeredPredictor
+from l2s_gym.runs import TrainingDiverged, save_checkpoint, summary_writer
+from l2s_gym.stopping import oracle_stage_loss
+from l2s_gym.task import Task
+
+LossMode = Literal["oracle", "last", "mean"]
+
+
+def stage1_loss(losses: Tensor, mode: LossMode, beta: float) -> Tensor:
+    """Batch loss from per-sample per-layer losses ``(B, T)``.
+
+    ``oracle``: the soft-min ``-beta logsumexp(-l/beta)`` (the paper's "mle" stage 1);
+    ``last``: the last layer's loss (a fixed-depth model); ``mean``: the mean over layers.
+    """
+    if mode == "oracle":
+        return oracle_stage_loss(losses, beta).mean()
+    if mode == "last":
+        return losses[:, -1].mean()
+    if mode == "mean":
+        return losses.mean()
+    raise ValueError(f"unknown stage-1 loss {mode!r}; expected oracle, last or mean")
+
+
+@dataclass
+class Stage1Result:
+    best_step: int
+    best_val: float
+    wall_time_s: float
+    checkpoint: Path
+    history: list[dict] = field(default_factory=list)
+
+
+def train_predictor(
+    predictor: LayeredPredictor,
+    task: Task,
+    cfg: Stage1Config,
+    mode: LossMode,
+    beta: float,
+    run_dir: Path,
+    seed: int = 0,
+    config_snapshot: dict | None = None,
+    progress: bool = True,
+) -> Stage1Result:
+    """Train ``predictor`` with Adam on fresh batches; keep the best validation checkpoint.
+
+    The validation criterion is the training loss itself on the validation set, so the
+    oracle-trained model is kept where its soft-min is lowest and the fixed-depth model
+    where its last layer (or layer mean) is. TensorBoard tags: ``stage1/loss``,
+    ``stage1/val_loss``, ``stage1/val_metric_layer_<t>`` and ``stage1/val_oracle_metric``.
+    On a NaN or inf loss the run stops with ``TrainingDiverged``; ``best.pt`` and
+    ``last.pt`` from the last validation remain.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    writer = summary_writer(run_dir / "tb")
+    optimizer = torch.optim.Adam(predictor.parameters(), lr=cfg.lr)
+    gen = task.generator(10_000 + seed)
+    val = task.eval_set("val")
+    best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
+    best_val, best_step = math.inf, -1
+    history: list[dict] = []
+    start = time.perf_counter()
+
+    def checkpoint(step: int, val_loss: float) -> dict:
+        return {
+            "kind": "predictor",
+            "state_dict": predictor.state_dict(),
+            "step": step,
+            "val_loss": val_loss,
+            "loss_mode": mode,
+            "config": config_snapshot,
+        }
+
+    def validate(step: int) -> float:
+        nonlocal best_val, best_step
+        predictor.eval()
+        with torch.no_grad():
+            trace = predictor.trace_eval(val, task)
+            val_loss = float(stage1_loss(trace.losses, mode, beta))
+        predictor.train()
+        curve = depth_curve(task, trace)
+        for t, value in enumerate(curve):
+            writer.add_scalar(f"stage1/val_metric_layer_{t + 1:03d}", value, step)
+        oracle_metric = metric_at(task, trace, oracle_stop(trace))
+        writer.add_scalar("stage1/val_loss", val_loss, step)
+        writer.add_scalar("stage1/val_metric_last", curve[-1], step)
+        writer.add_scalar("stage1/val_oracle_metric", oracle_metric, step)
+        history.append(
+            {
+                "step": step,
+                "val_loss": val_loss,
+                "val_metric_last": curve[-1],
+                "val_oracle_metric": oracle_metric,
+                "wall_time_s": time.perf_counter() - start,
+            }
+        )
+        if not math.isfinite(val_loss):
+            return val_loss
+        save_checkpoint(last_path, checkpoint(step, val_loss))
+        if val_loss < best_val:
+            best_val, best_step = val_loss, step
+            save_checkpoint(best_path, checkpoint(step, val_loss))
+        return val_loss
+
+    predictor.train()
+    validate(0)
+    bar = tqdm(
+        range(1, cfg.steps + 1),
+        desc=f"stage 1 ({mode})",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for step in bar:
+        batch = task.train_batch(cfg.batch_size, gen)
+        loss = stage1_loss(predictor.trace(batch, task).losses, mode, beta)
+        if not torch.isfinite(loss):
+            writer.close()
+            raise TrainingDiverged(
+                f"stage 1 ({mode}) loss became {float(loss)} at step {step}; "
+                f"last good checkpoint kept at {best_path if best_step >= 0 else last_path}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(predictor.parameters(), cfg.grad_clip)
+        optimizer.step()
+        writer.add_scalar("stage1/loss", loss.item(), step)
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            v = validate(step)
+            bar.set_postfix(val=f"{v:.4g}", best=f"{best_val:.4g}")
+    writer.close()
+    # Continue from the best weights: that is the model the later stages use.
+    state = torch.load(best_path, map_location=predictor.device, weights_only=False)
+    predictor.load_state_dict(state["state_dict"])
+    predictor.eval()
+    return Stage1Result(best_step, best_val, time.perf_counter() - start, best_path, history)
+
+
+__all__ = ["stage1_loss", "train_predictor", "Stage1Result", "is_better"]
