@@ -1,6 +1,7 @@
 """Stop-policy learners. Importing this package registers every built-in learner.
 
 - ``reverse_kl`` / ``forward_kl``: exact KL imitation of the oracle (``agents.imitation``)
+- heuristics (fixed depth, oracle, confidence and convergence thresholds): ``agents.heuristics``
 """
 
 from agents import imitation  # noqa: F401

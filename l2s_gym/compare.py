@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from agents.base import LearnerContext
+from agents.heuristics import THRESHOLD_RULES, threshold_sweep
 from l2s_gym import registry
 from l2s_gym.build import make_predictor, make_task, resolve_device
 from l2s_gym.config import ExperimentConfig
@@ -148,6 +149,13 @@ def run_compare(
         )
     )
 
+    heuristic_curves: dict[str, dict[str, Any]] = {}
+    for key in THRESHOLD_RULES:
+        if key in test_stop.extras:
+            row, curve = threshold_sweep(task, val_stop, test_stop, key)
+            rows.append(row)
+            heuristic_curves[key] = curve
+
     learning_curves: dict[str, list[dict[str, float]]] = {}
     for name in cfg.compare.learners:
         label = registry.LEARNER_LABELS[name]
@@ -182,6 +190,7 @@ def run_compare(
         "group_names": list(task.group_names),
         "rows": rows,
         "depth_curves": curves,
+        "heuristic_curves": heuristic_curves,
         "learning_curves": learning_curves,
     }
     table = write_results(exp, results)

@@ -38,6 +38,12 @@ class _SparseFeatures(LayeredPredictor):
     def readout(self, t: int, state: State, inputs: dict[str, Tensor]) -> Tensor:
         return state["x"]  # type: ignore[index]
 
+    def extras(
+        self, t: int, state: State, inputs: dict[str, Tensor], prediction: Tensor
+    ) -> dict[str, Tensor]:
+        x, dx = state["x"], state["dx"]  # type: ignore[index]
+        return {"change": dx.pow(2).sum(1) / (x.pow(2).sum(1) + 1e-12)}
+
     def policy_features(
         self, t: int, state: State, inputs: dict[str, Tensor], prediction: Tensor
     ) -> Tensor:
