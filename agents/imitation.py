@@ -69,7 +69,7 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
         loss.backward()
         optimizer.step()
         w = validator.writer
-        w.add_scalar("losses/kl", float(loss), step)
+        w.add_scalar("losses/kl", loss.item(), step)
         with torch.no_grad():
             w.add_scalar("losses/entropy", float(entropy(log_q).mean()), step)
             w.add_scalar("charts/expected_depth", float(expected_depth(log_q).mean()), step)

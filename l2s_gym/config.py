@@ -105,9 +105,11 @@ class CompareConfig:
     eval_batch_size: int = 1024
 
     def validate(self, path: str) -> None:
+        import agents  # noqa: F401  (registers the built-in learners)
+
         known = registry.learner_names()
         for name in self.learners:
-            if known and name not in known:
+            if name not in known:
                 raise ConfigError(
                     f"{path}.learners: unknown learner {name!r}; known: {', '.join(known)}"
                 )

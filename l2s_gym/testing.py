@@ -1,0 +1,105 @@
+"""A toy task and predictor whose best stop layer is known exactly, for tests and examples.
+
+Each instance carries a hidden best layer ``b`` in ``1..T``. The predictor's read-out after
+layer ``t`` is ``t`` itself, and the loss is ``((t - b) / T)^2 * scale``: minimal exactly at
+``b``. The policy features reveal ``b`` (noisily, if ``feature_noise > 0``), so a good stop
+policy stops at ``b`` and the oracle bound is a loss of zero. Stage 1 has nothing to
+learn except one dummy scale parameter, which makes end-to-end runs take seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from l2s_gym.config import positive
+from l2s_gym.predictor import LayeredPredictor, State
+from l2s_gym.registry import register_predictor, register_task
+from l2s_gym.task import Batch, Task
+
+
+@dataclass
+class ToyTaskConfig:
+    num_layers: int = 6
+    """Range of the hidden best layer (1..num_layers); match the predictor's num_layers."""
+    feature_noise: float = 0.0
+    val_size: int = 256
+    test_size: int = 256
+
+    def validate(self, path: str) -> None:
+        positive(self, path, "num_layers", "val_size", "test_size")
+
+
+@register_task("toy", ToyTaskConfig)
+class ToyTask(Task):
+    """Instances with a known best stop layer; metric: mean squared layer error (lower better)."""
+
+    name = "toy"
+    metric_name = "toy loss"
+    higher_is_better = False
+    group_title = "half"
+    group_names = ["best layer in first half", "best layer in second half"]
+    default_predictor = "toy_counter"
+
+    def __init__(self, cfg: ToyTaskConfig, seed: int = 0, device: str = "cpu") -> None:
+        super().__init__(seed, device)
+        self.cfg = cfg
+
+    def _draw(self, n: int, gen: torch.Generator) -> Batch:
+        T = self.cfg.num_layers
+        best = torch.randint(1, T + 1, (n,), generator=gen, device=self.device)
+        noise = torch.randn(n, generator=gen, device=self.device) * self.cfg.feature_noise
+        hint = best.float() / T + noise
+        groups = (best > (T + 1) // 2).long()
+        return Batch({"hint": hint.unsqueeze(1)}, best.float(), groups)
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        return self._draw(batch_size, generator)
+
+    def make_eval_set(self, split: str) -> Batch:
+        size = self.cfg.val_size if split == "val" else self.cfg.test_size
+        return self._draw(size, self.generator(1 if split == "val" else 2))
+
+    def loss(self, prediction: Tensor, targets: Tensor) -> Tensor:
+        return ((prediction - targets) / self.cfg.num_layers) ** 2
+
+    def metric_stat(self, prediction: Tensor, targets: Tensor) -> Tensor:
+        return self.loss(prediction, targets)
+
+
+@dataclass
+class ToyPredictorConfig:
+    num_layers: int = 6
+
+    def validate(self, path: str) -> None:
+        positive(self, path, "num_layers")
+
+
+@register_predictor("toy_counter", ToyPredictorConfig, task="toy")
+class ToyCounter(LayeredPredictor):
+    """Counts layers; its read-out after layer ``t`` is ``t`` (times a learnable 1.0)."""
+
+    display_name = "Toy"
+    feature_shape = (2,)
+
+    def __init__(self, cfg: ToyPredictorConfig, task: Task | None = None) -> None:
+        super().__init__()
+        self.num_layers = cfg.num_layers
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def initial_state(self, inputs: dict[str, Tensor]) -> State:
+        return inputs["hint"].new_zeros(inputs["hint"].shape[0])
+
+    def layer(self, t: int, state: State, inputs: dict[str, Tensor]) -> State:
+        return state + self.scale  # type: ignore[operator]
+
+    def readout(self, t: int, state: State, inputs: dict[str, Tensor]) -> Tensor:
+        return state  # type: ignore[return-value]
+
+    def policy_features(
+        self, t: int, state: State, inputs: dict[str, Tensor], prediction: Tensor
+    ) -> Tensor:
+        hint = inputs["hint"][:, 0]
+        return torch.stack([hint, prediction / self.num_layers - hint], dim=1)

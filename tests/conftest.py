@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+TOY_CONFIG = """
+experiment: toy_run
+seed: 0
+device: cpu
+beta: 0.05
+task: {name: toy, num_layers: 6, val_size: 256, test_size: 256}
+predictor: {name: toy_counter, num_layers: 6}
+stage1: {steps: 5, batch_size: 32, val_every: 5}
+policy: {hidden: 32, depth: 2}
+imitation: {steps: 150, batch_size: 128, lr: 0.01, val_every: 50}
+compare: {learners: [reverse_kl, forward_kl]}
+"""
+
+SPARSE_TINY = """
+experiment: sparse_tiny
+seed: 0
+device: cpu
+beta: 0.01
+task: {name: sparse_recovery, m: 16, n: 32, p: 0.15, val_size: 128, test_size_per_snr: 64}
+predictor: {name: lista, num_layers: 5, weights: coupled}
+stage1: {steps: 30, batch_size: 64, lr: 0.003, val_every: 10}
+policy: {hidden: 16, depth: 1}
+imitation: {steps: 20, batch_size: 64, val_every: 10}
+compare: {learners: [reverse_kl]}
+"""
+
+
+def write_config(folder: Path, text: str, name: str = "cfg.yaml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def toy_config(tmp_path: Path) -> Path:
+    return write_config(tmp_path, TOY_CONFIG, "toy.yaml")
+
+
+@pytest.fixture
+def sparse_tiny_config(tmp_path: Path) -> Path:
+    return write_config(tmp_path, SPARSE_TINY, "sparse_tiny.yaml")
