@@ -62,7 +62,7 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
         if not torch.isfinite(loss):
             validator.writer.close()
             raise TrainingDiverged(
-                f"imitation ({direction} KL) loss became {float(loss)} at step {step}; "
+                f"imitation ({direction} KL) loss became {loss.item()} at step {step}; "
                 f"last good checkpoint kept at {validator.best_path}"
             )
         optimizer.zero_grad(set_to_none=True)

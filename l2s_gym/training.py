@@ -132,7 +132,7 @@ def train_predictor(
         if not torch.isfinite(loss):
             writer.close()
             raise TrainingDiverged(
-                f"stage 1 ({mode}) loss became {float(loss)} at step {step}; "
+                f"stage 1 ({mode}) loss became {loss.item()} at step {step}; "
                 f"last good checkpoint kept at {best_path if best_step >= 0 else last_path}"
             )
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from l2s_gym.config import Stage1Config
+from l2s_gym.predictor import map_state
+from l2s_gym.predictors.lista import FISTA, ISTA, LISTA, IterativeConfig, ListaConfig
+from l2s_gym.runs import TrainingDiverged
+from l2s_gym.tasks.sparse_recovery import SparseRecoveryConfig, SparseRecoveryTask
+from l2s_gym.training import train_predictor
+
+
+@pytest.fixture
+def task() -> SparseRecoveryTask:
+    return SparseRecoveryTask(SparseRecoveryConfig(m=20, n=40, val_size=64, test_size_per_snr=50))
+
+
+def test_matrix_and_data(task):
+    torch.testing.assert_close(task.A.norm(dim=0), torch.ones(40))
+    test = task.eval_set("test")
+    assert len(test) == 150 and torch.bincount(test.groups).tolist() == [50, 50, 50]
+    assert test.inputs["y"].shape == (150, 20) and test.targets.shape == (150, 40)
+    big = task.train_batch(6000, task.generator(5))
+    clean = big.targets @ task.A.T
+    noise = big.inputs["y"] - clean
+    for g, snr in enumerate(task.cfg.snr_db):
+        m = (big.groups == g) & (clean.pow(2).sum(1) > 0)
+        measured = 10 * torch.log10(clean[m].pow(2).sum(1) / noise[m].pow(2).sum(1))
+        assert abs(float(measured.median()) - snr) < 0.5
+    assert abs(float((big.targets != 0).float().mean()) - 0.1) < 0.01
+    # Seeded: a second task with the same seed builds the same sets.
+    again = SparseRecoveryTask(task.cfg)
+    torch.testing.assert_close(again.eval_set("val").inputs["y"], task.eval_set("val").inputs["y"])
+
+
+def test_condition_number_is_imposed():
+    cfg = SparseRecoveryConfig(m=30, n=60, condition_number=5.0)
+    t = SparseRecoveryTask(cfg)
+    assert 3.0 < t.kappa < 8.0
+    assert SparseRecoveryTask(SparseRecoveryConfig(m=30, n=60)).kappa != pytest.approx(t.kappa)
+
+
+def test_lista_starts_as_ista_and_classics_converge(task):
+    batch = task.eval_set("val")
+    ista = ISTA(IterativeConfig(num_layers=6), task).trace_eval(batch, task)
+    for weights in ("full", "coupled"):
+        lista = LISTA(ListaConfig(num_layers=6, weights=weights), task).trace_eval(batch, task)
+        torch.testing.assert_close(lista.losses, ista.losses, rtol=1e-4, atol=1e-6)
+    long_ista = ISTA(IterativeConfig(num_layers=60), task).trace_eval(batch, task)
+    fista = FISTA(IterativeConfig(num_layers=60), task).trace_eval(batch, task)
+    assert long_ista.losses.mean(0)[-1] < long_ista.losses.mean(0)[5]
+    assert fista.losses.mean(0)[-1] < long_ista.losses.mean(0)[-1]
+    assert ista.features.shape == (64, 6, 4) and torch.isfinite(ista.features).all()
+    assert "change" in ista.extras
+
+
+def test_forward_step_with_mixed_layers_matches_layerwise(task):
+    torch.manual_seed(0)
+    lista = LISTA(ListaConfig(num_layers=5), task)
+    with torch.no_grad():
+        lista.theta.add_(torch.rand(5) * 0.01)
+    batch = task.eval_set("val").select(slice(0, 12))
+    t = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 4, 2])
+    # Reference: walk each instance to its layer t alone.
+    state = lista.initial_state(batch.inputs)
+    states = [state]
+    for k in range(5):
+        state = lista.layer(k, state, batch.inputs)
+        states.append(state)
+    mixed = {key: torch.stack([states[int(t[i])][key][i] for i in range(12)]) for key in state}
+    new, pred, feats = lista.forward_step(t, mixed, batch.inputs)
+    for i in range(12):
+        expect = states[int(t[i]) + 1]
+        torch.testing.assert_close(new["x"][i], expect["x"][i])
+        torch.testing.assert_close(pred[i], expect["x"][i])
+    assert feats.shape == (12, 4)
+    assert map_state(lambda x: x, new).keys() == new.keys()
+
+
+def test_stage1_oracle_training_lowers_loss_and_keeps_checkpoints(task, tmp_path: Path):
+    torch.manual_seed(0)
+    lista = LISTA(ListaConfig(num_layers=4, weights="coupled"), task)
+    cfg = Stage1Config(steps=40, batch_size=64, lr=3e-3, val_every=20)
+    result = train_predictor(lista, task, cfg, "oracle", 0.01, tmp_path, progress=False)
+    first, last = result.history[0]["val_loss"], result.history[-1]["val_loss"]
+    assert last < 0.9 * first
+    assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good(task, tmp_path: Path):
+    lista = LISTA(ListaConfig(num_layers=3), task)
+    cfg = Stage1Config(steps=30, batch_size=32, lr=1e-3, val_every=5)
+    calls = {"n": 0}
+    original = task.loss
+
+    def poisoned(pred, target):
+        calls["n"] += 1
+        out = original(pred, target)
+        return out * float("nan") if calls["n"] > 60 else out
+
+    task.loss = poisoned  # type: ignore[method-assign]
+    with pytest.raises(TrainingDiverged, match="last good checkpoint kept at"):
+        train_predictor(lista, task, cfg, "last", 0.01, tmp_path, progress=False)
+    assert (tmp_path / "best.pt").is_file()
+    state = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
