@@ -76,6 +76,7 @@ class Validator:
         self.writer = summary_writer(ctx.run_dir / "tb")
         self.start = time.perf_counter()
         self.best_metric = math.nan
+        self.best_step = -1
         self.curve: list[dict[str, float]] = []
         self.best_path = ctx.run_dir / "best.pt"
         self.val_oracle = oracle_log_q(ctx.val_trace.losses, ctx.cfg.beta)
@@ -86,7 +87,7 @@ class Validator:
 
     @torch.no_grad()
     def __call__(self, model: StopModel, step: int, layer_evals: int) -> float:
-        trace, beta = self.ctx.val_trace, self.ctx.cfg.beta
+        trace = self.ctx.val_trace
         was_training = self.module.training
         self.module.eval()
         logits = stop_logits(model, trace)
@@ -115,6 +116,7 @@ class Validator:
         metric = point["val_metric"]
         if math.isnan(self.best_metric) or is_better(self.ctx.task, metric, self.best_metric):
             self.best_metric = metric
+            self.best_step = step
             save_checkpoint(
                 self.best_path,
                 {

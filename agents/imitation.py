@@ -10,7 +10,6 @@ validation tags shared by every learner (see ``agents.base``).
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -83,11 +82,7 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
         layer_evals=layer_evals,
         curve=validator.curve,
         checkpoint=validator.best_path,
-        extra={
-            "best_val_metric": validator.best_metric
-            if not math.isnan(validator.best_metric)
-            else None
-        },
+        extra={"best_val_metric": validator.best_metric, "best_step": validator.best_step},
     )
 
 
