@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from agents.base import LearnerContext, LearnerResult, Validator
 from l2s_gym.build import make_policy
+from l2s_gym.config import ImitationConfig
 from l2s_gym.registry import register_learner
 from l2s_gym.runs import TrainingDiverged
 from l2s_gym.stopping import (
@@ -29,6 +30,13 @@ from l2s_gym.stopping import (
 )
 
 Direction = Literal["reverse", "forward"]
+
+
+def target_beta(icfg: ImitationConfig, beta: float, step: int) -> float:
+    """The KL target's temperature at ``step`` (see ``ImitationConfig.beta_anneal_from``)."""
+    horizon = max(1.0, icfg.anneal_fraction * icfg.steps)
+    progress = min(1.0, (step - 1) / horizon)
+    return beta * icfg.beta_anneal_from ** (1.0 - progress)
 
 
 def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> LearnerResult:
@@ -55,7 +63,7 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
         with torch.no_grad():
             trace = predictor.trace(batch, task)
         layer_evals += len(batch) * predictor.num_layers
-        target = oracle_log_q(trace.losses, beta)
+        target = oracle_log_q(trace.losses, target_beta(icfg, beta, step))
         log_q = stop_log_q(policy.trace_logits(trace.features))
         loss = kl_fn(log_q, target).mean()
         if not torch.isfinite(loss):
@@ -69,6 +77,7 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
         optimizer.step()
         w = validator.writer
         w.add_scalar("losses/kl", loss.item(), step)
+        w.add_scalar("charts/target_beta", target_beta(icfg, beta, step), step)
         with torch.no_grad():
             w.add_scalar("losses/entropy", float(entropy(log_q).mean()), step)
             w.add_scalar("charts/expected_depth", float(expected_depth(log_q).mean()), step)

@@ -68,9 +68,19 @@ class ImitationConfig:
     batch_size: int = 256
     lr: float = 3e-3
     val_every: int = 50
+    beta_anneal_from: float = 1.0
+    """Continuation: the KL target's temperature starts at this multiple of beta and falls
+    geometrically to beta over the first ``anneal_fraction`` of the steps (1.0: off). With
+    a sharp oracle the reverse KL (mode-seeking) otherwise saturates the stop logits early
+    and settles on always-continue; the objective at the end is the exact KL at beta."""
+    anneal_fraction: float = 0.5
 
     def validate(self, path: str) -> None:
         _positive(self, path, "steps", "batch_size", "lr", "val_every")
+        if self.beta_anneal_from < 1:
+            raise ConfigError(f"{path}.beta_anneal_from: must be >= 1, got {self.beta_anneal_from!r}")
+        if not 0 < self.anneal_fraction <= 1:
+            raise ConfigError(f"{path}.anneal_fraction: must be in (0, 1], got {self.anneal_fraction!r}")
 
 
 @dataclass
@@ -89,10 +99,33 @@ class RLConfig:
     """Validate every this many updates."""
     entropy_coef: float = 1.0
     """Multiplier on beta for the entropy bonus (1.0: the max-entropy objective)."""
+    gamma: float = 1.0
+    """Discount per layer (1.0: the paper's undiscounted objective; episodes last <= T)."""
+    rollout_steps: int = 64
+    """Env steps per instance between updates: REINFORCE's window, PPO's ``n_steps``."""
+    a2c_steps: int = 8
+    """A2C's ``n_steps``: env steps per instance between updates (it bootstraps)."""
+    ppo_epochs: int = 4
+    """PPO's passes over each rollout."""
+    ppo_minibatch: int = 4096
+    """PPO's minibatch size (decisions per gradient step)."""
 
     def validate(self, path: str) -> None:
-        _positive(self, path, "num_envs", "layer_budget", "lr", "val_every")
+        _positive(
+            self,
+            path,
+            "num_envs",
+            "layer_budget",
+            "lr",
+            "val_every",
+            "rollout_steps",
+            "a2c_steps",
+            "ppo_epochs",
+            "ppo_minibatch",
+        )
         _non_negative(self, path, "layer_cost", "entropy_coef")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"{path}.gamma: must be in (0, 1], got {self.gamma!r}")
 
 
 @dataclass
