@@ -40,6 +40,8 @@ class Stage1Config:
     """Validate (and keep the best checkpoint) every this many steps."""
     grad_clip: float = 1.0
     """Clip the gradient norm to this (0 disables)."""
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    """``cosine`` decays the learning rate to 1% of ``lr`` over ``steps``."""
     fixed_depth_loss: Literal["last", "mean"] = "last"
     """Loss of the fixed-depth baseline: last layer's loss, or the mean over layers."""
 
@@ -95,6 +97,11 @@ class RLConfig:
     layer_budget: int = 2_000_000
     """Layer evaluations each RL agent may consume in training."""
     lr: float = 3e-3
+    """REINFORCE's Adam learning rate."""
+    ppo_lr: float = 3e-3
+    """PPO's Adam learning rate."""
+    a2c_lr: float = 1e-3
+    """A2C's RMSprop learning rate."""
     val_every: int = 20
     """Validate every this many updates."""
     entropy_coef: float = 1.0
@@ -117,6 +124,8 @@ class RLConfig:
             "num_envs",
             "layer_budget",
             "lr",
+            "ppo_lr",
+            "a2c_lr",
             "val_every",
             "rollout_steps",
             "a2c_steps",

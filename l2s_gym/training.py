@@ -69,6 +69,11 @@ def train_predictor(
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = summary_writer(run_dir / "tb")
     optimizer = torch.optim.Adam(predictor.parameters(), lr=cfg.lr)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps, eta_min=0.01 * cfg.lr)
+        if cfg.lr_schedule == "cosine"
+        else None
+    )
     gen = task.generator(10_000 + seed)
     val = task.eval_set("val")
     best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
@@ -140,6 +145,8 @@ def train_predictor(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(predictor.parameters(), cfg.grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         writer.add_scalar("stage1/loss", loss.item(), step)
         if step % cfg.val_every == 0 or step == cfg.steps:
             v = validate(step)

@@ -53,7 +53,7 @@ def test_lista_starts_as_ista_and_classics_converge(task):
     fista = FISTA(IterativeConfig(num_layers=60), task).trace_eval(batch, task)
     assert long_ista.losses.mean(0)[-1] < long_ista.losses.mean(0)[5]
     assert fista.losses.mean(0)[-1] < long_ista.losses.mean(0)[-1]
-    assert ista.features.shape == (64, 6, 4) and torch.isfinite(ista.features).all()
+    assert ista.features.shape == (64, 6, 5) and torch.isfinite(ista.features).all()
     assert "change" in ista.extras
 
 
@@ -76,7 +76,7 @@ def test_forward_step_with_mixed_layers_matches_layerwise(task):
         expect = states[int(t[i]) + 1]
         torch.testing.assert_close(new["x"][i], expect["x"][i])
         torch.testing.assert_close(pred[i], expect["x"][i])
-    assert feats.shape == (12, 4)
+    assert feats.shape == (12, 5)
     assert map_state(lambda x: x, new).keys() == new.keys()
 
 

@@ -21,13 +21,14 @@ def soft_threshold(x: Tensor, theta: Tensor) -> Tensor:
 class _SparseFeatures(LayeredPredictor):
     """Shared state handling and label-free policy features for sparse-recovery predictors.
 
-    The state is ``{"x": x_t, "dx": x_t - x_{t-1}}``. The policy sees four numbers:
+    The state is ``{"x": x_t, "dx": x_t - x_{t-1}}``. The policy sees five numbers:
     the log relative residual ``||y - A x_t||^2 / ||y||^2`` (which tracks the noise
     level), the log relative update ``||dx||^2 / ||x_t||^2`` (convergence), the
-    fraction of non-zero entries, and the log measurement energy.
+    fraction of non-zero entries, the log measurement energy, and the log ratio of the
+    residual before and after the last layer (whether that layer still helped).
     """
 
-    feature_shape = (4,)
+    feature_shape = (5,)
     A: Tensor
 
     def initial_state(self, inputs: dict[str, Tensor]) -> State:
@@ -49,7 +50,9 @@ class _SparseFeatures(LayeredPredictor):
     ) -> Tensor:
         y, x, dx = inputs["y"], state["x"], state["dx"]  # type: ignore[index]
         y2 = y.pow(2).sum(1)
-        resid = (y - x @ self.A.T).pow(2).sum(1) / (y2 + 1e-12)
+        r = y - x @ self.A.T
+        resid = r.pow(2).sum(1) / (y2 + 1e-12)
+        resid_before = (r + dx @ self.A.T).pow(2).sum(1) / (y2 + 1e-12)
         update = dx.pow(2).sum(1) / (x.pow(2).sum(1) + 1e-12)
         nonzero = (x != 0).float().mean(1)
         energy = y2 / y.shape[1]
@@ -59,6 +62,7 @@ class _SparseFeatures(LayeredPredictor):
                 torch.log10(update + 1e-8),
                 nonzero * 10,
                 torch.log10(energy + 1e-8),
+                torch.log10(resid_before + 1e-8) - torch.log10(resid + 1e-8),
             ],
             dim=1,
         )
