@@ -182,11 +182,18 @@ class LayeredPredictor(nn.Module, abc.ABC):
             feat_out.index_copy_(0, idx, f)  # type: ignore[union-attr]
         return new_state, pred_out, feat_out  # type: ignore[return-value]
 
-    def trace(self, batch: Batch, task: Task, keep_predictions: bool = False) -> Trace:
+    def trace(
+        self,
+        batch: Batch,
+        task: Task,
+        keep_predictions: bool = False,
+        with_features: bool = True,
+    ) -> Trace:
         """Run all layers on ``batch`` and record losses, metric statistics and features.
 
         Gradients flow into ``losses`` (for stage-1 training); features, metric
-        statistics and extras are detached.
+        statistics and extras are detached. ``with_features=False`` skips the policy
+        features and extras (stage 1 needs only the losses); ``features`` is then empty.
         """
         state = self.initial_state(batch.inputs)
         losses, stats, feats, preds = [], [], [], []
@@ -197,15 +204,18 @@ class LayeredPredictor(nn.Module, abc.ABC):
             losses.append(task.loss(pred, batch.targets))
             with torch.no_grad():
                 stats.append(task.metric_stat(pred.detach(), batch.targets))
-                feats.append(self.policy_features(t, state, batch.inputs, pred.detach()).detach())
-                for k, v in self.extras(t, state, batch.inputs, pred.detach()).items():
-                    extras.setdefault(k, []).append(v.detach())
+                if with_features:
+                    feats.append(
+                        self.policy_features(t, state, batch.inputs, pred.detach()).detach()
+                    )
+                    for k, v in self.extras(t, state, batch.inputs, pred.detach()).items():
+                        extras.setdefault(k, []).append(v.detach())
             if keep_predictions:
                 preds.append(pred.detach())
         return Trace(
             losses=torch.stack(losses, dim=1),
             metric_stats=torch.stack(stats, dim=1),
-            features=torch.stack(feats, dim=1),
+            features=torch.stack(feats, dim=1) if feats else losses[0].new_zeros(0),
             groups=batch.groups,
             extras={k: torch.stack(v, dim=1) for k, v in extras.items()},
             predictions=preds if keep_predictions else None,

@@ -133,7 +133,8 @@ def train_predictor(
     )
     for step in bar:
         batch = task.train_batch(cfg.batch_size, gen)
-        loss = stage1_loss(predictor.trace(batch, task).losses, mode, beta)
+        trace = predictor.trace(batch, task, with_features=False)
+        loss = stage1_loss(trace.losses, mode, beta)
         if not torch.isfinite(loss):
             writer.close()
             raise TrainingDiverged(
