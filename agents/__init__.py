@@ -4,7 +4,7 @@
 - heuristics (fixed depth, oracle, confidence and convergence thresholds): ``agents.heuristics``
 """
 
-from agents import imitation  # noqa: F401
+from agents import imitation, reinforce, sb3_agents  # noqa: F401
 from agents.base import LearnerContext, LearnerResult, Validator
 
 __all__ = ["LearnerContext", "LearnerResult", "Validator"]

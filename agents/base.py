@@ -77,6 +77,7 @@ class Validator:
         self.start = time.perf_counter()
         self.best_metric = math.nan
         self.best_step = -1
+        self.best_kl = math.inf
         self.curve: list[dict[str, float]] = []
         self.best_path = ctx.run_dir / "best.pt"
         self.val_oracle = oracle_log_q(ctx.val_trace.losses, ctx.cfg.beta)
@@ -114,7 +115,16 @@ class Validator:
         w.add_scalar("charts/layer_evals", layer_evals, step)
         w.add_scalar("charts/wall_time_s", point["wall_time_s"], step)
         metric = point["val_metric"]
-        if math.isnan(self.best_metric) or is_better(self.ctx.task, metric, self.best_metric):
+        # On a tied metric (coarse metrics such as accuracy, or rules that all stop at T)
+        # the lower shared objective wins, so a trained policy is not discarded for the
+        # untrained one merely because it scored no better.
+        tied = metric == self.best_metric and point["val_reverse_kl"] < self.best_kl
+        if (
+            math.isnan(self.best_metric)
+            or tied
+            or is_better(self.ctx.task, metric, self.best_metric)
+        ):
+            self.best_kl = point["val_reverse_kl"]
             self.best_metric = metric
             self.best_step = step
             save_checkpoint(

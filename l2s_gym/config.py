@@ -80,9 +80,13 @@ class ImitationConfig:
     def validate(self, path: str) -> None:
         _positive(self, path, "steps", "batch_size", "lr", "val_every")
         if self.beta_anneal_from < 1:
-            raise ConfigError(f"{path}.beta_anneal_from: must be >= 1, got {self.beta_anneal_from!r}")
+            raise ConfigError(
+                f"{path}.beta_anneal_from: must be >= 1, got {self.beta_anneal_from!r}"
+            )
         if not 0 < self.anneal_fraction <= 1:
-            raise ConfigError(f"{path}.anneal_fraction: must be in (0, 1], got {self.anneal_fraction!r}")
+            raise ConfigError(
+                f"{path}.anneal_fraction: must be in (0, 1], got {self.anneal_fraction!r}"
+            )
 
 
 @dataclass

@@ -11,8 +11,9 @@ from l2s_gym.cli import main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "l2s_gym.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "l2s_gym.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize(
@@ -43,12 +44,39 @@ def test_stages_alone_chain_through_checkpoints(toy_config, tmp_path, capsys):
     assert main(["train-predictor", str(toy_config), "--runs", runs, "--no-progress"]) == 0
     predictor = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert predictor.is_file()
-    assert main(["train-policy", str(toy_config), "--predictor", str(predictor), "--runs", runs,
-                 "--no-progress", "--set", "imitation.steps=20"]) == 0
+    assert (
+        main(
+            [
+                "train-policy",
+                str(toy_config),
+                "--predictor",
+                str(predictor),
+                "--runs",
+                runs,
+                "--no-progress",
+                "--set",
+                "imitation.steps=20",
+            ]
+        )
+        == 0
+    )
     policy = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert policy.is_file()
-    assert main(["evaluate", str(toy_config), "--predictor", str(predictor), "--policy", str(policy),
-                 "--runs", runs]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(toy_config),
+                "--predictor",
+                str(predictor),
+                "--policy",
+                str(policy),
+                "--runs",
+                runs,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Toy-stop (reverse KL)" in out and "| Toy (T=6) |" in out
 
@@ -61,8 +89,15 @@ def test_compare_end_to_end_and_deterministic(toy_config, tmp_path):
         exp = Path(proc.stdout.strip().splitlines()[-1])
         assert exp == tmp_path / name / "toy_run"
         outs.append(json.loads((exp / "results.json").read_text()))
-        for f in ("results.md", "metric_vs_layers.png", "learning_curves.png", "config.yaml",
-                  "reverse_kl/best.pt", "predictor-oracle/best.pt", "predictor-fixed/best.pt"):
+        for f in (
+            "results.md",
+            "metric_vs_layers.png",
+            "learning_curves.png",
+            "config.yaml",
+            "reverse_kl/best.pt",
+            "predictor-oracle/best.pt",
+            "predictor-fixed/best.pt",
+        ):
             assert (exp / f).is_file(), f
         assert list((exp / "reverse_kl" / "tb").glob("events.out.tfevents.*"))
     a, b = outs

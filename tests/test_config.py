@@ -48,7 +48,10 @@ def test_defaults_fill_in():
 @pytest.mark.parametrize(
     ("mutate", "needle"),
     [
-        (lambda d: d.update(stage1={"stepz": 3}), "stage1.stepz: unknown key (did you mean 'steps'?)"),
+        (
+            lambda d: d.update(stage1={"stepz": 3}),
+            "stage1.stepz: unknown key (did you mean 'steps'?)",
+        ),
         (lambda d: d.update(betta=1), "betta: unknown key"),
         (lambda d: d["task"].update(snr_db=[]), "task.snr_db"),
         (lambda d: d["predictor"].update(num_layers=0), "predictor.num_layers: must be > 0"),
@@ -61,7 +64,10 @@ def test_defaults_fill_in():
         (lambda d: d.update(device="tpu"), "device"),
         (lambda d: d.update(compare={"learners": ["reverse-kl"]}), "compare.learners"),
         (lambda d: d.pop("experiment"), "experiment: required key missing"),
-        (lambda d: d.update(predictor={"name": "toy_counter"}), "predictor.name: 'toy_counter' works on task 'toy'"),
+        (
+            lambda d: d.update(predictor={"name": "toy_counter"}),
+            "predictor.name: 'toy_counter' works on task 'toy'",
+        ),
     ],
 )
 def test_bad_values_name_the_key(mutate, needle):

@@ -84,8 +84,9 @@ def test_kl_entropy_depth_match_enumeration(args):
     # METHOD.md: KL(q || q*) = E_q[l]/beta - H(q) + log Z.
     log_z = math.log(sum(math.exp(-l / beta) for l in losses))
     e_loss = sum(p * l for p, l in zip(q, losses, strict=True))
-    assert math.isclose(float(reverse_kl(log_q, log_qstar)), e_loss / beta - ent + log_z,
-                        rel_tol=1e-6, abs_tol=1e-7)
+    assert math.isclose(
+        float(reverse_kl(log_q, log_qstar)), e_loss / beta - ent + log_z, rel_tol=1e-6, abs_tol=1e-7
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -127,13 +128,20 @@ def test_gradients_match_finite_differences():
 def test_long_horizon_extreme_logits_stay_finite():
     T = 100
     logits = torch.cat([torch.full((1, 50), -1e4), torch.full((1, 50), 1e4)], dim=1)
-    logits = torch.cat([logits, torch.full((1, T), -1e4), torch.full((1, T), 80.0),
-                        torch.randn(2, T) * 60], dim=0).requires_grad_(True)
+    logits = torch.cat(
+        [logits, torch.full((1, T), -1e4), torch.full((1, T), 80.0), torch.randn(2, T) * 60], dim=0
+    ).requires_grad_(True)
     losses = torch.cat([torch.rand(4, T) * 1e3, torch.zeros(1, T)])  # one row per logit row
     log_q = stop_log_q(logits)
     target = oracle_log_q(losses, 1e-3)
-    values = [log_q, target, entropy(log_q), expected_depth(log_q),
-              reverse_kl(log_q, target), forward_kl(log_q, target)]
+    values = [
+        log_q,
+        target,
+        entropy(log_q),
+        expected_depth(log_q),
+        reverse_kl(log_q, target),
+        forward_kl(log_q, target),
+    ]
     for v in values:
         assert not torch.isnan(v).any()
     assert torch.isfinite(reverse_kl(log_q, target)).all()

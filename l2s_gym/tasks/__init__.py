@@ -1,3 +1,8 @@
 """Built-in tasks; importing this package registers them."""
 
-from l2s_gym.tasks import sparse_recovery  # noqa: F401
+from l2s_gym.tasks import (  # noqa: F401
+    denoising,
+    meta_learning,  # noqa: F401
+    recognition,
+    sparse_recovery,  # noqa: F401
+)

@@ -1,0 +1,280 @@
+"""REINFORCE on the batched stop environment: the sampled-episode twin of reverse-KL imitation.
+
+Read top to bottom: the objective, the rollout, the update, the loop.
+
+The objective
+-------------
+An episode walks one instance through the frozen predictor's layers; after layer ``t``
+the StopPolicy gives ``pi_t = sigmoid(s_t)``, the agent stops with that probability, and
+the last layer always stops. With the env's reward (``cfg.rl.reward``) ``r = -l_t / beta``
+on stopping (or ``log q*(t)``, the same up to a per-instance constant) the agent maximises
+
+    J(phi) = E_{t ~ q_phi}[ R ] + c * H(q_phi),        c = cfg.rl.entropy_coef,
+
+which, for ``c = 1``, is ``-(E_q[l_t] - beta H(q)) / beta``: the paper's objective; with
+``log_oracle`` rewards it is exactly ``-KL(q_phi || q*)``, what ``reverse_kl`` minimises.
+
+The entropy bonus, per decision. The stop time and the sequence of continue/stop
+actions determine each other, so their entropies are equal, and the chain rule of
+entropy splits the stop-time entropy into per-decision Bernoulli entropies:
+
+    H(q_phi) = sum_{t < T} P(reach t) * h(pi_t),    h(p) = -p log p - (1-p) log(1-p)
+             = E_episode[ sum_{decisions k taken} h(pi_{t_k}) ]
+
+(the forced stop at ``T`` has no entropy). So ``J`` is the expected return of an
+episode whose decisions each also earn ``c * h(pi_t)``. Its exact gradient is
+
+    grad J = E[ sum_k grad log pi(a_k | s_k) * (S_k - b_k) + c * grad h(pi_{t_k}) ],
+    S_k    = sum_{k' >= k} r_{k'} + c * sum_{k' > k} h(pi_{t_k'})   (the soft return-to-go),
+
+because neither earlier rewards nor ``h`` at the current or earlier states depend on
+``a_k``. ``S_k`` carries the *future* entropy, which the usual per-step entropy bonus of
+A2C/PPO leaves out; here it is kept, so the estimate is unbiased for ``J``.
+
+The baseline ``b_k``: the leave-one-out mean of ``S`` over the other decisions made at
+the same layer in the same batch. It depends only on other episodes, so it adds no bias,
+and the soft return at layer ``t`` varies much less than across layers.
+
+The rollout: which episodes count
+---------------------------------
+The env runs ``N`` rows with same-step autoreset, so episodes begin and end at different
+steps. An update uses every episode that *starts* within the first ``rollout_steps``
+steps of its window; the window then runs on until all of those have ended (at most
+``T - 1`` more steps). Whether an episode counts is decided before it begins, so the
+chosen episodes are plain on-policy samples (choosing the episodes that *ended* in a
+fixed window would favour short ones). The layers computed by episodes that do not count
+(in flight at a window's start, or begun in its tail) are wasted, and are counted: the
+budget ``cfg.rl.layer_budget`` is on ``env.layer_evals``, every layer the env computed.
+
+Hyper-parameters (``cfg.rl``, documented in ``l2s_gym.config.RLConfig``): ``reward``,
+``layer_cost``, ``num_envs``, ``layer_budget``, ``lr``, ``val_every`` (in updates),
+``entropy_coef`` (``c``), ``gamma``, ``rollout_steps``; ``cfg.beta`` sets the reward scale.
+
+TensorBoard: ``losses/policy_gradient``, ``losses/entropy`` (the per-episode estimate of
+``H(q)``), ``charts/episode_return``, ``charts/episode_layers``, ``charts/used_fraction``
+(share of the window's layer steps that belonged to counted episodes), plus the
+validation tags every learner shares (``agents.base``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from agents.base import LearnerContext, LearnerResult, Validator
+from l2s_gym.build import make_policy
+from l2s_gym.envs.batched import BatchedStopEnv, split_obs
+from l2s_gym.policy import StopPolicy
+from l2s_gym.registry import register_learner
+from l2s_gym.runs import TrainingDiverged
+
+
+@dataclass
+class Rollout:
+    """One window of env steps, ``(K, N)`` per field, ``K`` the window's length.
+
+    ``counted`` marks the decisions of the episodes this update uses.
+    """
+
+    features: Tensor
+    t: Tensor
+    stop: Tensor
+    reward: Tensor
+    done: Tensor
+    counted: Tensor
+    layers: Tensor
+    """``info["t"]``: the stop layer (1-based) where ``done``."""
+
+
+@torch.no_grad()
+def collect_rollout(
+    env: BatchedStopEnv,
+    policy: StopPolicy,
+    obs: Tensor,
+    start_steps: int,
+    generator: torch.Generator,
+) -> tuple[Rollout, Tensor]:
+    """Step ``env`` with stop actions sampled from ``policy``; returns the window and last obs.
+
+    Episodes starting in the first ``start_steps`` steps are counted; stepping goes on
+    until all of them have ended. ``obs`` is the env's current observation.
+    """
+    feats, ts, stops, rewards, dones, counted_steps, layers = [], [], [], [], [], [], []
+    # A row at t = 0 starts a fresh episode now; rows mid-episode began under older weights.
+    counted = obs[:, -1] == 0
+    step = 0
+    while True:
+        features, t = split_obs(obs, env.feature_shape)
+        stop_prob = torch.sigmoid(policy(features, t))
+        stop = torch.bernoulli(stop_prob, generator=generator).bool()
+        next_obs, reward, done, info = env.step(stop)
+        feats.append(features)
+        ts.append(t)
+        stops.append(stop)
+        rewards.append(reward)
+        dones.append(done)
+        counted_steps.append(counted)
+        layers.append(info["t"])
+        step += 1
+        # A row that ended starts its next episode at this step: counted if early enough.
+        counted = torch.where(done, torch.full_like(done, step < start_steps), counted)
+        obs = next_obs
+        if step >= start_steps and not bool(counted.any()):
+            break
+    rollout = Rollout(
+        features=torch.stack(feats),
+        t=torch.stack(ts),
+        stop=torch.stack(stops),
+        reward=torch.stack(rewards),
+        done=torch.stack(dones),
+        counted=torch.stack(counted_steps),
+        layers=torch.stack(layers),
+    )
+    return rollout, obs
+
+
+def bernoulli_entropy(logits: Tensor) -> Tensor:
+    """``h(sigmoid(s)) = -p log p - (1-p) log(1-p)`` from logits, stable for large ``|s|``."""
+    p = torch.sigmoid(logits)
+    return -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits))
+
+
+def soft_returns(
+    reward: Tensor, done: Tensor, decision_entropy: Tensor, gamma: float, entropy_coef: float
+) -> tuple[Tensor, Tensor]:
+    """Soft return-to-go ``S_k`` and plain return-to-go ``G_k``, both ``(K, N)``.
+
+    ``S_k = r_k + gamma * [not done_k] * (c * h_{k+1} + S_{k+1})``: the rewards from step
+    ``k`` on plus the entropy of the episode's *later* decisions. Steps past the window's
+    end count as zero; only episodes that ended inside the window are ever used.
+    """
+    soft = torch.zeros_like(reward)
+    plain = torch.zeros_like(reward)
+    next_soft = torch.zeros_like(reward[0])
+    next_plain = torch.zeros_like(reward[0])
+    next_entropy = torch.zeros_like(reward[0])
+    for k in range(reward.shape[0] - 1, -1, -1):
+        go_on = (~done[k]).to(reward.dtype)
+        next_soft = reward[k] + gamma * go_on * (entropy_coef * next_entropy + next_soft)
+        next_plain = reward[k] + gamma * go_on * next_plain
+        soft[k], plain[k] = next_soft, next_plain
+        next_entropy = decision_entropy[k]
+    return soft, plain
+
+
+def per_layer_baseline(returns: Tensor, t: Tensor, mask: Tensor, num_layers: int) -> Tensor:
+    """Leave-one-out mean of ``returns`` over the other masked decisions at the same layer."""
+    r, tt, m = returns.flatten(), t.flatten(), mask.flatten().to(returns.dtype)
+    total = torch.zeros(num_layers, dtype=r.dtype, device=r.device).index_add_(0, tt, r * m)
+    count = torch.zeros(num_layers, dtype=r.dtype, device=r.device).index_add_(0, tt, m)
+    others = (count[tt] - m).clamp(min=1)
+    return ((total[tt] - r * m) / others).reshape(returns.shape)
+
+
+def train_reinforce(ctx: LearnerContext) -> LearnerResult:
+    """Train a StopPolicy by REINFORCE on ``BatchedStopEnv`` over the frozen ``ctx.predictor``."""
+    cfg, task, predictor = ctx.cfg, ctx.task, ctx.predictor
+    rl = cfg.rl
+    T = predictor.num_layers
+    env = BatchedStopEnv(
+        predictor,
+        task,
+        rl.num_envs,
+        beta=cfg.beta,
+        reward=rl.reward,
+        layer_cost=rl.layer_cost,
+        seed=task.seed * 1_000_003 + 30_000 + ctx.seed,
+    )
+    policy = make_policy(cfg, predictor, seed=cfg.seed + 1)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=rl.lr)
+    generator = torch.Generator(device=env.device)
+    generator.manual_seed(40_000 + ctx.seed)
+    validator = Validator(ctx, policy, "reinforce")
+    w = validator.writer
+    validator(policy, 0, 0)
+
+    obs = env.reset()
+    update = 0
+    bar = tqdm(
+        total=rl.layer_budget,
+        desc="REINFORCE",
+        unit="layer",
+        unit_scale=True,
+        disable=not ctx.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    while env.layer_evals < rl.layer_budget:
+        evals_before = env.layer_evals
+        policy.eval()
+        rollout, obs = collect_rollout(env, policy, obs, rl.rollout_steps, generator)
+        policy.train()
+        update += 1
+
+        # Re-run the policy on the window with gradients; decisions exclude the forced last layer.
+        K, N = rollout.t.shape
+        logits = policy(
+            rollout.features.reshape(K * N, *env.feature_shape), rollout.t.reshape(-1)
+        ).reshape(K, N)
+        decision = rollout.counted & (rollout.t < T - 1)
+        entropy = bernoulli_entropy(logits) * decision
+        log_prob = torch.where(rollout.stop, F.logsigmoid(logits), F.logsigmoid(-logits))
+        soft, plain = soft_returns(
+            rollout.reward, rollout.done, entropy.detach(), rl.gamma, rl.entropy_coef
+        )
+        advantage = soft - per_layer_baseline(soft, rollout.t, decision, T)
+        episodes = rollout.done & rollout.counted
+        num_episodes = episodes.sum().clamp(min=1)
+        # Sums over decisions, averaged per episode: the gradient of J for one episode.
+        pg_loss = -(log_prob * advantage.detach() * decision).sum() / num_episodes
+        entropy_per_episode = entropy.sum() / num_episodes
+        loss = pg_loss - rl.entropy_coef * entropy_per_episode
+        if not torch.isfinite(loss):
+            validator.writer.close()
+            bar.close()
+            raise TrainingDiverged(
+                f"REINFORCE loss became {float(loss)} at update {update}; "
+                f"last good checkpoint kept at {validator.best_path}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        starts = rollout.counted & (rollout.t == 0)
+        w.add_scalar("losses/policy_gradient", pg_loss.item(), update)
+        w.add_scalar("losses/entropy", entropy_per_episode.item(), update)
+        w.add_scalar("charts/episode_return", float(plain[starts].mean()), update)
+        w.add_scalar(
+            "charts/episode_layers", float(rollout.layers[episodes].float().mean()), update
+        )
+        w.add_scalar("charts/used_fraction", float(rollout.counted.float().mean()), update)
+        bar.update(env.layer_evals - evals_before)
+        if update % rl.val_every == 0 or env.layer_evals >= rl.layer_budget:
+            metric = validator(policy, update, env.layer_evals)
+            bar.set_postfix(val=f"{metric:.4g}", best=f"{validator.best_metric:.4g}")
+    bar.close()
+    validator.restore_best()
+    return LearnerResult(
+        model=policy,
+        wall_time_s=validator.wall_time_s,
+        layer_evals=env.layer_evals,
+        curve=validator.curve,
+        checkpoint=validator.best_path,
+        extra={
+            "best_val_metric": None if math.isnan(validator.best_metric) else validator.best_metric,
+            "best_step": validator.best_step,
+            "updates": update,
+            "episodes": env.episodes_done,
+        },
+    )
+
+
+@register_learner("reinforce", "REINFORCE")
+def reinforce_learner(ctx: LearnerContext) -> LearnerResult:
+    """REINFORCE with the exact max-entropy gradient and a per-layer baseline."""
+    return train_reinforce(ctx)

@@ -1,0 +1,434 @@
+"""The batched stop environment: N instances walk a frozen predictor's layers on its device.
+
+This is the one implementation of the environment's maths. ``StopEnv`` (one instance,
+Gymnasium) and ``StopVectorEnv`` (numpy at the boundary) in ``stop_env.py`` wrap it; RL
+agents that live on the device use it directly, torch tensors in and out.
+
+An observation is the flat vector ``[policy features at layer t, t]`` with ``t`` the
+0-based index of the last layer computed (``make_obs``); ``split_obs`` gives back what a
+``StopPolicy`` takes, so ``policy(*split_obs(obs, env.feature_shape))`` acts on it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from l2s_gym.predictor import LayeredPredictor, State, zip_state
+from l2s_gym.stopping import oracle_log_q
+from l2s_gym.task import Batch, Task
+
+REWARD_MODES = ("terminal_loss", "log_oracle", "improvement")
+"""``terminal_loss``: -loss_t/beta on stopping; ``log_oracle``: log q*(t) on stopping;
+``improvement``: (loss_t - loss_{t+1})/beta on each continue step."""
+
+INSTANCE_BLOCK = 256
+"""Instances are drawn from the task in blocks of this size (see ``BatchedStopEnv``)."""
+
+
+def make_obs(features: Tensor, t: Tensor) -> Tensor:
+    """Flatten ``(N, *feature_shape)`` features and append the 0-based layer index ``t`` ``(N,)``.
+
+    Returns ``(N, prod(feature_shape) + 1)`` float32.
+    """
+    flat = features.reshape(features.shape[0], -1).to(torch.float32)
+    return torch.cat([flat, t.to(torch.float32).unsqueeze(1)], dim=1)
+
+
+def split_obs(obs: Tensor, feature_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Inverse of ``make_obs``: obs ``(N, obs_dim)`` -> features ``(N, *feature_shape)``, ``t``.
+
+    ``t`` is ``(N,)`` long, so ``policy(*split_obs(obs, shape))`` runs a ``StopPolicy``.
+    """
+    features = obs[:, :-1].reshape(obs.shape[0], *feature_shape)
+    t = obs[:, -1].round().long()
+    return features, t
+
+
+def _rows(mask: Tensor, like: Tensor) -> Tensor:
+    """``mask`` ``(N,)`` shaped to broadcast against ``like`` ``(N, ...)``."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    return torch.where(_rows(mask, a), a, b)
+
+
+def _cat_batches(batches: list[Batch]) -> Batch:
+    return Batch(
+        {k: torch.cat([b.inputs[k] for b in batches]) for k in batches[0].inputs},
+        torch.cat([b.targets for b in batches]),
+        torch.cat([b.groups for b in batches]),
+    )
+
+
+class BatchedStopEnv:
+    """N instances of the stop problem advance together on ``predictor.device``.
+
+    Episode: ``reset`` draws an instance per row and computes layer 1; the first
+    observation is its features at ``t = 0``. Each ``step`` takes an action per row,
+    ``0`` continue or ``1`` stop. Continue computes the next layer (and only then: the
+    layers an agent never reaches are never computed); stop ends the episode at the
+    current layer. At the last layer (``t = T - 1``) the episode ends whatever the action,
+    so stop times are ``1..T``. Rows whose episode ended are reset in the same step
+    (same-step autoreset): the returned observation is already layer 1 of a fresh
+    instance, and ``info["terminal_obs"]`` holds the last observation of the one that ended.
+    Every row therefore computes exactly one layer per step (the next layer, or layer 1 of
+    its fresh instance); rows at different layers go through
+    ``LayeredPredictor.forward_step``, one call per distinct layer.
+
+    Rewards (``beta`` is the oracle's temperature, ``l_t`` the task's per-sample loss after
+    layer ``t``):
+
+    - ``terminal_loss``: stopping at ``t`` earns ``-l_t / beta``; continuing earns 0.
+      Only computed layers are needed.
+    - ``log_oracle``: stopping at ``t`` earns ``log q*(t) = -l_t / beta - logsumexp_tau(-l_tau
+      / beta)``, the same objective without the per-instance constant. The normaliser needs
+      all ``T`` losses, so in this mode every fresh instance gets a full pass of all ``T``
+      layers when it starts, and those ``T`` evaluations are counted in ``layer_evals``
+      (the episode then reads its features from that pass and computes nothing more).
+      This mode synchronises with the host once per step (it needs the number of fresh
+      instances to run the pass on them only).
+    - ``improvement`` (dense): each continue step from ``t`` to ``t + 1`` earns
+      ``(l_t - l_{t+1}) / beta``; stopping earns 0. An episode's return is
+      ``-l_stop / beta + l_1 / beta``: the terminal objective up to a per-instance constant.
+    - ``layer_cost`` ``c >= 0``: ``c`` is subtracted for every layer the episode walks,
+      the first included (it is charged on the episode's first step), so stopping at ``t``
+      costs ``c * t`` in total. In ``log_oracle`` mode the cost is that of the layers walked,
+      not of the normaliser's full pass.
+
+    Instances come from ``task.train_batch`` with a ``torch.Generator`` seeded from
+    ``seed``, drawn in blocks of ``instance_block`` and handed to rows in row order as
+    episodes start. The stream does not depend on ``num_envs``: with the same seed, row
+    ``i``'s first episode is the ``i``-th instance, which is also the single env's ``i``-th
+    episode. ``reset(seed=s)`` restarts the stream, so it gives identical episodes.
+
+    ``info`` (all tensors ``(N,)`` on the device): ``terminal_obs`` ``(N, obs_dim)``;
+    ``t``, the layers walked (1-based) by the episode that ended in this step, or by the
+    ongoing one; ``loss`` and ``metric_stat`` at that layer; ``layers_computed``, the layer
+    evaluations that episode cost (``T`` in ``log_oracle`` mode, ``t`` otherwise);
+    ``best_layer``, the oracle's best stop layer ``argmin_t l_t`` (1-based), known only in
+    ``log_oracle`` mode (the lazy modes never see all losses) and ``-1`` otherwise.
+
+    Host synchronisation: ``step`` checks action values unless they come as a bool tensor
+    (pass bool to skip the check on a GPU); ``forward_step`` groups rows by layer on the
+    host; the instance pool is topped up with a sync only every few steps.
+
+    Args:
+        predictor: a frozen ``LayeredPredictor``; it is put in eval mode.
+        task: the task the predictor solves (data, per-sample loss, metric).
+        num_envs: ``N``, instances advanced together.
+        beta: oracle temperature (> 0); rewards are losses divided by it.
+        reward: one of ``REWARD_MODES``.
+        layer_cost: reward subtracted per layer walked (>= 0).
+        seed: seed of the instance stream used by the first ``reset()`` without a seed.
+        instance_block: instances drawn from the task per call.
+    """
+
+    def __init__(
+        self,
+        predictor: LayeredPredictor,
+        task: Task,
+        num_envs: int,
+        *,
+        beta: float,
+        reward: str = "terminal_loss",
+        layer_cost: float = 0.0,
+        seed: int = 0,
+        instance_block: int = INSTANCE_BLOCK,
+    ) -> None:
+        if reward not in REWARD_MODES:
+            raise ValueError(f"reward must be one of {', '.join(REWARD_MODES)}; got {reward!r}")
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta!r}")
+        if not layer_cost >= 0:
+            raise ValueError(f"layer_cost must be >= 0, got {layer_cost!r}")
+        if instance_block < 1:
+            raise ValueError(f"instance_block must be >= 1, got {instance_block!r}")
+        if not isinstance(predictor, LayeredPredictor):
+            raise TypeError(f"predictor must be a LayeredPredictor, got {type(predictor).__name__}")
+        predictor.check_protocol()
+        predictor.eval()
+        self.predictor = predictor
+        self.task = task
+        self.num_envs = num_envs
+        self.num_layers = int(predictor.num_layers)
+        self.feature_shape = tuple(int(s) for s in predictor.feature_shape)
+        self.obs_dim = math.prod(self.feature_shape) + 1
+        self.device = predictor.device
+        self.beta = float(beta)
+        self.reward_mode = reward
+        self.layer_cost = float(layer_cost)
+        self.seed = int(seed)
+        self.instance_block = int(instance_block)
+        self.layer_evals = 0
+        """Layer computations so far, every one of them (the full passes of ``log_oracle``)."""
+
+        n = num_envs
+        self._rows = torch.arange(n, device=self.device)
+        self._generator: torch.Generator | None = None
+        self._pool: Batch | None = None
+        self._pool_pos = torch.zeros((), dtype=torch.long, device=self.device)
+        self._pool_left_min = 0  # host-side lower bound on unused pool instances
+        self._episodes_done = torch.zeros((), dtype=torch.long, device=self.device)
+        self._checked_shapes = False
+        # Per-row episode state, filled by reset().
+        self._batch: Batch | None = None
+        self._state: State | None = None
+        self._t = torch.zeros(n, dtype=torch.long, device=self.device)
+        self._loss = torch.zeros(n, device=self.device)
+        self._stat = torch.zeros(n, device=self.device)
+        self._features: Tensor | None = None
+        self._first = torch.ones(n, dtype=torch.bool, device=self.device)
+        self._obs: Tensor | None = None
+        # log_oracle: the full pass of each row's instance.
+        self._all_losses: Tensor | None = None
+        self._all_stats: Tensor | None = None
+        self._all_features: Tensor | None = None
+
+    # --- public ---------------------------------------------------------------------------
+    @property
+    def episodes_done(self) -> int:
+        """Episodes finished since construction (reading it synchronises with the device)."""
+        return int(self._episodes_done)
+
+    def current_info(self) -> dict[str, Tensor]:
+        """Info tensors ``(N,)`` of the ongoing episodes (keys as in ``step``'s info).
+
+        ``t``, ``loss``, ``metric_stat``, ``best_layer`` and ``layers_computed``.
+        """
+        if self._obs is None:
+            raise RuntimeError("BatchedStopEnv.current_info called before reset()")
+        walked = self._t + 1
+        if self.reward_mode == "log_oracle":
+            best = self._all_losses.argmin(dim=1) + 1  # type: ignore[union-attr]
+            computed = torch.full_like(walked, self.num_layers)
+        else:
+            best, computed = torch.full_like(walked, -1), walked
+        return {
+            "t": walked,
+            "loss": self._loss,
+            "metric_stat": self._stat,
+            "best_layer": best,
+            "layers_computed": computed,
+        }
+
+    @torch.no_grad()
+    def reset(self, seed: int | None = None) -> Tensor:
+        """Start a fresh instance in every row; returns obs ``(N, obs_dim)`` float32.
+
+        With ``seed`` the instance stream restarts from it (same seed, same episodes);
+        without, it continues (from the constructor's ``seed`` on the first call).
+        """
+        if seed is not None or self._generator is None:
+            self._generator = torch.Generator(device=self.task.device)
+            self._generator.manual_seed(self.seed if seed is None else int(seed))
+            self._pool = None
+            self._pool_left_min = 0
+            self._pool_pos.zero_()
+        all_rows = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        fresh = self._take(all_rows)
+        self._batch = fresh
+        self._t = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        self._first = all_rows.clone()
+        if self.reward_mode == "log_oracle":
+            self._all_losses, self._all_stats, self._all_features = self._full_pass(fresh)
+            self.layer_evals += self.num_layers * self.num_envs
+            self._read_full_pass()
+        else:
+            self._state = self.predictor.initial_state(fresh.inputs)
+            self._advance(self._t)
+            self.layer_evals += self.num_envs
+        self._obs = make_obs(self._features, self._t)  # type: ignore[arg-type]
+        return self._obs
+
+    @torch.no_grad()
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Apply one action per row (``0`` continue, ``1`` stop).
+
+        Returns obs ``(N, obs_dim)``, reward ``(N,)`` float32, done ``(N,)`` bool and info
+        (see the class docstring). Rows that are done already hold a fresh instance's
+        first observation.
+        """
+        if self._obs is None:
+            raise RuntimeError("BatchedStopEnv.step called before reset()")
+        stop = self._check_actions(actions)
+        n, last = self.num_envs, self.num_layers - 1
+        t_old, loss_old = self._t, self._loss
+        done = stop | (t_old >= last)
+        cont = ~done
+
+        info: dict[str, Tensor] = {"terminal_obs": self._obs}
+        ended_t = t_old + 1
+        ended_loss, ended_stat = loss_old, self._stat
+        if self.reward_mode == "log_oracle":
+            log_q = oracle_log_q(self._all_losses, self.beta)  # type: ignore[arg-type]
+            stop_reward = log_q.gather(1, t_old.unsqueeze(1)).squeeze(1)
+            ended_best = self._all_losses.argmin(dim=1) + 1  # type: ignore[union-attr]
+        elif self.reward_mode == "terminal_loss":
+            stop_reward = -loss_old / self.beta
+            ended_best = torch.full_like(t_old, -1)
+        else:  # improvement: the reward came on the continue steps
+            stop_reward = torch.zeros_like(loss_old)
+            ended_best = torch.full_like(t_old, -1)
+        reward = torch.where(done, stop_reward, torch.zeros_like(stop_reward))
+        if self.layer_cost:
+            walked = cont.to(reward.dtype) + self._first.to(reward.dtype)
+            reward = reward - self.layer_cost * walked
+
+        # Same-step autoreset: done rows take the next instances of the stream.
+        new_t = torch.where(done, torch.zeros_like(t_old), t_old + 1)
+        fresh = self._take(done)
+        batch = self._batch
+        assert batch is not None
+        self._batch = Batch(
+            {k: _where_rows(done, fresh.inputs[k], v) for k, v in batch.inputs.items()},
+            _where_rows(done, fresh.targets, batch.targets),
+            torch.where(done, fresh.groups, batch.groups),
+        )
+        self._t = new_t
+        if self.reward_mode == "log_oracle":
+            idx = torch.nonzero(done).squeeze(1)  # host sync: run the full pass on these only
+            k = int(idx.numel())
+            if k:
+                losses, stats, feats = self._full_pass(self._batch.select(idx))
+                self._all_losses.index_copy_(0, idx, losses)  # type: ignore[union-attr]
+                self._all_stats.index_copy_(0, idx, stats)  # type: ignore[union-attr]
+                self._all_features.index_copy_(0, idx, feats)  # type: ignore[union-attr]
+                self.layer_evals += self.num_layers * k
+            self._read_full_pass()
+            layers_computed = torch.full_like(ended_t, self.num_layers)
+        else:
+            init = self.predictor.initial_state(self._batch.inputs)
+            self._state = zip_state(
+                lambda a, b: _where_rows(done, a, b),
+                init,
+                self._state,  # type: ignore[arg-type]
+            )
+            self._advance(new_t)
+            self.layer_evals += n
+        if self.reward_mode == "improvement":
+            reward = reward + torch.where(
+                cont, (loss_old - self._loss) / self.beta, torch.zeros_like(reward)
+            )
+
+        self._episodes_done += done.sum()
+        self._first = done
+        obs = make_obs(self._features, new_t)  # type: ignore[arg-type]
+        self._obs = obs
+        info["terminal_obs"] = torch.where(done.unsqueeze(1), info["terminal_obs"], obs)
+        info["t"] = torch.where(done, ended_t, new_t + 1)
+        info["loss"] = torch.where(done, ended_loss, self._loss)
+        info["metric_stat"] = torch.where(done, ended_stat, self._stat)
+        if self.reward_mode == "log_oracle":
+            best_now = self._all_losses.argmin(dim=1) + 1  # type: ignore[union-attr]
+            info["best_layer"] = torch.where(done, ended_best, best_now)
+        else:
+            info["best_layer"] = ended_best
+        info["layers_computed"] = layers_computed if self.reward_mode == "log_oracle" else info["t"]
+        return obs, reward.to(torch.float32), done, info
+
+    # --- internals ------------------------------------------------------------------------
+    def _check_actions(self, actions: Tensor) -> Tensor:
+        """Validate the actions; returns the stop mask ``(N,)`` bool on the device."""
+        if not isinstance(actions, Tensor):
+            actions = torch.as_tensor(actions)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(
+                f"actions must have shape ({self.num_envs},) (one per instance), "
+                f"got {tuple(actions.shape)}"
+            )
+        if actions.dtype == torch.bool:
+            return actions.to(self.device)
+        if actions.is_floating_point() or actions.is_complex():
+            raise ValueError(f"actions must be integers in {{0, 1}} or bool, got {actions.dtype}")
+        bad = (actions != 0) & (actions != 1)
+        if bool(bad.any()):
+            raise ValueError(
+                "actions must be 0 (continue) or 1 (stop); got "
+                f"{actions[bad][:5].tolist()} at rows {torch.nonzero(bad).flatten()[:5].tolist()}"
+            )
+        return actions.to(self.device) == 1
+
+    def _draw_block(self) -> Batch:
+        assert self._generator is not None
+        batch = self.task.train_batch(self.instance_block, self._generator)
+        return batch.to(self.device)
+
+    def _take(self, mask: Tensor) -> Batch:
+        """A batch of ``N`` rows: the next stream instances at the rows where ``mask`` is set.
+
+        Rows where ``mask`` is off hold arbitrary instances (callers overwrite them).
+        The pool position lives on the device; the host only tracks a lower bound of what
+        is left and synchronises when that bound runs below ``N``.
+        """
+        n = self.num_envs
+        if self._pool_left_min < n:
+            size = 0 if self._pool is None else len(self._pool)
+            pos = int(self._pool_pos)
+            blocks = (
+                [] if self._pool is None or pos >= size else [self._pool.select(slice(pos, None))]
+            )
+            left = size - pos if blocks else 0
+            if left < n:
+                # Keep about two steps' worth of worst-case demand to sync rarely.
+                while left < 2 * n:
+                    blocks.append(self._draw_block())
+                    left += self.instance_block
+                self._pool = _cat_batches(blocks)
+                self._pool_pos.zero_()
+            self._pool_left_min = left
+        pool = self._pool
+        assert pool is not None
+        rank = torch.cumsum(mask.long(), 0) - 1
+        src = (self._pool_pos + rank).clamp(0, len(pool) - 1)
+        self._pool_pos += mask.sum()
+        self._pool_left_min -= n
+        return pool.select(src)
+
+    def _advance(self, t: Tensor) -> None:
+        """Compute layer ``t`` (0-based, per row) from the current state; update the row data."""
+        batch = self._batch
+        assert batch is not None and self._state is not None
+        state, pred, feats = self.predictor.forward_step(t, self._state, batch.inputs)
+        self._state = state
+        self._loss = self.task.loss(pred, batch.targets)
+        self._stat = self.task.metric_stat(pred, batch.targets)
+        self._features = feats
+        if not self._checked_shapes:
+            self._check_shapes(feats, self._loss, self._stat)
+
+    def _full_pass(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        trace = self.predictor.trace(batch, self.task)
+        if not self._checked_shapes:
+            self._check_shapes(trace.features[:, 0], trace.losses[:, 0], trace.metric_stats[:, 0])
+        return trace.losses.detach(), trace.metric_stats, trace.features
+
+    def _read_full_pass(self) -> None:
+        t = self._t.unsqueeze(1)
+        self._loss = self._all_losses.gather(1, t).squeeze(1)  # type: ignore[union-attr]
+        self._stat = self._all_stats.gather(1, t).squeeze(1)  # type: ignore[union-attr]
+        self._features = self._all_features[self._rows, self._t]  # type: ignore[index]
+
+    def _check_shapes(self, feats: Tensor, loss: Tensor, stat: Tensor) -> None:
+        name = type(self.predictor).__name__
+        n = feats.shape[0]
+        if tuple(feats.shape[1:]) != self.feature_shape:
+            raise ValueError(
+                f"{name}.policy_features returned features of shape {tuple(feats.shape[1:])} "
+                f"per instance, but {name}.feature_shape declares {self.feature_shape}"
+            )
+        for what, value in (("loss", loss), ("metric_stat", stat)):
+            if tuple(value.shape) != (n,):
+                raise ValueError(
+                    f"{type(self.task).__name__}.{what} must return one value per instance, "
+                    f"shape ({n},); got {tuple(value.shape)}"
+                )
+        self._checked_shapes = True
+
+
+__all__ = ["REWARD_MODES", "BatchedStopEnv", "make_obs", "split_obs"]

@@ -1,0 +1,422 @@
+"""Gymnasium views of the stop environment: one instance (``StopEnv``) and its vector twin.
+
+Both wrap ``BatchedStopEnv`` (``batched.py``), so the maths lives in one place; this file
+only builds the task and predictor from keyword arguments and converts to numpy at the
+library boundary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from torch import Tensor
+
+from l2s_gym import registry
+from l2s_gym.config import ComponentSpec, build_dataclass, from_dict
+from l2s_gym.envs.batched import REWARD_MODES, BatchedStopEnv
+from l2s_gym.predictor import LayeredPredictor
+from l2s_gym.task import Task
+
+DEFAULT_BETA = 0.1
+
+
+def build_components(
+    task: str | Task = "sparse_recovery",
+    predictor: LayeredPredictor | None = None,
+    checkpoint: str | Path | None = None,
+    task_config: dict[str, Any] | None = None,
+    predictor_config: dict[str, Any] | None = None,
+    device: str = "auto",
+    beta: float | None = None,
+    task_seed: int = 0,
+) -> tuple[Task, LayeredPredictor, float]:
+    """The task, the predictor and beta an environment runs on, from the env's kwargs.
+
+    - ``checkpoint``: a predictor ``best.pt`` written by ``l2s``; its config snapshot
+      rebuilds the task (with the experiment's seed) and the predictor, and gives beta.
+    - ``predictor``: used as given (on its own device). Pass the ``Task`` instance it was
+      built for as ``task``; a task name builds a fresh task from ``task_config`` and
+      ``task_seed``, which is only right if the predictor does not depend on the task's
+      draw (a sparse-recovery LISTA does: it holds the task's matrix A).
+    - neither: the task from ``task_config`` (defaults for missing keys) and its
+      ``default_predictor``, untrained, from ``predictor_config`` (LISTA starts as ISTA).
+
+    ``beta=None`` means the checkpoint's beta, or ``DEFAULT_BETA``.
+    """
+    from l2s_gym.build import make_predictor, make_task, resolve_device
+    from l2s_gym.runs import load_checkpoint
+
+    if checkpoint is not None:
+        if predictor is not None:
+            raise ValueError("pass either predictor= or checkpoint=, not both")
+        if task_config is not None or predictor_config is not None:
+            raise ValueError(
+                "task_config / predictor_config cannot be combined with checkpoint=: "
+                "the checkpoint's config snapshot defines the task and the predictor"
+            )
+        payload = load_checkpoint(checkpoint, "predictor")
+        if not payload.get("config"):
+            raise ValueError(
+                f"{checkpoint} holds no config snapshot under 'config'; expected a best.pt "
+                "written by l2s"
+            )
+        cfg = from_dict(payload["config"])
+        task_name = task.name if isinstance(task, Task) else task
+        if task_name != cfg.task.name:
+            raise ValueError(
+                f"checkpoint {checkpoint} is for task {cfg.task.name!r}, "
+                f"but this env is for {task_name!r}"
+            )
+        dev = resolve_device(device)
+        built_task = task if isinstance(task, Task) else make_task(cfg.task, cfg.seed, dev)
+        model = make_predictor(cfg.predictor, built_task)
+        model.load_state_dict(payload["state_dict"])
+        return built_task, model, float(cfg.beta if beta is None else beta)
+
+    if isinstance(task, Task):
+        if task_config is not None:
+            raise ValueError("task_config cannot be combined with a Task instance as task=")
+        built_task = task
+    else:
+        if task not in registry.TASKS:
+            raise ValueError(f"unknown task {task!r}; known: {', '.join(sorted(registry.TASKS))}")
+        entry = registry.TASKS[task]
+        params = build_dataclass(entry.config_cls, task_config or {}, "task_config")
+        if predictor is not None:
+            dev = predictor.device
+        else:
+            dev = resolve_device(device)
+        built_task = make_task(ComponentSpec(task, params), task_seed, dev)
+
+    if predictor is None:
+        name = type(built_task).default_predictor
+        if not name or name not in registry.PREDICTORS:
+            raise ValueError(
+                f"task {built_task.name!r} names no registered default_predictor "
+                f"(got {name!r}); pass predictor= or checkpoint="
+            )
+        pentry = registry.PREDICTORS[name]
+        pparams = build_dataclass(pentry.config_cls, predictor_config or {}, "predictor_config")
+        # A fixed initialisation without disturbing the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            predictor = make_predictor(ComponentSpec(name, pparams), built_task, seed=0)
+    elif predictor_config is not None:
+        raise ValueError("predictor_config applies only when the env builds the predictor")
+    if not isinstance(predictor, LayeredPredictor):
+        raise TypeError(f"predictor must be a LayeredPredictor, got {type(predictor).__name__}")
+    return built_task, predictor, float(DEFAULT_BETA if beta is None else beta)
+
+
+def _check_reward(reward: str) -> None:
+    if reward not in REWARD_MODES:
+        raise ValueError(f"reward must be one of {', '.join(REWARD_MODES)}; got {reward!r}")
+
+
+def _obs_space(obs_dim: int, num_layers: int) -> spaces.Box:
+    """Features unbounded (largest finite float32: the checkers warn on inf); t in 0..T-1."""
+    big = np.finfo(np.float32).max
+    low = np.full(obs_dim, -big, dtype=np.float32)
+    high = np.full(obs_dim, big, dtype=np.float32)
+    low[-1], high[-1] = 0.0, float(num_layers - 1)
+    return spaces.Box(low, high, dtype=np.float32)
+
+
+def _to_numpy(x: Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+class StopEnv(gym.Env[np.ndarray, np.int64]):
+    """Learning to stop, one instance at a time: walk a frozen predictor's layers, then stop.
+
+    ## Description
+    An episode draws one instance of a task (e.g. a sparse-recovery problem
+    ``y = A x* + noise``) and walks the layers of a frozen ``LayeredPredictor`` (e.g. LISTA)
+    on it. After each layer the agent sees the features a ``StopPolicy`` sees and decides
+    to continue (compute the next layer) or stop (answer with the current read-out).
+    Layer ``t + 1`` is computed only when the agent continues. This is the maximum-entropy
+    RL view of "Learning to Stop While Learning to Predict" (Chen et al., ICML 2020).
+
+    ## Action space
+    ``Discrete(2)``: ``0`` continue, ``1`` stop.
+
+    ## Observation space
+    ``Box((obs_dim,), float32)``: the predictor's policy features after the current layer,
+    flattened (``prod(predictor.feature_shape)`` numbers, unbounded: the bounds are the
+    largest finite float32, as infinite bounds make Gymnasium's checker warn), then the
+    0-based index ``t`` of that layer, in ``[0, T - 1]``. ``l2s_gym.envs.split_obs`` turns
+    it back into what a ``StopPolicy`` takes. The predictor's docstring lists its features.
+
+    ## Rewards (``reward=``), with ``l_t`` the task's loss after layer ``t`` (1-based)
+    - ``"terminal_loss"`` (default): stopping at ``t`` earns ``-l_t / beta``, continuing 0.
+    - ``"log_oracle"``: stopping at ``t`` earns ``log q*(t) = -l_t/beta - logsumexp(-l/beta)``,
+      the same objective without its per-instance constant; the normaliser needs all ``T``
+      losses, so each episode runs the full pass when it starts (``T`` layer evaluations).
+    - ``"improvement"``: dense, ``(l_t - l_{t+1}) / beta`` on each continue step, 0 on stop;
+      the return equals the terminal one plus ``l_1 / beta``.
+    - ``layer_cost=c``: ``c`` is subtracted for each layer walked (the first on step one).
+    With the entropy bonus ``beta * H`` of max-entropy RL, maximising the return is
+    minimising the paper's ``E_q[l_t] - beta H(q)`` (up to the factor ``1/beta``).
+
+    ## Starting state
+    Instances come from ``task.train_batch`` through a ``torch.Generator`` seeded by
+    ``reset(seed=...)`` (or by ``seed=`` for the first reset). ``reset`` computes layer 1;
+    the first observation has ``t = 0``. ``reset()`` without a seed moves to the next
+    instance of the stream; the same seed gives the same sequence of episodes.
+
+    ## Episode end
+    Terminated when the agent stops, or after its decision at the last layer
+    (``t = T - 1``), whatever the action: stop times are ``1..T``. Never truncated.
+    Stepping after the end without ``reset()`` is an error.
+
+    ## Info
+    ``t`` (layers walked, 1-based), ``loss`` and ``metric`` (the task's per-sample metric
+    statistic) at that layer, ``best_layer`` (the oracle's ``argmin_t l_t``, 1-based; known
+    only with ``reward="log_oracle"``, else ``-1``), ``layers_computed``.
+
+    ## Arguments (all through ``gymnasium.make``)
+    ``task`` (bound by the registered id; or a ``Task`` instance), ``predictor`` (a
+    ``LayeredPredictor``) or ``checkpoint`` (a predictor ``best.pt`` written by ``l2s``),
+    ``task_config`` and ``predictor_config`` (dicts of config parameters when the env builds
+    them), ``reward``, ``beta`` (default: the checkpoint's, else 0.1), ``layer_cost``,
+    ``device`` (``"auto"``: CUDA when present), ``seed``, ``task_seed``.
+    See ``build_components`` for how they combine.
+
+    ## Version history
+    - v0: first version.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        task: str | Task = "sparse_recovery",
+        predictor: LayeredPredictor | None = None,
+        checkpoint: str | Path | None = None,
+        task_config: dict[str, Any] | None = None,
+        predictor_config: dict[str, Any] | None = None,
+        reward: str = "terminal_loss",
+        beta: float | None = None,
+        layer_cost: float = 0.0,
+        device: str = "auto",
+        seed: int = 0,
+        task_seed: int = 0,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(
+                f"StopEnv renders nothing: render_mode must be None, got {render_mode!r}"
+            )
+        _check_reward(reward)
+        built_task, model, beta_value = build_components(
+            task, predictor, checkpoint, task_config, predictor_config, device, beta, task_seed
+        )
+        self.batched = BatchedStopEnv(
+            model, built_task, 1, beta=beta_value, reward=reward, layer_cost=layer_cost, seed=seed
+        )
+        self.task = built_task
+        self.predictor = model
+        self.beta = beta_value
+        self.render_mode = None
+        self.observation_space = _obs_space(self.batched.obs_dim, self.batched.num_layers)
+        self.action_space = spaces.Discrete(2)
+        self._episode_over = True
+        self._next_obs: np.ndarray | None = None  # the fresh instance after an autoreset
+        self._next_info: dict[str, Any] = {}
+
+    @staticmethod
+    def _info(info: dict[str, Tensor]) -> dict[str, Any]:
+        return {
+            "t": int(info["t"][0]),
+            "loss": float(info["loss"][0]),
+            "metric": float(info["metric_stat"][0]),
+            "best_layer": int(info["best_layer"][0]),
+            "layers_computed": int(info["layers_computed"][0]),
+        }
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is None and self._episode_over and self._next_obs is not None:
+            # The batched env already started the next instance when the last episode ended.
+            obs, info = self._next_obs, self._next_info
+        else:
+            obs = _to_numpy(self.batched.reset(seed=seed)[0])
+            info = self._info(self.batched.current_info())
+        self._next_obs = None
+        self._episode_over = False
+        return obs, info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._episode_over:
+            raise RuntimeError(
+                "StopEnv.step called after the episode ended (or before the first reset); "
+                "call reset() first"
+            )
+        a = np.asarray(action)
+        if (
+            a.shape not in ((), (1,))
+            or not np.issubdtype(a.dtype, np.integer)
+            or int(a)
+            not in (
+                0,
+                1,
+            )
+        ):
+            raise ValueError(
+                f"action must be 0 (continue) or 1 (stop), a Python or numpy int; got {action!r}"
+            )
+        actions = torch.tensor([int(a)], dtype=torch.bool, device=self.batched.device)
+        obs, reward, done, info = self.batched.step(actions)
+        terminated = bool(done[0])
+        out_info = self._info(info)
+        if terminated:
+            self._episode_over = True
+            self._next_obs = _to_numpy(obs[0])
+            self._next_info = self._info(self.batched.current_info())
+            obs_out = _to_numpy(info["terminal_obs"][0])
+        else:
+            obs_out = _to_numpy(obs[0])
+        return obs_out, float(reward[0]), terminated, False, out_info
+
+    @property
+    def layer_evals(self) -> int:
+        """Layer computations so far (see ``BatchedStopEnv.layer_evals``)."""
+        return self.batched.layer_evals
+
+
+class StopVectorEnv(VectorEnv):
+    """``num_envs`` instances of ``StopEnv`` advanced together on the predictor's device.
+
+    The native vector twin of ``StopEnv`` (as ``CartPoleVectorEnv`` is of ``CartPoleEnv``):
+    one batched layer step per env step over a ``BatchedStopEnv``, numpy only at the
+    boundary. Spaces, rewards and episode end are those of ``StopEnv``; actions are an
+    int array ``(num_envs,)`` of 0/1 (``MultiDiscrete``).
+
+    Autoreset: ``AutoresetMode.SAME_STEP`` (in ``metadata``). A row that ends returns the
+    first observation of its next episode; as Gymnasium 1.x's same-step vector envs do,
+    ``infos["final_obs"]`` (an object array, ``None`` where not done, mask
+    ``infos["_final_obs"]``) holds the last observation of the episode that ended and
+    ``infos["final_info"]`` its info. The top-level info arrays ``t``, ``loss``, ``metric``,
+    ``best_layer`` and ``layers_computed`` describe the episode that ended where a row is
+    done, the ongoing one elsewhere.
+
+    Arguments: those of ``StopEnv`` plus ``num_envs``. ``reset(seed=s)`` restarts the
+    instance stream: row ``i``'s first episode is then the single env's ``i``-th episode.
+
+    ## Version history
+    - v0: first version.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        task: str | Task = "sparse_recovery",
+        predictor: LayeredPredictor | None = None,
+        checkpoint: str | Path | None = None,
+        task_config: dict[str, Any] | None = None,
+        predictor_config: dict[str, Any] | None = None,
+        reward: str = "terminal_loss",
+        beta: float | None = None,
+        layer_cost: float = 0.0,
+        device: str = "auto",
+        seed: int = 0,
+        task_seed: int = 0,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(
+                f"StopVectorEnv renders nothing: render_mode must be None, got {render_mode!r}"
+            )
+        _check_reward(reward)
+        built_task, model, beta_value = build_components(
+            task, predictor, checkpoint, task_config, predictor_config, device, beta, task_seed
+        )
+        self.batched = BatchedStopEnv(
+            model,
+            built_task,
+            num_envs,
+            beta=beta_value,
+            reward=reward,
+            layer_cost=layer_cost,
+            seed=seed,
+        )
+        self.task = built_task
+        self.predictor = model
+        self.beta = beta_value
+        self.num_envs = num_envs
+        self.render_mode = None
+        self.single_observation_space = _obs_space(self.batched.obs_dim, self.batched.num_layers)
+        self.single_action_space = spaces.Discrete(2)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+
+    @staticmethod
+    def _infos(info: dict[str, Tensor]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, name in (
+            ("t", "t"),
+            ("loss", "loss"),
+            ("metric_stat", "metric"),
+            ("best_layer", "best_layer"),
+            ("layers_computed", "layers_computed"),
+        ):
+            out[name] = _to_numpy(info[key])
+            out[f"_{name}"] = np.ones(len(out[name]), dtype=bool)
+        return out
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        obs = self.batched.reset(seed=seed)
+        return _to_numpy(obs), self._infos(self.batched.current_info())
+
+    def step(
+        self, actions: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        a = np.asarray(actions)
+        if not np.issubdtype(a.dtype, np.integer) and a.dtype != np.bool_:
+            raise ValueError(f"actions must be integers 0 (continue) or 1 (stop), got {a.dtype}")
+        obs, reward, done, info = self.batched.step(
+            torch.from_numpy(a.astype(np.int64, copy=False))
+        )
+        obs_np, done_np = _to_numpy(obs), _to_numpy(done)
+        infos = self._infos(info)
+        if done_np.any():
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            terminal = _to_numpy(info["terminal_obs"])
+            for i in np.flatnonzero(done_np):
+                final_obs[i] = terminal[i]
+            infos["final_obs"] = final_obs
+            infos["_final_obs"] = done_np.copy()
+            final_info = {k: v for k, v in infos.items() if not k.startswith("_")}
+            final_info.update({f"_{k}": done_np.copy() for k in list(final_info)})
+            final_info.pop("final_obs")
+            final_info.pop("_final_obs")
+            infos["final_info"] = final_info
+            infos["_final_info"] = done_np.copy()
+        return (
+            obs_np,
+            _to_numpy(reward).astype(np.float64),
+            done_np,
+            np.zeros(self.num_envs, dtype=bool),
+            infos,
+        )
+
+    @property
+    def layer_evals(self) -> int:
+        """Layer computations so far (see ``BatchedStopEnv.layer_evals``)."""
+        return self.batched.layer_evals
+
+
+__all__ = ["DEFAULT_BETA", "StopEnv", "StopVectorEnv", "build_components"]

@@ -1,0 +1,171 @@
+"""RL learners (REINFORCE, SB3 PPO / A2C) and the SB3 VecEnv over the batched env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import agents  # noqa: F401  (registers the learners)
+from agents.base import LearnerContext
+from agents.reinforce import per_layer_baseline, soft_returns
+from agents.sb3_agents import SB3StopModel, copy_actor_to_stop_policy
+from l2s_gym import registry
+from l2s_gym.build import make_policy, make_predictor, make_task
+from l2s_gym.config import from_dict
+from l2s_gym.envs.batched import BatchedStopEnv
+from l2s_gym.evaluation import stop_logits
+from l2s_gym.stopping import deterministic_stop
+
+TOY = """
+experiment: toy_rl
+seed: 0
+device: cpu
+beta: 0.05
+task: {name: toy, num_layers: 6, val_size: 256, test_size: 256}
+predictor: {name: toy_counter, num_layers: 6}
+policy: {hidden: 32, depth: 2}
+rl: {num_envs: 64, layer_budget: 30000, lr: 0.01, val_every: 10, reward: terminal_loss,
+     rollout_steps: 16, a2c_steps: 8, ppo_minibatch: 512}
+"""
+
+
+def toy_context(tmp_path: Path, **rl: object) -> LearnerContext:
+    data = yaml.safe_load(TOY)
+    data["rl"].update(rl)
+    cfg = from_dict(data)
+    task = make_task(cfg.task, cfg.seed, "cpu")
+    predictor = make_predictor(cfg.predictor, task, seed=0).requires_grad_(False)
+    val = predictor.trace_eval(task.eval_set("val"), task)
+    return LearnerContext(cfg, task, predictor, val, tmp_path, cfg.seed, progress=False)
+
+
+def exact_stop_rate(ctx: LearnerContext, model: object) -> float:
+    """Share of test instances whose deterministic stop is the known best layer."""
+    test = ctx.predictor.trace_eval(ctx.task.eval_set("test"), ctx.task)
+    stop = deterministic_stop(stop_logits(model, test))  # type: ignore[arg-type]
+    return float((stop == test.losses.argmin(dim=1)).float().mean())
+
+
+def test_reinforce_learns_the_known_best_layer(tmp_path: Path) -> None:
+    # The toy's loss is minimal exactly at a hidden layer b that its features reveal; an
+    # untrained policy stops at b on about 1/6 of the instances.
+    ctx = toy_context(tmp_path, layer_budget=60_000)
+    result = registry.LEARNERS["reinforce"](ctx)
+    assert exact_stop_rate(ctx, result.model) >= 0.8
+    assert result.layer_evals >= ctx.cfg.rl.layer_budget
+    assert result.curve and all(np.isfinite(p["val_metric"]) for p in result.curve)
+    assert (tmp_path / "best.pt").is_file()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_reinforce_with_log_oracle_reward_counts_full_passes(tmp_path: Path) -> None:
+    ctx = toy_context(tmp_path, reward="log_oracle", layer_budget=6000)
+    result = registry.LEARNERS["reinforce"](ctx)
+    # Every episode costs T = 6 layers in this mode (the normaliser's full pass).
+    assert result.layer_evals % 6 == 0
+    assert result.extra["episodes"] > 0
+
+
+@pytest.mark.parametrize("name", ["ppo", "a2c"])
+def test_sb3_learners_run_and_return_a_stop_policy(tmp_path: Path, name: str) -> None:
+    ctx = toy_context(tmp_path, layer_budget=8000)
+    result = registry.LEARNERS[name](ctx)
+    assert type(result.model).__name__ == "StopPolicy"
+    assert result.layer_evals >= 8000
+    assert result.extra["updates"] >= 1
+    logits = stop_logits(result.model, ctx.val_trace)
+    assert logits.shape == ctx.val_trace.losses.shape and torch.isfinite(logits).all()
+    # The checkpoint is a StopPolicy's, like every learner's.
+    state = torch.load(tmp_path / "best.pt", weights_only=False)
+    policy = make_policy(ctx.cfg, ctx.predictor)
+    policy.load_state_dict(state["state_dict"])
+    assert state["learner"] == name
+
+
+def test_stop_policy_copy_has_the_sb3_actor_logits(tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    from agents.sb3_agents import make_model
+    from l2s_gym.envs.sb3_vec import StopVecEnv
+
+    ctx = toy_context(tmp_path)
+    venv = StopVecEnv(BatchedStopEnv(ctx.predictor, ctx.task, 8, beta=ctx.cfg.beta))
+    model = make_model("ppo", ctx, venv, seed=0)
+    assert isinstance(model, PPO)
+    with torch.no_grad():  # move the weights away from their structured initialisation
+        for p in model.policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    policy = copy_actor_to_stop_policy(model.policy, make_policy(ctx.cfg, ctx.predictor))
+    features = ctx.val_trace.features[:50]
+    expected = SB3StopModel(model.policy).trace_logits(features)
+    torch.testing.assert_close(policy.trace_logits(features), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_stop_vec_env_protocol_and_terminal_observation(tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    from l2s_gym.envs.sb3_vec import StopVecEnv
+
+    ctx = toy_context(tmp_path)
+    env = BatchedStopEnv(ctx.predictor, ctx.task, 4, beta=0.05, seed=3)
+    venv = StopVecEnv(env)
+    assert venv.observation_space.shape == (env.obs_dim,)
+    venv.seed(7)
+    obs = venv.reset()
+    assert obs.shape == (4, env.obs_dim) and obs.dtype == np.float32
+    assert np.all(obs[:, -1] == 0)
+    venv.seed(7)
+    np.testing.assert_array_equal(venv.reset(), obs)  # same seed, same episodes
+
+    obs, reward, done, infos = venv.step(np.array([0, 1, 0, 1]))
+    assert reward.dtype == np.float32 and done.dtype == np.bool_ and len(infos) == 4
+    assert done.tolist() == [False, True, False, True]
+    for i in (1, 3):
+        terminal = infos[i]["terminal_observation"]
+        assert terminal.shape == (env.obs_dim,) and terminal[-1] == 0  # stopped after layer 1
+        assert infos[i]["t"] == 1 and infos[i]["episode"]["l"] == 1
+        assert infos[i]["TimeLimit.truncated"] is False
+        assert obs[i, -1] == 0  # already the next episode
+    assert infos[0] == {} and obs[0, -1] == 1
+
+    # SB3 bookkeeping calls.
+    assert venv.get_attr("render_mode") == [None] * 4
+    assert venv.get_attr("num_layers", indices=[0, 2]) == [6, 6]
+    assert venv.env_is_wrapped(object) == [False] * 4  # type: ignore[arg-type]
+    assert venv.env_method("current_info")[0]["t"].shape == (4,)
+    with pytest.raises(ValueError, match="indices=None"):
+        venv.set_attr("beta", 1.0, indices=[0])
+    with pytest.raises(ValueError, match="shape"):
+        venv.step(np.zeros(3, dtype=np.int64))
+    with pytest.raises(AttributeError):
+        venv.get_attr("no_such_attribute")
+
+    # PPO learns on it for a few hundred steps without error.
+    model = PPO("MlpPolicy", venv, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=256)
+    assert model.num_timesteps >= 256
+    assert len(model.ep_info_buffer) > 0  # the "episode" infos reach SB3's logger
+
+
+def test_soft_returns_add_only_later_entropies() -> None:
+    # One row, episode of 3 decisions (done at step 2): reward only on stopping.
+    reward = torch.tensor([[0.0], [0.0], [-2.0], [5.0]])
+    done = torch.tensor([[False], [False], [True], [True]])
+    h = torch.tensor([[0.1], [0.2], [0.4], [0.8]])
+    soft, plain = soft_returns(reward, done, h, gamma=1.0, entropy_coef=1.0)
+    torch.testing.assert_close(plain[:, 0], torch.tensor([-2.0, -2.0, -2.0, 5.0]))
+    # S_0 = -2 + h_1 + h_2, S_1 = -2 + h_2, S_2 = -2 (the next episode's entropy is not ours).
+    torch.testing.assert_close(soft[:, 0], torch.tensor([-1.4, -1.6, -2.0, 5.0]))
+
+
+def test_per_layer_baseline_is_leave_one_out() -> None:
+    returns = torch.tensor([[1.0, 3.0, 10.0]])
+    t = torch.tensor([[0, 0, 1]])
+    mask = torch.tensor([[True, True, True]])
+    baseline = per_layer_baseline(returns, t, mask, num_layers=2)
+    # Each decision's baseline is the mean of the *other* decisions at its layer.
+    torch.testing.assert_close(baseline, torch.tensor([[3.0, 1.0, 0.0]]))
