@@ -25,27 +25,15 @@ from l2s_gym.evaluation import (
     fixed_depth_stop,
     is_better,
     oracle_stop,
-    stop_logits,
     stop_summary,
 )
 from l2s_gym.report import plot_learning_curves, plot_metric_vs_layers, write_results
 from l2s_gym.runs import summary_writer, write_config_snapshot, write_json
-from l2s_gym.stopping import deterministic_stop
 from l2s_gym.training import train_predictor
 
 
 def _row(method: str, summary: dict[str, Any], kind: str, **extra: Any) -> dict[str, Any]:
     return {"method": method, "kind": kind, **summary, **extra}
-
-
-def _summary(task: Any, trace: Any, stop: torch.Tensor) -> dict[str, Any]:
-    """``stop_summary``, plus ``"ci95"`` where the task defines ``metric_interval(stats)``."""
-    summary = stop_summary(task, trace, stop)
-    interval = getattr(task, "metric_interval", None)
-    if interval is not None:
-        stats = trace.metric_stats.gather(1, stop.long().unsqueeze(1)).squeeze(1)
-        summary["ci95"] = interval(stats)
-    return summary
 
 
 def run_compare(
@@ -114,7 +102,7 @@ def run_compare(
         rows.append(
             _row(
                 label,
-                _summary(task, tr, fixed_depth_stop(tr, baseline.num_layers)),
+                stop_summary(task, tr, fixed_depth_stop(tr, baseline.num_layers)),
                 "classical",
             )
         )
@@ -122,7 +110,7 @@ def run_compare(
     rows.append(
         _row(
             f"{P} (T={T})",
-            _summary(task, test_fixed, fixed_depth_stop(test_fixed, T)),
+            stop_summary(task, test_fixed, fixed_depth_stop(test_fixed, T)),
             "fixed",
             train_wall_time_s=r_fixed.wall_time_s,
             layer_evals=stage1_evals,
@@ -147,14 +135,14 @@ def run_compare(
     rows.append(
         _row(
             f"{P} best fixed depth (k={k}, {which} training)",
-            _summary(task, t_tr, fixed_depth_stop(t_tr, k)),
+            stop_summary(task, t_tr, fixed_depth_stop(t_tr, k)),
             "fixed",
         )
     )
     rows.append(
         _row(
             f"{P}-stop oracle (label-using bound)",
-            _summary(task, test_stop, oracle_stop(test_stop)),
+            stop_summary(task, test_stop, oracle_stop(test_stop)),
             "oracle",
             train_wall_time_s=r_stop.wall_time_s,
             layer_evals=stage1_evals,
@@ -175,9 +163,6 @@ def run_compare(
         ctx = LearnerContext(cfg, task, stop_model, val_stop, exp / name, cfg.seed, progress)
         result = registry.LEARNERS[name](ctx)
         summary = evaluate_stop_model(task, test_stop, result.model, seed=cfg.seed)
-        if hasattr(task, "metric_interval"):
-            det = deterministic_stop(stop_logits(result.model, test_stop))
-            summary["ci95"] = _summary(task, test_stop, det)["ci95"]
         row = _row(
             f"{P}-stop ({label})",
             summary,

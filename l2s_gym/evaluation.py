@@ -38,8 +38,11 @@ def stop_summary(task: Task, trace: Trace, stop: Tensor) -> dict[str, Any]:
         mask = trace.groups == g
         if bool(mask.any()):
             groups[name] = metric_at(task, trace, stop, mask)
+    stats = trace.metric_stats.gather(1, stop.unsqueeze(1)).squeeze(1)
+    interval = task.metric_interval(stats)
     return {
-        "metric": metric_at(task, trace, stop),
+        **({"ci95": interval} if interval is not None else {}),
+        "metric": task.aggregate(stats),
         "avg_layers": float((stop + 1).double().mean()),
         "groups": groups,
         "histogram": torch.bincount(stop, minlength=trace.num_layers).tolist(),

@@ -22,12 +22,17 @@ def markdown_table(results: dict[str, Any]) -> str:
     rows = results["rows"]
     groups = list(results.get("group_names", []))
     metric = results["metric"]
-    head = ["Method", metric, "avg layers"] + groups
+    with_ci = any("ci95" in r for r in rows)
+    head = ["Method", metric] + (["95% interval"] if with_ci else []) + ["avg layers"] + groups
     head += ["stochastic " + metric, "stochastic layers", "train time (s)", "layer evals"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in rows:
         sto = r.get("stochastic") or {}
-        cells = [r["method"], _fmt(r["metric"]), _fmt(r["avg_layers"])]
+        ci = r.get("ci95")
+        cells = [r["method"], _fmt(r["metric"])]
+        if with_ci:
+            cells.append(f"[{_fmt(ci[0], 3)}, {_fmt(ci[1], 3)}]" if ci else "-")
+        cells.append(_fmt(r["avg_layers"]))
         cells += [_fmt(r["groups"].get(g)) for g in groups]
         cells += [
             _fmt(sto.get("metric")),

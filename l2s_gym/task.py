@@ -106,6 +106,10 @@ class Task(abc.ABC):
         """The metric of a set of per-sample statistics (default: their mean)."""
         return float(stats.double().mean())
 
+    def metric_interval(self, stats: Tensor) -> list[float] | None:
+        """A 95% interval ``[low, high]`` for ``aggregate(stats)``, or ``None`` (default)."""
+        return None
+
     # --- comparison extras ----------------------------------------------------------------
     def classical_baselines(self, num_layers: int) -> list[tuple[str, LayeredPredictor]]:
         """Untrained layered predictors reported at full depth (e.g. ISTA, FISTA)."""
