@@ -44,11 +44,12 @@ def run_compare(
 
     device = resolve_device(cfg.device)
     exp = Path(runs_root) / cfg.experiment
+    torch.manual_seed(cfg.seed)
+    # The task first: a bad data folder fails here, before any run folder is written.
+    task = make_task(cfg.task, cfg.seed, device)
     exp.mkdir(parents=True, exist_ok=True)
     snapshot = cfg.to_dict()
     write_config_snapshot(exp, snapshot)
-    torch.manual_seed(cfg.seed)
-    task = make_task(cfg.task, cfg.seed, device)
     log(f"[l2s] {cfg.experiment}: task {cfg.task.name} on {device}")
 
     stop_model = make_predictor(cfg.predictor, task, seed=cfg.seed)
