@@ -146,3 +146,16 @@ class Validator:
             state = torch.load(self.best_path, map_location="cpu", weights_only=False)
             self.module.load_state_dict(state["state_dict"])
         self.module.eval()
+
+    def finish(self, model: StopModel, layer_evals: int, **extra: Any) -> LearnerResult:
+        """Restore the best checkpoint and report it: the common end of every learner."""
+        self.restore_best()
+        best = None if math.isnan(self.best_metric) else self.best_metric
+        return LearnerResult(
+            model=model,
+            wall_time_s=self.wall_time_s,
+            layer_evals=layer_evals,
+            curve=self.curve,
+            checkpoint=self.best_path,
+            extra={"best_val_metric": best, "best_step": self.best_step, **extra},
+        )

@@ -84,15 +84,7 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
         if step % icfg.val_every == 0 or step == icfg.steps:
             metric = validator(policy, step, layer_evals)
             bar.set_postfix(val=f"{metric:.4g}", best=f"{validator.best_metric:.4g}")
-    validator.restore_best()
-    return LearnerResult(
-        model=policy,
-        wall_time_s=validator.wall_time_s,
-        layer_evals=layer_evals,
-        curve=validator.curve,
-        checkpoint=validator.best_path,
-        extra={"best_val_metric": validator.best_metric, "best_step": validator.best_step},
-    )
+    return validator.finish(policy, layer_evals)
 
 
 @register_learner("reverse_kl", "reverse KL")

@@ -58,7 +58,6 @@ validation tags every learner shares (``agents.base``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -258,20 +257,7 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
             metric = validator(policy, update, env.layer_evals)
             bar.set_postfix(val=f"{metric:.4g}", best=f"{validator.best_metric:.4g}")
     bar.close()
-    validator.restore_best()
-    return LearnerResult(
-        model=policy,
-        wall_time_s=validator.wall_time_s,
-        layer_evals=env.layer_evals,
-        curve=validator.curve,
-        checkpoint=validator.best_path,
-        extra={
-            "best_val_metric": None if math.isnan(validator.best_metric) else validator.best_metric,
-            "best_step": validator.best_step,
-            "updates": update,
-            "episodes": env.episodes_done,
-        },
-    )
+    return validator.finish(policy, env.layer_evals, updates=update, episodes=env.episodes_done)
 
 
 @register_learner("reinforce", "REINFORCE")

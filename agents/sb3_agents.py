@@ -32,7 +32,6 @@ stable-baselines3 is imported inside the functions: importing ``agents`` stays f
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -271,20 +270,12 @@ def train_sb3(ctx: LearnerContext, algorithm: Algorithm) -> LearnerResult:
     callback.validate()
     bar.close()
     model.logger.close()
-    validator.restore_best()
-    return LearnerResult(
-        model=stop_policy,
-        wall_time_s=validator.wall_time_s,
-        layer_evals=env.layer_evals,
-        curve=validator.curve,
-        checkpoint=validator.best_path,
-        extra={
-            "best_val_metric": None if math.isnan(validator.best_metric) else validator.best_metric,
-            "best_step": validator.best_step,
-            "updates": callback.updates,
-            "episodes": env.episodes_done,
-            "timesteps": model.num_timesteps,
-        },
+    return validator.finish(
+        stop_policy,
+        env.layer_evals,
+        updates=callback.updates,
+        episodes=env.episodes_done,
+        timesteps=model.num_timesteps,
     )
 
 
