@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from l2s_gym.config import ExperimentConfig
+from l2s_gym.envs.batched import BatchedStopEnv
 from l2s_gym.evaluation import StopModel, is_better, stop_logits, stop_summary
 from l2s_gym.predictor import LayeredPredictor, Trace
 from l2s_gym.runs import save_checkpoint, summary_writer
@@ -48,6 +49,24 @@ class LearnerContext:
     run_dir: Path
     seed: int = 0
     progress: bool = True
+
+
+def make_rl_env(ctx: LearnerContext, stream: int) -> BatchedStopEnv:
+    """The batched training environment an RL learner samples from, sized by ``ctx.cfg.rl``.
+
+    ``stream`` picks the task's random stream (see ``Task.stream_seed``), apart from the
+    streams of the validation and test sets and of the other learners.
+    """
+    rl = ctx.cfg.rl
+    return BatchedStopEnv(
+        ctx.predictor,
+        ctx.task,
+        rl.num_envs,
+        beta=ctx.cfg.beta,
+        reward=rl.reward,
+        layer_cost=rl.layer_cost,
+        seed=ctx.task.stream_seed(stream + ctx.seed),
+    )
 
 
 @dataclass

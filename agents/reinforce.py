@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from agents.base import LearnerContext, LearnerResult, Validator
+from agents.base import LearnerContext, LearnerResult, Validator, make_rl_env
 from l2s_gym.build import make_policy
 from l2s_gym.envs.batched import BatchedStopEnv, split_obs
 from l2s_gym.policy import StopPolicy
@@ -177,18 +177,10 @@ def per_layer_baseline(returns: Tensor, t: Tensor, mask: Tensor, num_layers: int
 
 def train_reinforce(ctx: LearnerContext) -> LearnerResult:
     """Train a StopPolicy by REINFORCE on ``BatchedStopEnv`` over the frozen ``ctx.predictor``."""
-    cfg, task, predictor = ctx.cfg, ctx.task, ctx.predictor
+    cfg, predictor = ctx.cfg, ctx.predictor
     rl = cfg.rl
     T = predictor.num_layers
-    env = BatchedStopEnv(
-        predictor,
-        task,
-        rl.num_envs,
-        beta=cfg.beta,
-        reward=rl.reward,
-        layer_cost=rl.layer_cost,
-        seed=task.seed * 1_000_003 + 30_000 + ctx.seed,
-    )
+    env = make_rl_env(ctx, stream=30_000)
     policy = make_policy(cfg, predictor, seed=cfg.seed + 1)
     optimizer = torch.optim.Adam(policy.parameters(), lr=rl.lr)
     generator = torch.Generator(device=env.device)

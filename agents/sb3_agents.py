@@ -38,9 +38,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from agents.base import LearnerContext, LearnerResult, Validator
+from agents.base import LearnerContext, LearnerResult, Validator, make_rl_env
 from l2s_gym.build import make_policy
-from l2s_gym.envs.batched import BatchedStopEnv, make_obs, split_obs
+from l2s_gym.envs.batched import make_obs, split_obs
 from l2s_gym.policy import StopPolicy, position_encoding
 from l2s_gym.registry import register_learner
 
@@ -237,18 +237,11 @@ def train_sb3(ctx: LearnerContext, algorithm: Algorithm) -> LearnerResult:
     rl = cfg.rl
     label = "PPO" if algorithm == "ppo" else "A2C"
     offset = 50_000 if algorithm == "ppo" else 60_000
-    env = BatchedStopEnv(
-        predictor,
-        task,
-        rl.num_envs,
-        beta=cfg.beta,
-        reward=rl.reward,
-        layer_cost=rl.layer_cost,
-    )
+    env = make_rl_env(ctx, stream=offset)
     venv = StopVecEnv(env)
     model = make_model(algorithm, ctx, venv, seed=cfg.seed + 1)
     # SB3 seeded the env with its own seed; give it a stream apart from the task's eval sets.
-    venv.seed(task.seed * 1_000_003 + offset + ctx.seed)
+    venv.seed(task.stream_seed(offset + ctx.seed))
     stop_policy = make_policy(cfg, predictor)
     validator = Validator(ctx, stop_policy, algorithm)
     model.set_logger(configure(str(ctx.run_dir / "tb"), ["tensorboard"]))

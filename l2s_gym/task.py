@@ -87,10 +87,14 @@ class Task(abc.ABC):
             self._eval_cache[split] = self.make_eval_set(split)
         return self._eval_cache[split]
 
+    def stream_seed(self, offset: int) -> int:
+        """The seed of random stream ``offset``: distinct streams never share instances."""
+        return self.seed * 1_000_003 + offset
+
     def generator(self, offset: int) -> torch.Generator:
-        """A generator on the task's device seeded from the task seed and ``offset``."""
+        """A generator on the task's device seeded with ``stream_seed(offset)``."""
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.seed * 1_000_003 + offset)
+        gen.manual_seed(self.stream_seed(offset))
         return gen
 
     # --- scoring ----------------------------------------------------------------------
