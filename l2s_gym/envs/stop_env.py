@@ -119,6 +119,40 @@ def _check_reward(reward: str) -> None:
         raise ValueError(f"reward must be one of {', '.join(REWARD_MODES)}; got {reward!r}")
 
 
+def _batched_env(
+    owner: str,
+    render_mode: str | None,
+    num_envs: int,
+    task: str | Task,
+    predictor: LayeredPredictor | None,
+    checkpoint: str | Path | None,
+    task_config: dict[str, Any] | None,
+    predictor_config: dict[str, Any] | None,
+    reward: str,
+    beta: float | None,
+    layer_cost: float,
+    device: str,
+    seed: int,
+    task_seed: int,
+) -> BatchedStopEnv:
+    """Check the keyword arguments both env classes share and build their batched core."""
+    if render_mode is not None:
+        raise ValueError(f"{owner} renders nothing: render_mode must be None, got {render_mode!r}")
+    _check_reward(reward)
+    built_task, model, beta_value = build_components(
+        task, predictor, checkpoint, task_config, predictor_config, device, beta, task_seed
+    )
+    return BatchedStopEnv(
+        model,
+        built_task,
+        num_envs,
+        beta=beta_value,
+        reward=reward,
+        layer_cost=layer_cost,
+        seed=seed,
+    )
+
+
 def _obs_space(obs_dim: int, num_layers: int) -> spaces.Box:
     """Features unbounded (largest finite float32: the checkers warn on inf); t in 0..T-1."""
     big = np.finfo(np.float32).max
@@ -209,20 +243,27 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
         task_seed: int = 0,
         render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(
-                f"StopEnv renders nothing: render_mode must be None, got {render_mode!r}"
-            )
-        _check_reward(reward)
-        built_task, model, beta_value = build_components(
-            task, predictor, checkpoint, task_config, predictor_config, device, beta, task_seed
+        self.batched = _batched_env(
+            "StopEnv",
+            render_mode,
+            1,
+            task,
+            predictor,
+            checkpoint,
+            task_config,
+            predictor_config,
+            reward,
+            beta,
+            layer_cost,
+            device,
+            seed,
+            task_seed,
         )
-        self.batched = BatchedStopEnv(
-            model, built_task, 1, beta=beta_value, reward=reward, layer_cost=layer_cost, seed=seed
+        self.task, self.predictor, self.beta = (
+            self.batched.task,
+            self.batched.predictor,
+            self.batched.beta,
         )
-        self.task = built_task
-        self.predictor = model
-        self.beta = beta_value
         self.render_mode = None
         self.observation_space = _obs_space(self.batched.obs_dim, self.batched.num_layers)
         self.action_space = spaces.Discrete(2)
@@ -333,26 +374,27 @@ class StopVectorEnv(VectorEnv):
         task_seed: int = 0,
         render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(
-                f"StopVectorEnv renders nothing: render_mode must be None, got {render_mode!r}"
-            )
-        _check_reward(reward)
-        built_task, model, beta_value = build_components(
-            task, predictor, checkpoint, task_config, predictor_config, device, beta, task_seed
-        )
-        self.batched = BatchedStopEnv(
-            model,
-            built_task,
+        self.batched = _batched_env(
+            "StopVectorEnv",
+            render_mode,
             num_envs,
-            beta=beta_value,
-            reward=reward,
-            layer_cost=layer_cost,
-            seed=seed,
+            task,
+            predictor,
+            checkpoint,
+            task_config,
+            predictor_config,
+            reward,
+            beta,
+            layer_cost,
+            device,
+            seed,
+            task_seed,
         )
-        self.task = built_task
-        self.predictor = model
-        self.beta = beta_value
+        self.task, self.predictor, self.beta = (
+            self.batched.task,
+            self.batched.predictor,
+            self.batched.beta,
+        )
         self.num_envs = num_envs
         self.render_mode = None
         self.single_observation_space = _obs_space(self.batched.obs_dim, self.batched.num_layers)
