@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from l2s_gym.config import ExperimentConfig
+from l2s_gym.config import ExperimentConfig, annealed_beta
 from l2s_gym.envs.batched import BatchedStopEnv
 from l2s_gym.evaluation import StopModel, is_better, stop_logits, stop_summary
 from l2s_gym.predictor import LayeredPredictor, Trace
@@ -67,6 +67,16 @@ def make_rl_env(ctx: LearnerContext, stream: int) -> BatchedStopEnv:
         layer_cost=rl.layer_cost,
         seed=ctx.task.stream_seed(stream + ctx.seed),
     )
+
+
+def anneal_env_beta(ctx: LearnerContext, env: BatchedStopEnv) -> float:
+    """Set ``env.beta`` for the RL continuation (``cfg.rl.beta_anneal_from``) from the layers
+    the env has computed so far; return it. With the default 1.0 it stays ``cfg.beta``."""
+    rl = ctx.cfg.rl
+    env.beta = annealed_beta(
+        ctx.cfg.beta, rl.beta_anneal_from, rl.anneal_fraction, env.layer_evals / rl.layer_budget
+    )
+    return env.beta
 
 
 @dataclass

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from agents.base import LearnerContext, LearnerResult, Validator
 from l2s_gym.build import make_policy
-from l2s_gym.config import ImitationConfig
+from l2s_gym.config import ImitationConfig, annealed_beta
 from l2s_gym.registry import register_learner
 from l2s_gym.runs import TrainingDiverged
 from l2s_gym.stopping import (
@@ -34,9 +34,9 @@ Direction = Literal["reverse", "forward"]
 
 def target_beta(icfg: ImitationConfig, beta: float, step: int) -> float:
     """The KL target's temperature at ``step`` (see ``ImitationConfig.beta_anneal_from``)."""
-    horizon = max(1.0, icfg.anneal_fraction * icfg.steps)
-    progress = min(1.0, (step - 1) / horizon)
-    return beta * icfg.beta_anneal_from ** (1.0 - progress)
+    return annealed_beta(
+        beta, icfg.beta_anneal_from, icfg.anneal_fraction, (step - 1) / max(1, icfg.steps)
+    )
 
 
 def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> LearnerResult:

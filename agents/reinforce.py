@@ -48,7 +48,9 @@ budget ``cfg.rl.layer_budget`` is on ``env.layer_evals``, every layer the env co
 
 Hyper-parameters (``cfg.rl``, documented in ``l2s_gym.config.RLConfig``): ``reward``,
 ``layer_cost``, ``num_envs``, ``layer_budget``, ``lr``, ``val_every`` (in updates),
-``entropy_coef`` (``c``), ``gamma``, ``rollout_steps``; ``cfg.beta`` sets the reward scale.
+``entropy_coef`` (``c``), ``gamma``, ``rollout_steps``; ``cfg.beta`` sets the reward scale,
+and ``beta_anneal_from`` / ``anneal_fraction`` start it hotter (the continuation imitation
+has, see ``agents.base.anneal_env_beta``; ``charts/target_beta``).
 
 TensorBoard: ``losses/policy_gradient``, ``losses/entropy`` (the per-episode estimate of
 ``H(q)``), ``charts/episode_return``, ``charts/episode_layers``, ``charts/used_fraction``
@@ -65,7 +67,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from agents.base import LearnerContext, LearnerResult, Validator, make_rl_env
+from agents.base import (
+    LearnerContext,
+    LearnerResult,
+    Validator,
+    anneal_env_beta,
+    make_rl_env,
+)
 from l2s_gym.build import make_policy
 from l2s_gym.envs.batched import BatchedStopEnv, split_obs
 from l2s_gym.policy import StopPolicy
@@ -202,6 +210,7 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
     )
     while env.layer_evals < rl.layer_budget:
         evals_before = env.layer_evals
+        w.add_scalar("charts/target_beta", anneal_env_beta(ctx, env), update + 1)
         policy.eval()
         rollout, obs = collect_rollout(env, policy, obs, rl.rollout_steps, generator)
         policy.train()

@@ -19,6 +19,8 @@ taken, not the entropy of the decisions the current one makes reachable (REINFOR
 that term, see ``agents.reinforce``); the two agree on the optimum's form only
 approximately. PPO: ``ppo_lr``, ``n_steps = rollout_steps``, ``ppo_epochs``,
 ``ppo_minibatch``; A2C: ``a2c_lr``, ``n_steps = a2c_steps``. The rest are SB3's defaults.
+The reward temperature follows ``rl.beta_anneal_from`` / ``anneal_fraction``, set before
+each rollout (``agents.base.anneal_env_beta``; ``charts/target_beta``).
 
 Training stops once the env has computed ``cfg.rl.layer_budget`` layers (``env.layer_evals``,
 not SB3's timestep count): the rollout that crosses the budget is still learned from.
@@ -38,7 +40,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from agents.base import LearnerContext, LearnerResult, Validator, make_rl_env
+from agents.base import (
+    LearnerContext,
+    LearnerResult,
+    Validator,
+    anneal_env_beta,
+    make_rl_env,
+)
 from l2s_gym.build import make_policy
 from l2s_gym.envs.batched import make_obs, split_obs
 from l2s_gym.policy import StopPolicy, position_encoding
@@ -205,6 +213,8 @@ def validation_callback(
             # The previous rollout's update has been applied by now.
             if self.updates and self.updates % val_every == 0:
                 self.validate()
+            beta = anneal_env_beta(validator.ctx, venv.env)
+            validator.writer.add_scalar("charts/target_beta", beta, self.updates + 1)
 
         def _on_step(self) -> bool:
             evals = venv.layer_evals

@@ -62,6 +62,21 @@ class PolicyConfig:
         _positive(self, path, "hidden", "depth", "pos_dim")
 
 
+def _check_anneal(obj: Any, path: str) -> None:
+    """Validate a ``beta_anneal_from`` / ``anneal_fraction`` pair (imitation and RL)."""
+    if obj.beta_anneal_from < 1:
+        raise ConfigError(f"{path}.beta_anneal_from: must be >= 1, got {obj.beta_anneal_from!r}")
+    if not 0 < obj.anneal_fraction <= 1:
+        raise ConfigError(f"{path}.anneal_fraction: must be in (0, 1], got {obj.anneal_fraction!r}")
+
+
+def annealed_beta(beta: float, start_multiple: float, fraction: float, progress: float) -> float:
+    """The continuation's temperature: ``beta * start_multiple`` at ``progress = 0``, falling
+    geometrically to ``beta`` at ``progress = fraction`` and staying there."""
+    done = min(1.0, max(0.0, progress) / fraction)
+    return beta * start_multiple ** (1.0 - done)
+
+
 @dataclass
 class ImitationConfig:
     """Stage 2, learning to stop by imitating the oracle with an exact KL over all T."""
@@ -79,14 +94,7 @@ class ImitationConfig:
 
     def validate(self, path: str) -> None:
         _positive(self, path, "steps", "batch_size", "lr", "val_every")
-        if self.beta_anneal_from < 1:
-            raise ConfigError(
-                f"{path}.beta_anneal_from: must be >= 1, got {self.beta_anneal_from!r}"
-            )
-        if not 0 < self.anneal_fraction <= 1:
-            raise ConfigError(
-                f"{path}.anneal_fraction: must be in (0, 1], got {self.anneal_fraction!r}"
-            )
+        _check_anneal(self, path)
 
 
 @dataclass
@@ -120,6 +128,11 @@ class RLConfig:
     """PPO's passes over each rollout."""
     ppo_minibatch: int = 4096
     """PPO's minibatch size (decisions per gradient step)."""
+    beta_anneal_from: float = 1.0
+    """Continuation, as ``imitation.beta_anneal_from``: the env's reward temperature starts
+    at this multiple of beta and falls geometrically to beta over the first
+    ``anneal_fraction`` of ``layer_budget`` (1.0: off)."""
+    anneal_fraction: float = 0.5
 
     def validate(self, path: str) -> None:
         _positive(
@@ -139,6 +152,7 @@ class RLConfig:
         _non_negative(self, path, "layer_cost", "entropy_coef")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"{path}.gamma: must be in (0, 1], got {self.gamma!r}")
+        _check_anneal(self, path)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,39 @@ def test_per_layer_baseline_is_leave_one_out() -> None:
     baseline = per_layer_baseline(returns, t, mask, num_layers=2)
     # Each decision's baseline is the mean of the *other* decisions at its layer.
     torch.testing.assert_close(baseline, torch.tensor([[3.0, 1.0, 0.0]]))
+
+
+def test_annealed_beta_falls_geometrically_then_holds() -> None:
+    from l2s_gym.config import annealed_beta
+
+    assert annealed_beta(0.01, 30.0, 0.5, 0.0) == pytest.approx(0.3)
+    assert annealed_beta(0.01, 30.0, 0.5, 0.25) == pytest.approx(0.01 * 30**0.5)
+    assert annealed_beta(0.01, 30.0, 0.5, 0.5) == pytest.approx(0.01)
+    assert annealed_beta(0.01, 30.0, 0.5, 0.9) == pytest.approx(0.01)
+    assert annealed_beta(0.01, 1.0, 0.5, 0.0) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name", ["reinforce", "ppo"])
+def test_rl_continuation_anneals_the_env_beta_to_beta(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Record every temperature the learner gives its env: it must start near 10 x beta
+    # (reset has already computed a first layer), fall monotonically, and end at beta
+    # itself (the objective the table scores).
+    import agents.base as base
+
+    seen: list[float] = []
+    original = base.anneal_env_beta
+
+    def spy(ctx: LearnerContext, env: BatchedStopEnv) -> float:
+        seen.append(original(ctx, env))
+        return seen[-1]
+
+    module = "agents.reinforce" if name == "reinforce" else "agents.sb3_agents"
+    monkeypatch.setattr(f"{module}.anneal_env_beta", spy)
+    ctx = toy_context(tmp_path, layer_budget=8000, beta_anneal_from=10.0, anneal_fraction=0.5)
+    registry.LEARNERS[name](ctx)
+    beta = ctx.cfg.beta
+    assert 9 * beta < seen[0] <= 10 * beta
+    assert all(later <= earlier + 1e-12 for earlier, later in itertools.pairwise(seen))
+    assert seen[-1] == pytest.approx(beta)
