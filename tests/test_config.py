@@ -65,6 +65,14 @@ def test_defaults_fill_in():
         (lambda d: d.update(compare={"learners": ["reverse-kl"]}), "compare.learners"),
         (lambda d: d.pop("experiment"), "experiment: required key missing"),
         (
+            lambda d: d.update(rl={"beta_anneal_from": 0.5}),
+            "rl.beta_anneal_from: must be >= 1",
+        ),
+        (
+            lambda d: d.update(imitation={"anneal_fraction": 0}),
+            "imitation.anneal_fraction: must be in (0, 1]",
+        ),
+        (
             lambda d: d.update(predictor={"name": "toy_counter"}),
             "predictor.name: 'toy_counter' works on task 'toy'",
         ),
