@@ -19,7 +19,7 @@ from agents.base import LearnerContext, LearnerResult, Validator
 from l2s_gym.build import make_policy
 from l2s_gym.config import ImitationConfig, annealed_beta
 from l2s_gym.registry import register_learner
-from l2s_gym.runs import TrainingDiverged
+from l2s_gym.runs import check_finite
 from l2s_gym.stopping import (
     entropy,
     expected_depth,
@@ -66,12 +66,13 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
         target = oracle_log_q(trace.losses, target_beta(icfg, beta, step))
         log_q = stop_log_q(policy.trace_logits(trace.features))
         loss = kl_fn(log_q, target).mean()
-        if not torch.isfinite(loss):
-            validator.writer.close()
-            raise TrainingDiverged(
-                f"imitation ({direction} KL) loss became {loss.item()} at step {step}; "
-                f"last good checkpoint kept at {validator.best_path}"
-            )
+        check_finite(
+            loss,
+            f"imitation ({direction} KL)",
+            f"step {step}",
+            validator.best_path,
+            validator.writer,
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -78,7 +78,7 @@ from l2s_gym.build import make_policy
 from l2s_gym.envs.batched import BatchedStopEnv, split_obs
 from l2s_gym.policy import StopPolicy
 from l2s_gym.registry import register_learner
-from l2s_gym.runs import TrainingDiverged
+from l2s_gym.runs import check_finite
 
 
 @dataclass
@@ -234,13 +234,9 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
         pg_loss = -(log_prob * advantage.detach() * decision).sum() / num_episodes
         entropy_per_episode = entropy.sum() / num_episodes
         loss = pg_loss - rl.entropy_coef * entropy_per_episode
-        if not torch.isfinite(loss):
-            validator.writer.close()
-            bar.close()
-            raise TrainingDiverged(
-                f"REINFORCE loss became {float(loss)} at update {update}; "
-                f"last good checkpoint kept at {validator.best_path}"
-            )
+        check_finite(
+            loss, "REINFORCE", f"update {update}", validator.best_path, validator.writer, bar
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -15,6 +15,23 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or inf; the message says where the last good checkpoint is."""
 
 
+def check_finite(
+    loss: torch.Tensor, what: str, where: str, checkpoint: Path, *to_close: Any
+) -> None:
+    """Raise ``TrainingDiverged`` if ``loss`` is NaN or inf, closing ``to_close`` first.
+
+    The message reads ``"<what> loss became <value> at <where>; last good checkpoint kept
+    at <checkpoint>"``: the one guard of every training loop (stage 1 and the learners).
+    """
+    if torch.isfinite(loss):
+        return
+    for item in to_close:
+        item.close()
+    raise TrainingDiverged(
+        f"{what} loss became {loss.item()} at {where}; last good checkpoint kept at {checkpoint}"
+    )
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

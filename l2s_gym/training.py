@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from l2s_gym.config import Stage1Config
 from l2s_gym.evaluation import depth_curve, is_better, metric_at, oracle_stop
 from l2s_gym.predictor import LayeredPredictor
-from l2s_gym.runs import TrainingDiverged, save_checkpoint, summary_writer
+from l2s_gym.runs import check_finite, save_checkpoint, summary_writer
 from l2s_gym.stopping import oracle_stage_loss
 from l2s_gym.task import Task
 
@@ -135,12 +135,14 @@ def train_predictor(
         batch = task.train_batch(cfg.batch_size, gen)
         trace = predictor.trace(batch, task, with_features=False)
         loss = stage1_loss(trace.losses, mode, beta)
-        if not torch.isfinite(loss):
-            writer.close()
-            raise TrainingDiverged(
-                f"stage 1 ({mode}) loss became {loss.item()} at step {step}; "
-                f"last good checkpoint kept at {best_path if best_step >= 0 else last_path}"
-            )
+        check_finite(
+            loss,
+            f"stage 1 ({mode})",
+            f"step {step}",
+            best_path if best_step >= 0 else last_path,
+            writer,
+            bar,
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
