@@ -1,10 +1,15 @@
-"""Stop-policy learners. Importing this package registers every built-in learner.
+"""The built-in stop-policy learners, installed as ``l2s_gym.agents``.
 
-- ``reverse_kl`` / ``forward_kl``: exact KL imitation of the oracle (``agents.imitation``)
-- heuristics (fixed depth, oracle, confidence and convergence thresholds): ``agents.heuristics``
+Importing this package registers them (``l2s_gym.registry.register_learner``); l2s-gym
+loads it through its own ``l2s_gym.plugins`` entry point, the hook any installed package
+can use to add tasks, predictors or learners.
+
+- ``reverse_kl`` / ``forward_kl``: exact KL imitation of the oracle (``imitation``)
+- ``reinforce``: native batched REINFORCE on the device (``reinforce``)
+- ``ppo`` / ``a2c``: stable-baselines3 on the batched environment (``sb3_agents``)
+
+The learner contract (``LearnerContext``, ``LearnerResult``, ``Validator``) and the
+heuristic stop rules live in the library (``l2s_gym.learner``, ``l2s_gym.rules``).
 """
 
-from agents import imitation, reinforce, sb3_agents  # noqa: F401
-from agents.base import LearnerContext, LearnerResult, Validator
-
-__all__ = ["LearnerContext", "LearnerResult", "Validator"]
+from . import imitation, reinforce, sb3_agents  # noqa: F401  (registration)

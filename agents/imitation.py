@@ -5,7 +5,7 @@ The primary learner minimises the reverse KL ``KL(q_phi || q*)``; the forward KL
 Each step draws a fresh batch, runs the frozen predictor once over all T layers (the
 trace gives every ``x_t``), and takes the exact KL, so the gradient has no sampling noise.
 TensorBoard: ``losses/kl``, ``losses/entropy``, ``charts/expected_depth`` plus the
-validation tags shared by every learner (see ``agents.base``).
+validation tags shared by every learner (see ``l2s_gym.learner``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from agents.base import LearnerContext, LearnerResult, Validator
 from l2s_gym.build import make_policy
 from l2s_gym.config import ImitationConfig, annealed_beta
+from l2s_gym.learner import LearnerContext, LearnerResult, Validator
 from l2s_gym.registry import register_learner
 from l2s_gym.runs import check_finite
 from l2s_gym.stopping import (
@@ -63,7 +63,7 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
         with torch.no_grad():
             trace = predictor.trace(batch, task)
         layer_evals += len(batch) * predictor.num_layers
-        target = oracle_log_q(trace.losses, target_beta(icfg, beta, step))
+        target = oracle_log_q(ctx.objective_losses(trace.losses), target_beta(icfg, beta, step))
         log_q = stop_log_q(policy.trace_logits(trace.features))
         loss = kl_fn(log_q, target).mean()
         check_finite(

@@ -50,12 +50,12 @@ Hyper-parameters (``cfg.rl``, documented in ``l2s_gym.config.RLConfig``): ``rewa
 ``layer_cost``, ``num_envs``, ``layer_budget``, ``lr``, ``val_every`` (in updates),
 ``entropy_coef`` (``c``), ``gamma``, ``rollout_steps``; ``cfg.beta`` sets the reward scale,
 and ``beta_anneal_from`` / ``anneal_fraction`` start it hotter (the continuation imitation
-has, see ``agents.base.anneal_env_beta``; ``charts/target_beta``).
+has, see ``l2s_gym.learner.anneal_env_beta``; ``charts/target_beta``).
 
 TensorBoard: ``losses/policy_gradient``, ``losses/entropy`` (the per-episode estimate of
 ``H(q)``), ``charts/episode_return``, ``charts/episode_layers``, ``charts/used_fraction``
 (share of the window's layer steps that belonged to counted episodes), plus the
-validation tags every learner shares (``agents.base``).
+validation tags every learner shares (``l2s_gym.learner``).
 """
 
 from __future__ import annotations
@@ -67,15 +67,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from agents.base import (
+from l2s_gym.build import make_policy
+from l2s_gym.envs.batched import BatchedStopEnv, split_obs
+from l2s_gym.learner import (
     LearnerContext,
     LearnerResult,
     Validator,
     anneal_env_beta,
     make_rl_env,
 )
-from l2s_gym.build import make_policy
-from l2s_gym.envs.batched import BatchedStopEnv, split_obs
 from l2s_gym.policy import StopPolicy
 from l2s_gym.registry import register_learner
 from l2s_gym.runs import check_finite

@@ -16,11 +16,11 @@ The objective and its SB3 knobs (``cfg.rl``): rewards from the env (``reward``,
 left unnormalised, so that the entropy bonus weighs the same against the rewards as in
 REINFORCE. SB3's bonus is the usual per-step one: it rewards the entropy of each decision
 taken, not the entropy of the decisions the current one makes reachable (REINFORCE keeps
-that term, see ``agents.reinforce``); the two agree on the optimum's form only
+that term, see ``l2s_gym.agents.reinforce``); the two agree on the optimum's form only
 approximately. PPO: ``ppo_lr``, ``n_steps = rollout_steps``, ``ppo_epochs``,
 ``ppo_minibatch``; A2C: ``a2c_lr``, ``n_steps = a2c_steps``. The rest are SB3's defaults.
 The reward temperature follows ``rl.beta_anneal_from`` / ``anneal_fraction``, set before
-each rollout (``agents.base.anneal_env_beta``; ``charts/target_beta``).
+each rollout (``l2s_gym.learner.anneal_env_beta``; ``charts/target_beta``).
 
 Training stops once the env has computed ``cfg.rl.layer_budget`` layers (``env.layer_evals``,
 not SB3's timestep count): the rollout that crosses the budget is still learned from.
@@ -29,7 +29,7 @@ the end; the best checkpoint (of the StopPolicy copy) is restored and returned.
 TensorBoard: SB3's own tags (``train/...``, ``rollout/ep_rew_mean``, x axis: timesteps)
 and the shared validation tags (x axis: updates) land in the same run folder.
 
-stable-baselines3 is imported inside the functions: importing ``agents`` stays fast.
+stable-baselines3 is imported inside the functions: importing ``l2s_gym.agents`` stays fast.
 """
 
 from __future__ import annotations
@@ -40,15 +40,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from agents.base import (
+from l2s_gym.build import make_policy
+from l2s_gym.envs.batched import make_obs, split_obs
+from l2s_gym.learner import (
     LearnerContext,
     LearnerResult,
     Validator,
     anneal_env_beta,
     make_rl_env,
 )
-from l2s_gym.build import make_policy
-from l2s_gym.envs.batched import make_obs, split_obs
 from l2s_gym.policy import StopPolicy, position_encoding
 from l2s_gym.registry import register_learner
 

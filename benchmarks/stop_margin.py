@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-import agents  # noqa: F401  (registers the learners)
 from l2s_gym.build import make_policy, make_predictor, make_task
 from l2s_gym.config import load_config
-from l2s_gym.evaluation import fixed_depth_stop, metric_at, stop_logits
+from l2s_gym.evaluation import metric_at, stop_logits
+from l2s_gym.rules import fixed_depth_stop
 from l2s_gym.runs import load_checkpoint
 from l2s_gym.stopping import deterministic_stop
 

@@ -1,15 +1,34 @@
 """l2s-gym: learning when to stop a layered computation (Chen et al., ICML 2020).
 
-Importing the package registers the built-in tasks and predictors.
+Importing the package registers the built-in tasks and predictors and their Gymnasium
+ids. The built-in learners (``l2s_gym.agents``) and those of other installed packages
+load on first use through the ``l2s_gym.plugins`` entry points
+(``l2s_gym.registry.load_plugins``). The toy task of the tests and docs registers only
+when ``l2s_gym.testing`` is imported.
 """
 
-from l2s_gym import predictors, tasks, testing  # noqa: F401  (registration side effects)
+from importlib import metadata as _metadata
+
+from l2s_gym import predictors, tasks  # noqa: F401  (registration side effects)
 from l2s_gym.policy import StopPolicy
 from l2s_gym.predictor import LayeredPredictor, Trace
+from l2s_gym.rules import ReadoutRule
 from l2s_gym.task import Batch, Task
 
-__version__ = "0.1.0"
-__all__ = ["Batch", "LayeredPredictor", "StopPolicy", "Task", "Trace", "__version__"]
+try:
+    __version__ = _metadata.version("l2s-gym")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Batch",
+    "LayeredPredictor",
+    "ReadoutRule",
+    "StopPolicy",
+    "Task",
+    "Trace",
+    "__version__",
+]
 
 # Last: registers a gymnasium id for every task imported above.
 from l2s_gym import envs  # noqa: E402, F401

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 
 from l2s_gym import registry
@@ -9,6 +12,8 @@ from l2s_gym.config import ComponentSpec, ExperimentConfig
 from l2s_gym.policy import StopPolicy
 from l2s_gym.predictor import LayeredPredictor
 from l2s_gym.task import Task
+
+T = TypeVar("T")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,12 +30,20 @@ def make_task(spec: ComponentSpec, seed: int, device: torch.device | str) -> Tas
     return entry.cls(spec.params, seed=seed, device=str(device))
 
 
+def _seeded(seed: int | None, build: Callable[[], T]) -> T:
+    """``build()`` with torch's CPU generator seeded by ``seed``, leaving the caller's global
+    random state as it was (modules initialise from the global generator)."""
+    if seed is None:
+        return build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
 def make_predictor(spec: ComponentSpec, task: Task, seed: int | None = None) -> LayeredPredictor:
     """A fresh predictor for ``task``; ``seed`` fixes its initialisation."""
     entry = registry.PREDICTORS[spec.name]
-    if seed is not None:
-        torch.manual_seed(seed)
-    predictor = entry.cls(spec.params, task).to(task.device)
+    predictor = _seeded(seed, lambda: entry.cls(spec.params, task)).to(task.device)
     predictor.check_protocol()
     return predictor
 
@@ -38,14 +51,16 @@ def make_predictor(spec: ComponentSpec, task: Task, seed: int | None = None) -> 
 def make_policy(
     cfg: ExperimentConfig, predictor: LayeredPredictor, seed: int | None = None
 ) -> StopPolicy:
-    """The StopPolicy every learner trains, sized by ``cfg.policy``."""
-    if seed is not None:
-        torch.manual_seed(seed)
-    return StopPolicy(
-        predictor.feature_shape,
-        predictor.num_layers,
-        hidden=cfg.policy.hidden,
-        depth=cfg.policy.depth,
-        encoder=predictor.policy_encoder(),
-        pos_dim=cfg.policy.pos_dim,
-    ).to(predictor.device)
+    """The StopPolicy every learner trains, sized by ``cfg.policy``; ``seed`` fixes its init."""
+
+    def build() -> StopPolicy:
+        return StopPolicy(
+            predictor.feature_shape,
+            predictor.num_layers,
+            hidden=cfg.policy.hidden,
+            depth=cfg.policy.depth,
+            encoder=predictor.policy_encoder(),
+            pos_dim=cfg.policy.pos_dim,
+        )
+
+    return _seeded(seed, build).to(predictor.device)

@@ -11,12 +11,18 @@ import sys
 from pathlib import Path
 
 from l2s_gym.config import ConfigError, ExperimentConfig, find_config, load_config
+from l2s_gym.registry import PluginError
 from l2s_gym.runs import TrainingDiverged
 
 LOSS_MODES = ("oracle", "last", "mean")
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
+    from l2s_gym import registry
+
+    for spec in args.imports or []:
+        registry.import_module_or_file(spec)
+    registry.load_plugins()
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f"device={args.device}")
@@ -34,6 +40,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides `device`")
     p.add_argument("--runs", default="runs", help="folder that holds experiment folders")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE_OR_FILE",
+        help="import a module (dotted name) or a .py file that registers tasks, predictors "
+        "or learners, before the config is read (repeatable)",
+    )
 
 
 def _setup(cfg: ExperimentConfig, runs: str):  # noqa: ANN202
@@ -90,10 +104,9 @@ def cmd_train_predictor(args: argparse.Namespace) -> int:
 
 
 def cmd_train_policy(args: argparse.Namespace) -> int:
-    import agents  # noqa: F401
-    from agents.base import LearnerContext
     from l2s_gym import registry
     from l2s_gym.evaluation import evaluate_stop_model
+    from l2s_gym.learner import LearnerContext
     from l2s_gym.runs import write_config_snapshot
 
     cfg = _config(args)
@@ -109,7 +122,7 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     val = predictor.trace_eval(task.eval_set("val"), task, cfg.compare.eval_batch_size)
     ctx = LearnerContext(cfg, task, predictor, val, folder, cfg.seed, not args.no_progress)
     result = registry.LEARNERS[args.learner](ctx)
-    summary = evaluate_stop_model(task, val, result.model, cfg.seed)
+    summary = evaluate_stop_model(task, val, result.model, cfg.seed, rule=result.readout)
     print(
         f"validation {task.metric_name}: {summary['metric']:.3f} "
         f"at {summary['avg_layers']:.2f} layers on average"
@@ -121,14 +134,9 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from l2s_gym import registry
     from l2s_gym.build import make_policy
-    from l2s_gym.evaluation import (
-        depth_curve,
-        evaluate_stop_model,
-        fixed_depth_stop,
-        oracle_stop,
-        stop_summary,
-    )
+    from l2s_gym.evaluation import depth_curve, evaluate_stop_model, stop_summary
     from l2s_gym.report import markdown_table
+    from l2s_gym.rules import ReadoutRule, fixed_depth_stop, oracle_stop
     from l2s_gym.runs import load_checkpoint
 
     cfg = _config(args)
@@ -149,8 +157,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         policy.load_state_dict(state["state_dict"])
         policy.eval()
         label = registry.LEARNER_LABELS.get(state.get("learner", ""), Path(path).parent.name)
+        rule = ReadoutRule.from_dict(state.get("readout", {"kind": "threshold", "value": 0.5}))
         rows.append(
-            {"method": f"{P}-stop ({label})", **evaluate_stop_model(task, test, policy, cfg.seed)}
+            {
+                "method": f"{P}-stop ({label})",
+                **evaluate_stop_model(task, test, policy, cfg.seed, rule=rule),
+            }
         )
     results = {
         "experiment": cfg.experiment,
@@ -201,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, PluginError) as exc:
         print(f"l2s: error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:

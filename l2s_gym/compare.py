@@ -13,8 +13,6 @@ from typing import Any
 
 import torch
 
-from agents.base import LearnerContext
-from agents.heuristics import THRESHOLD_RULES, threshold_sweep
 from l2s_gym import registry
 from l2s_gym.build import make_predictor, make_task, resolve_device
 from l2s_gym.config import ExperimentConfig
@@ -22,12 +20,13 @@ from l2s_gym.evaluation import (
     best_fixed_depth,
     depth_curve,
     evaluate_stop_model,
-    fixed_depth_stop,
     is_better,
-    oracle_stop,
     stop_summary,
+    threshold_sweep,
 )
+from l2s_gym.learner import LearnerContext
 from l2s_gym.report import plot_learning_curves, plot_metric_vs_layers, write_results
+from l2s_gym.rules import THRESHOLD_RULES, fixed_depth_stop, oracle_stop
 from l2s_gym.runs import summary_writer, write_config_snapshot, write_json
 from l2s_gym.training import train_predictor
 
@@ -40,8 +39,7 @@ def run_compare(
     cfg: ExperimentConfig, runs_root: str | Path = "runs", progress: bool = True, log=print
 ) -> Path:  # noqa: ANN001
     """Run the full comparison; return the experiment folder."""
-    import agents  # noqa: F401  (registers the learners)
-
+    registry.load_plugins()
     device = resolve_device(cfg.device)
     exp = Path(runs_root) / cfg.experiment
     torch.manual_seed(cfg.seed)
@@ -97,7 +95,7 @@ def run_compare(
 
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[float]] = {}
-    for label, baseline in task.classical_baselines(T):
+    for label, baseline in registry.classical_baselines(task, T):
         baseline.to(device)
         tr = baseline.trace_eval(test, task, bs)
         rows.append(
@@ -163,7 +161,9 @@ def run_compare(
         log(f"[l2s] stage 2: {P}-stop ({label})")
         ctx = LearnerContext(cfg, task, stop_model, val_stop, exp / name, cfg.seed, progress)
         result = registry.LEARNERS[name](ctx)
-        summary = evaluate_stop_model(task, test_stop, result.model, seed=cfg.seed)
+        summary = evaluate_stop_model(
+            task, test_stop, result.model, seed=cfg.seed, rule=result.readout
+        )
         row = _row(
             f"{P}-stop ({label})",
             summary,

@@ -165,8 +165,6 @@ class CompareConfig:
     eval_batch_size: int = 1024
 
     def validate(self, path: str) -> None:
-        import agents  # noqa: F401  (registers the built-in learners)
-
         known = registry.learner_names()
         for name in self.learners:
             if name not in known:

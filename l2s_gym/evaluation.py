@@ -1,19 +1,29 @@
 """One evaluation path for every stop rule: metric vs layers computed, per group.
 
-A stop rule is anything that yields a 0-based stop index per instance of a Trace:
-a fixed depth, the label-using oracle, a heuristic, or a learned policy's stop logits
-(deterministic: first layer with stop probability > 0.5; stochastic: sampled).
+A stop rule (``l2s_gym.rules``) yields a 0-based stop index per instance of a Trace: a
+fixed depth, the label-using oracle, a heuristic, or a learned policy's stop logits read
+out by a ``ReadoutRule`` chosen on the validation set (``choose_readout``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from l2s_gym.predictor import Trace
-from l2s_gym.stopping import deterministic_stop, sample_stop, stop_log_q
+from l2s_gym.rules import (
+    PAPER_RULE,
+    THRESHOLD_RULES,
+    ReadoutRule,
+    default_thresholds,
+    fixed_depth_stop,
+    readout_candidates,
+    threshold_stop,
+)
+from l2s_gym.stopping import cost_adjusted_losses
 from l2s_gym.task import Task
 
 
@@ -49,16 +59,6 @@ def stop_summary(task: Task, trace: Trace, stop: Tensor) -> dict[str, Any]:
     }
 
 
-def fixed_depth_stop(trace: Trace, depth: int) -> Tensor:
-    """Stop every instance after ``depth`` layers (1-based)."""
-    return torch.full((len(trace),), depth - 1, dtype=torch.long, device=trace.losses.device)
-
-
-def oracle_stop(trace: Trace) -> Tensor:
-    """The label-using oracle's choice: the layer of least loss (the mode of q*)."""
-    return trace.losses.argmin(dim=1)
-
-
 def depth_curve(task: Task, trace: Trace) -> list[float]:
     """The metric when every instance stops at layer k, for k = 1..T."""
     return [
@@ -81,18 +81,108 @@ def stop_logits(model: StopModel, trace: Trace, chunk_size: int = 4096) -> Tenso
     )
 
 
+def stop_objective(
+    trace: Trace, stop: Tensor, cost: float = 0.0, cum_costs: Tensor | None = None
+) -> float:
+    """The method's objective at the chosen stops: ``mean_i l_{stop_i} + lambda C_{stop_i}``."""
+    adjusted = cost_adjusted_losses(trace.losses, cost, cum_costs)
+    return float(adjusted.gather(1, stop.long().unsqueeze(1)).double().mean())
+
+
+def choose_readout(
+    val_trace: Trace,
+    logits: Tensor,
+    cost: float = 0.0,
+    cum_costs: Tensor | None = None,
+    candidates: list[ReadoutRule] | None = None,
+) -> tuple[ReadoutRule, list[dict[str, Any]]]:
+    """The deterministic read-out with the least validation objective (``stop_objective``).
+
+    ``logits`` are the policy's stop logits on ``val_trace``. Ties go to the rule that
+    computes fewer layers, then to the earlier candidate. Returns the rule and, for the
+    record, every candidate's ``{"rule", "label", "objective", "avg_layers"}``.
+    """
+    best: tuple[float, float, int] | None = None
+    chosen = PAPER_RULE
+    table = []
+    for i, rule in enumerate(candidates or readout_candidates()):
+        stop = rule.stop(logits)
+        objective = stop_objective(val_trace, stop, cost, cum_costs)
+        layers = float((stop + 1).double().mean())
+        table.append(
+            {
+                "rule": rule.to_dict(),
+                "label": rule.label,
+                "objective": objective,
+                "avg_layers": layers,
+            }
+        )
+        key = (objective, layers, i)
+        if math.isfinite(objective) and (best is None or key < best):
+            best, chosen = key, rule
+    return chosen, table
+
+
 @torch.no_grad()
 def evaluate_stop_model(
-    task: Task, trace: Trace, model: StopModel, seed: int = 0
+    task: Task,
+    trace: Trace,
+    model: StopModel,
+    seed: int = 0,
+    rule: ReadoutRule = PAPER_RULE,
 ) -> dict[str, Any]:
-    """Deterministic and stochastic evaluation of a learned stop rule on ``trace``."""
+    """A learned stop rule on ``trace``: read out by ``rule`` (chosen on validation), plus
+    the stochastic read-out (a sample from ``q_phi``) and, for reference, the paper's rule."""
     logits = stop_logits(model, trace)
-    row = stop_summary(task, trace, deterministic_stop(logits))
+    row = stop_summary(task, trace, rule.stop(logits))
+    row["readout"] = rule.label
     gen = torch.Generator(device=logits.device)
     gen.manual_seed(seed)
-    sampled = stop_summary(task, trace, sample_stop(stop_log_q(logits), gen))
+    sampled = stop_summary(task, trace, ReadoutRule("sample").stop(logits, gen))
     row["stochastic"] = {k: sampled[k] for k in ("metric", "avg_layers", "groups")}
+    paper = stop_summary(task, trace, PAPER_RULE.stop(logits))
+    row["paper_rule"] = {k: paper[k] for k in ("metric", "avg_layers", "groups")}
     return row
+
+
+def threshold_sweep(
+    task: Task,
+    val: Trace,
+    test: Trace,
+    key: str,
+    thresholds: list[float] | None = None,
+    cost: float = 0.0,
+    cum_costs: Tensor | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sweep a heuristic threshold rule: a test curve, and a row at the threshold chosen on
+    validation (least ``stop_objective`` at ``cost``; at cost 0, the best metric).
+
+    Returns ``(row, curve)``: ``row`` is a table row (kind ``heuristic``); ``curve`` holds
+    ``threshold``, ``avg_layers`` and ``metric`` lists over the thresholds, for the plots.
+    """
+    label, _ = THRESHOLD_RULES[key]
+    thresholds = thresholds or default_thresholds(val, key)
+    best_tau, best_score = thresholds[0], None
+    curve: dict[str, Any] = {"label": label, "threshold": [], "avg_layers": [], "metric": []}
+    for tau in thresholds:
+        v_stop = threshold_stop(val, key, tau)
+        if cost:
+            score = -stop_objective(val, v_stop, cost, cum_costs)
+        else:
+            v_metric = metric_at(task, val, v_stop)
+            score = v_metric if task.higher_is_better else -v_metric
+        if best_score is None or score > best_score:
+            best_tau, best_score = tau, score
+        summary = stop_summary(task, test, threshold_stop(test, key, tau))
+        curve["threshold"].append(tau)
+        curve["avg_layers"].append(summary["avg_layers"])
+        curve["metric"].append(summary["metric"])
+    row = {
+        "method": f"{label}, tau={best_tau:.3g} (chosen on validation)",
+        "kind": "heuristic",
+        **stop_summary(task, test, threshold_stop(test, key, best_tau)),
+    }
+    return row, curve
 
 
 def is_better(task: Task, a: float, b: float) -> bool:

@@ -84,8 +84,9 @@ class LayeredPredictor(nn.Module, abc.ABC):
 
     Implement ``initial_state``, ``layer``, ``readout`` and ``policy_features``; set
     ``num_layers``, ``feature_shape`` and ``display_name``. Override ``policy_encoder``
-    if the features are not a flat vector (e.g. images), and ``extras`` to expose
-    per-layer quantities heuristics can use (e.g. ``"confidence"``).
+    if the features are not a flat vector (e.g. images), ``extras`` to expose
+    per-layer quantities heuristics can use (e.g. ``"confidence"``), and ``layer_costs``
+    if layers differ in cost.
     """
 
     display_name: str = "Predictor"
@@ -122,6 +123,15 @@ class LayeredPredictor(nn.Module, abc.ABC):
     ) -> dict[str, Tensor]:
         """Further per-sample quantities after layer ``t + 1`` (default: none)."""
         return {}
+
+    def layer_costs(self) -> Tensor | None:
+        """Relative compute of each layer and its read-out, ``(T,)`` positive (e.g. FLOPs).
+
+        ``None`` (the default): every layer costs the same. Costs are rescaled to mean 1
+        (``l2s_gym.stopping.cumulative_costs``), so a price ``lambda`` per layer keeps its
+        meaning, "loss per average layer", whatever the units given here.
+        """
+        return None
 
     @property
     def device(self) -> torch.device:

@@ -8,6 +8,8 @@ The last layer always stops, whatever its logit says.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -17,8 +19,11 @@ __all__ = [
     "stop_probabilities",
     "sample_stop",
     "deterministic_stop",
+    "quantile_stop",
     "expected_depth",
     "entropy",
+    "cumulative_costs",
+    "cost_adjusted_losses",
     "oracle_log_q",
     "oracle_stage_loss",
     "reverse_kl",
@@ -62,12 +67,29 @@ def sample_stop(log_q: Tensor, generator: torch.Generator | None = None) -> Tens
     return idx.reshape(log_q.shape[:-1])
 
 
-def deterministic_stop(stop_logits: Tensor) -> Tensor:
-    """First 0-based index whose stop probability exceeds 0.5; the last layer always stops."""
-    wants_stop = stop_logits > 0
+def deterministic_stop(stop_logits: Tensor, threshold: float = 0.5) -> Tensor:
+    """First 0-based index whose stop probability ``pi_t`` exceeds ``threshold`` (default
+    0.5, the paper's rule); the last layer always stops."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+    wants_stop = stop_logits > math.log(threshold / (1.0 - threshold))
     wants_stop[..., -1] = True
     # argmax over a bool->int tensor returns the first maximal index.
     return wants_stop.to(torch.int8).argmax(dim=-1)
+
+
+def quantile_stop(log_q: Tensor, quantile: float) -> Tensor:
+    """First 0-based index ``t`` with ``sum_{tau <= t} q(tau) >= quantile``; ``0.5``: the median.
+
+    Causal: ``1 - sum_{tau <= t} q(tau) = prod_{tau <= t} (1 - pi_tau)`` needs only the
+    stop probabilities seen so far. The last layer always stops (its cumulative sum is 1,
+    whatever rounding says).
+    """
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile!r}")
+    reached = torch.logcumsumexp(log_q, dim=-1) >= math.log(quantile)
+    reached[..., -1] = True
+    return reached.to(torch.int8).argmax(dim=-1)
 
 
 def expected_depth(log_q: Tensor) -> Tensor:
@@ -77,8 +99,11 @@ def expected_depth(log_q: Tensor) -> Tensor:
 
 
 def _plogp(log_p: Tensor) -> Tensor:
-    # 0 * log 0 = 0, even where log_p is -inf.
-    return torch.where(torch.isfinite(log_p), log_p.exp() * log_p, torch.zeros_like(log_p))
+    # 0 * log 0 = 0, even where log_p is -inf. The -inf entries are replaced *before* the
+    # product: where() alone would still back-propagate 0 * (exp(-inf) * -inf) = NaN.
+    finite = torch.isfinite(log_p)
+    safe = torch.where(finite, log_p, torch.zeros_like(log_p))
+    return torch.where(finite, safe.exp() * safe, torch.zeros_like(log_p))
 
 
 def entropy(log_q: Tensor) -> Tensor:
@@ -86,8 +111,45 @@ def entropy(log_q: Tensor) -> Tensor:
     return -_plogp(log_q).sum(dim=-1)
 
 
+def cumulative_costs(
+    num_layers: int, layer_costs: Tensor | None = None, device: torch.device | str | None = None
+) -> Tensor:
+    """``C_t``, the compute spent when stopping after layer ``t`` (``(T,)``, t = 1..T).
+
+    ``layer_costs`` ``(T,)`` are a predictor's relative costs of its layers (e.g. FLOPs per
+    layer and exit); they are rescaled to mean 1, so ``C_T = T`` and a cost ``lambda`` is
+    always "loss per average layer". ``None``: every layer costs 1 (``C_t = t``).
+    """
+    if layer_costs is None:
+        return torch.arange(1, num_layers + 1, dtype=torch.float32, device=device)
+    c = torch.as_tensor(layer_costs, dtype=torch.float32, device=device).flatten()
+    if c.numel() != num_layers or not bool(torch.isfinite(c).all()) or bool((c <= 0).any()):
+        raise ValueError(
+            f"layer_costs must be {num_layers} positive finite numbers, got {c.tolist()}"
+        )
+    return torch.cumsum(c / c.mean(), dim=0)
+
+
+def cost_adjusted_losses(losses: Tensor, cost: float, cum_costs: Tensor | None = None) -> Tensor:
+    """``l_t + lambda * C_t``: the per-layer loss once computing layers has a price.
+
+    The one definition behind the cost-aware oracle, stage 1 (if asked), the imitation
+    target, the environment's rewards and the evaluation objective. ``cost = 0`` gives
+    ``losses`` back unchanged.
+    """
+    if not cost:
+        return losses
+    if cum_costs is None:
+        cum_costs = cumulative_costs(losses.shape[-1], device=losses.device)
+    return losses + cost * cum_costs.to(device=losses.device, dtype=losses.dtype)
+
+
 def oracle_log_q(losses: Tensor, beta: float) -> Tensor:
-    """The label-using oracle ``log q*(t) = log_softmax_t(-loss_t / beta)``."""
+    """The label-using oracle ``log q*(t) = log_softmax_t(-loss_t / beta)``.
+
+    With a price on layers pass ``cost_adjusted_losses(losses, cost, C)``: the oracle is then
+    ``q*_lambda(t) ∝ exp(-(l_t + lambda C_t) / beta)``.
+    """
     return torch.log_softmax(-losses / beta, dim=-1)
 
 

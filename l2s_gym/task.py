@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from l2s_gym.predictor import LayeredPredictor
 
 
 @dataclass
@@ -113,8 +109,3 @@ class Task(abc.ABC):
     def metric_interval(self, stats: Tensor) -> list[float] | None:
         """A 95% interval ``[low, high]`` for ``aggregate(stats)``, or ``None`` (default)."""
         return None
-
-    # --- comparison extras ----------------------------------------------------------------
-    def classical_baselines(self, num_layers: int) -> list[tuple[str, LayeredPredictor]]:
-        """Untrained layered predictors reported at full depth (e.g. ISTA, FISTA)."""
-        return []

@@ -13,8 +13,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from l2s_gym.config import Stage1Config
-from l2s_gym.evaluation import depth_curve, is_better, metric_at, oracle_stop
+from l2s_gym.evaluation import depth_curve, is_better, metric_at
 from l2s_gym.predictor import LayeredPredictor
+from l2s_gym.rules import oracle_stop
 from l2s_gym.runs import check_finite, save_checkpoint, summary_writer
 from l2s_gym.stopping import oracle_stage_loss
 from l2s_gym.task import Task

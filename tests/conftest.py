@@ -6,7 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import l2s_gym.testing  # noqa: F401  (registers the toy task and predictor)
+from l2s_gym import registry
+
 torch.set_num_threads(1)
+registry.load_plugins()
 
 TOY_CONFIG = """
 experiment: toy_run

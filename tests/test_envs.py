@@ -71,7 +71,7 @@ def test_both_checkers_pass_without_warnings(task, predictor, reward) -> None:
     from gymnasium.utils.env_checker import check_env as gym_check
     from stable_baselines3.common.env_checker import check_env as sb3_check
 
-    env = gymnasium.make(ENV_ID, task=task, predictor=predictor, reward=reward, layer_cost=0.01)
+    env = gymnasium.make(ENV_ID, task=task, predictor=predictor, reward=reward, cost=0.01)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         gym_check(env.unwrapped)
@@ -222,7 +222,7 @@ def test_reward_modes_against_the_trace(task, predictor) -> None:
     stop_at = torch.tensor([1, 2, 3, 4, 5, 5])  # 1-based stop layers, one per row
     returns, best = {}, torch.zeros(n, dtype=torch.long)
     for mode in ("terminal_loss", "log_oracle", "improvement"):
-        env = BatchedStopEnv(predictor, task, n, beta=BETA, reward=mode, layer_cost=cost)
+        env = BatchedStopEnv(predictor, task, n, beta=BETA, reward=mode, cost=cost)
         obs = env.reset(seed=2)
         total = torch.zeros(n)
         finished = torch.zeros(n, dtype=torch.bool)
@@ -249,19 +249,22 @@ def test_reward_modes_against_the_trace(task, predictor) -> None:
             oracle_best = best.clone()
     losses = predictor.trace(stream(env, 2, n), task).losses.detach()
     at_stop = losses.gather(1, (stop_at - 1).unsqueeze(1)).squeeze(1)
-    walked = cost * stop_at.float()
+    # The price of the layers walked, in reward units: lambda * C_t / beta with C_t = t.
+    walked = cost * stop_at.float() / BETA
     torch.testing.assert_close(returns["terminal_loss"], -at_stop / BETA - walked)
-    log_q = oracle_log_q(losses, BETA).gather(1, (stop_at - 1).unsqueeze(1)).squeeze(1)
-    torch.testing.assert_close(returns["log_oracle"], log_q - walked)
+    # log_oracle: the return is exactly log q*_lambda(t), the oracle of l_t + lambda t.
+    adjusted = losses + cost * torch.arange(1, T + 1).float()
+    log_q = oracle_log_q(adjusted, BETA).gather(1, (stop_at - 1).unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(returns["log_oracle"], log_q)
     torch.testing.assert_close(returns["improvement"], (losses[:, 0] - at_stop) / BETA - walked)
-    assert torch.equal(oracle_best, losses.argmin(1) + 1)
+    assert torch.equal(oracle_best, adjusted.argmin(1) + 1)
 
 
 def test_batched_rows_equal_single_env_episodes(task, predictor) -> None:
     for mode in ("terminal_loss", "improvement", "log_oracle"):
-        single = StopEnv(task=task, predictor=predictor, beta=BETA, reward=mode, layer_cost=0.02)
+        single = StopEnv(task=task, predictor=predictor, beta=BETA, reward=mode, cost=0.02)
         expected = run_single(single, 5, seed=9)
-        env = BatchedStopEnv(predictor, task, 5, beta=BETA, reward=mode, layer_cost=0.02)
+        env = BatchedStopEnv(predictor, task, 5, beta=BETA, reward=mode, cost=0.02)
         obs = env.reset(seed=9)
         got: list[list[float]] = [[] for _ in range(5)]
         finished = torch.zeros(5, dtype=torch.bool)
@@ -353,8 +356,8 @@ def test_unknown_reward_mode_and_bad_parameters(task, predictor) -> None:
         BatchedStopEnv(predictor, task, 2, beta=0.0)
     with pytest.raises(ValueError, match="num_envs"):
         BatchedStopEnv(predictor, task, 0, beta=BETA)
-    with pytest.raises(ValueError, match="layer_cost"):
-        BatchedStopEnv(predictor, task, 2, beta=BETA, layer_cost=-1.0)
+    with pytest.raises(ValueError, match="cost must be a finite number >= 0"):
+        BatchedStopEnv(predictor, task, 2, beta=BETA, cost=-1.0)
     with pytest.raises(l2s_gym.config.ConfigError, match="task_config.mm: unknown key"):
         StopEnv(task_config={"mm": 3})
 

@@ -10,15 +10,14 @@ import pytest
 import torch
 import yaml
 
-import agents  # noqa: F401  (registers the learners)
-from agents.base import LearnerContext
-from agents.reinforce import per_layer_baseline, soft_returns
-from agents.sb3_agents import SB3StopModel, copy_actor_to_stop_policy
 from l2s_gym import registry
+from l2s_gym.agents.reinforce import per_layer_baseline, soft_returns
+from l2s_gym.agents.sb3_agents import SB3StopModel, copy_actor_to_stop_policy
 from l2s_gym.build import make_policy, make_predictor, make_task
 from l2s_gym.config import from_dict
 from l2s_gym.envs.batched import BatchedStopEnv
 from l2s_gym.evaluation import stop_logits
+from l2s_gym.learner import LearnerContext
 from l2s_gym.stopping import deterministic_stop
 
 TOY = """
@@ -90,7 +89,7 @@ def test_sb3_learners_run_and_return_a_stop_policy(tmp_path: Path, name: str) ->
 def test_stop_policy_copy_has_the_sb3_actor_logits(tmp_path: Path) -> None:
     from stable_baselines3 import PPO
 
-    from agents.sb3_agents import make_model
+    from l2s_gym.agents.sb3_agents import make_model
     from l2s_gym.envs.sb3_vec import StopVecEnv
 
     ctx = toy_context(tmp_path)
@@ -189,7 +188,7 @@ def test_rl_continuation_anneals_the_env_beta_to_beta(
     # Record every temperature the learner gives its env: it must start near 10 x beta
     # (reset has already computed a first layer), fall monotonically, and end at beta
     # itself (the objective the table scores).
-    import agents.base as base
+    import l2s_gym.learner as base
 
     seen: list[float] = []
     original = base.anneal_env_beta
@@ -198,7 +197,7 @@ def test_rl_continuation_anneals_the_env_beta_to_beta(
         seen.append(original(ctx, env))
         return seen[-1]
 
-    module = "agents.reinforce" if name == "reinforce" else "agents.sb3_agents"
+    module = "l2s_gym.agents.reinforce" if name == "reinforce" else "l2s_gym.agents.sb3_agents"
     monkeypatch.setattr(f"{module}.anneal_env_beta", spy)
     ctx = toy_context(tmp_path, layer_budget=8000, beta_anneal_from=10.0, anneal_fraction=0.5)
     registry.LEARNERS[name](ctx)

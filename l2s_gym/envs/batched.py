@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from l2s_gym.predictor import LayeredPredictor, State, zip_state
-from l2s_gym.stopping import oracle_log_q
+from l2s_gym.stopping import cost_adjusted_losses, cumulative_costs, oracle_log_q
 from l2s_gym.task import Batch, Task
 
 REWARD_MODES = ("terminal_loss", "log_oracle", "improvement")
@@ -94,10 +94,15 @@ class BatchedStopEnv:
     - ``improvement`` (dense): each continue step from ``t`` to ``t + 1`` earns
       ``(l_t - l_{t+1}) / beta``; stopping earns 0. An episode's return is
       ``-l_stop / beta + l_1 / beta``: the terminal objective up to a per-instance constant.
-    - ``layer_cost`` ``c >= 0``: ``c`` is subtracted for every layer the episode walks,
-      the first included (it is charged on the episode's first step), so stopping at ``t``
-      costs ``c * t`` in total. In ``log_oracle`` mode the cost is that of the layers walked,
-      not of the normaliser's full pass.
+    - ``cost`` ``lambda >= 0`` (in units of the loss; ``l2s_gym.stopping.cost_adjusted_losses``
+      is the one definition): walking layer ``t`` is charged ``lambda c_t / beta`` when the
+      layer is computed (layer 1 on the episode's first step), ``c_t`` the predictor's
+      relative layer costs rescaled to mean 1 (``LayeredPredictor.layer_costs``; all 1 by
+      default). Stopping at ``t`` therefore costs ``lambda C_t / beta`` in total, and an
+      episode's return is ``-(l_t + lambda C_t) / beta`` up to a per-instance constant. In
+      ``log_oracle`` mode the stop reward is ``log q*_lambda(t) + lambda C_t / beta`` (the
+      oracle of the cost-adjusted losses, its cost part paid per layer instead), so the
+      return is exactly ``log q*_lambda(t)``; the normaliser's full pass is not charged.
 
     Instances come from ``task.train_batch`` with a ``torch.Generator`` seeded from
     ``seed``, drawn in blocks of ``instance_block`` and handed to rows in row order as
@@ -109,7 +114,7 @@ class BatchedStopEnv:
     ``t``, the layers walked (1-based) by the episode that ended in this step, or by the
     ongoing one; ``loss`` and ``metric_stat`` at that layer; ``layers_computed``, the layer
     evaluations that episode cost (``T`` in ``log_oracle`` mode, ``t`` otherwise);
-    ``best_layer``, the oracle's best stop layer ``argmin_t l_t`` (1-based), known only in
+    ``best_layer``, the oracle's best stop layer ``argmin_t l_t + lambda C_t`` (1-based), known only in
     ``log_oracle`` mode (the lazy modes never see all losses) and ``-1`` otherwise.
 
     Host synchronisation: ``step`` checks action values unless they come as a bool tensor
@@ -122,7 +127,7 @@ class BatchedStopEnv:
         num_envs: ``N``, instances advanced together.
         beta: oracle temperature (> 0); rewards are losses divided by it.
         reward: one of ``REWARD_MODES``.
-        layer_cost: reward subtracted per layer walked (>= 0).
+        cost: the price ``lambda`` of a layer, in units of the loss (>= 0).
         seed: seed of the instance stream used by the first ``reset()`` without a seed.
         instance_block: instances drawn from the task per call.
     """
@@ -135,7 +140,7 @@ class BatchedStopEnv:
         *,
         beta: float,
         reward: str = "terminal_loss",
-        layer_cost: float = 0.0,
+        cost: float = 0.0,
         seed: int = 0,
         instance_block: int = INSTANCE_BLOCK,
     ) -> None:
@@ -145,8 +150,8 @@ class BatchedStopEnv:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
         if not beta > 0:
             raise ValueError(f"beta must be > 0, got {beta!r}")
-        if not layer_cost >= 0:
-            raise ValueError(f"layer_cost must be >= 0, got {layer_cost!r}")
+        if not (math.isfinite(cost) and cost >= 0):
+            raise ValueError(f"cost must be a finite number >= 0, got {cost!r}")
         if instance_block < 1:
             raise ValueError(f"instance_block must be >= 1, got {instance_block!r}")
         if not isinstance(predictor, LayeredPredictor):
@@ -162,7 +167,12 @@ class BatchedStopEnv:
         self.device = predictor.device
         self.beta = float(beta)
         self.reward_mode = reward
-        self.layer_cost = float(layer_cost)
+        self.cost = float(cost)
+        self.cum_costs = cumulative_costs(
+            self.num_layers, predictor.layer_costs(), device=self.device
+        )
+        """``C_t`` ``(T,)``: the compute of stopping after layer ``t`` (mean layer cost 1)."""
+        self._layer_price = torch.diff(self.cum_costs, prepend=self.cum_costs.new_zeros(1))
         self.seed = int(seed)
         self.instance_block = int(instance_block)
         self.layer_evals = 0
@@ -205,7 +215,7 @@ class BatchedStopEnv:
             raise RuntimeError("BatchedStopEnv.current_info called before reset()")
         walked = self._t + 1
         if self.reward_mode == "log_oracle":
-            best = self._all_losses.argmin(dim=1) + 1  # type: ignore[union-attr]
+            best = self._best_layer()
             computed = torch.full_like(walked, self.num_layers)
         else:
             best, computed = torch.full_like(walked, -1), walked
@@ -266,9 +276,15 @@ class BatchedStopEnv:
         ended_t = t_old + 1
         ended_loss, ended_stat = loss_old, self._stat
         if self.reward_mode == "log_oracle":
-            log_q = oracle_log_q(self._all_losses, self.beta)  # type: ignore[arg-type]
-            stop_reward = log_q.gather(1, t_old.unsqueeze(1)).squeeze(1)
-            ended_best = self._all_losses.argmin(dim=1) + 1  # type: ignore[union-attr]
+            adjusted = cost_adjusted_losses(self._all_losses, self.cost, self.cum_costs)  # type: ignore[arg-type]
+            log_q = oracle_log_q(adjusted, self.beta)
+            # The cost part of log q*_lambda is paid per layer below, as in the other modes.
+            stop_reward = (
+                (log_q + self.cost * self.cum_costs / self.beta)
+                .gather(1, t_old.unsqueeze(1))
+                .squeeze(1)
+            )
+            ended_best = adjusted.argmin(dim=1) + 1
         elif self.reward_mode == "terminal_loss":
             stop_reward = -loss_old / self.beta
             ended_best = torch.full_like(t_old, -1)
@@ -276,9 +292,14 @@ class BatchedStopEnv:
             stop_reward = torch.zeros_like(loss_old)
             ended_best = torch.full_like(t_old, -1)
         reward = torch.where(done, stop_reward, torch.zeros_like(stop_reward))
-        if self.layer_cost:
-            walked = cont.to(reward.dtype) + self._first.to(reward.dtype)
-            reward = reward - self.layer_cost * walked
+        if self.cost:
+            # Layer 1 was computed when the episode started; continuing computes layer t + 2.
+            next_price = self._layer_price[(t_old + 1).clamp(max=last)]
+            paid = (
+                cont.to(reward.dtype) * next_price
+                + self._first.to(reward.dtype) * (self._layer_price[0])
+            )
+            reward = reward - self.cost * paid / self.beta
 
         # Same-step autoreset: done rows take the next instances of the stream.
         new_t = torch.where(done, torch.zeros_like(t_old), t_old + 1)
@@ -325,7 +346,7 @@ class BatchedStopEnv:
         info["loss"] = torch.where(done, ended_loss, self._loss)
         info["metric_stat"] = torch.where(done, ended_stat, self._stat)
         if self.reward_mode == "log_oracle":
-            best_now = self._all_losses.argmin(dim=1) + 1  # type: ignore[union-attr]
+            best_now = self._best_layer()
             info["best_layer"] = torch.where(done, ended_best, best_now)
         else:
             info["best_layer"] = ended_best
@@ -407,6 +428,11 @@ class BatchedStopEnv:
         if not self._checked_shapes:
             self._check_shapes(trace.features[:, 0], trace.losses[:, 0], trace.metric_stats[:, 0])
         return trace.losses.detach(), trace.metric_stats, trace.features
+
+    def _best_layer(self) -> Tensor:
+        """The oracle's 1-based stop layer of each row's instance (``log_oracle`` mode only)."""
+        adjusted = cost_adjusted_losses(self._all_losses, self.cost, self.cum_costs)  # type: ignore[arg-type]
+        return adjusted.argmin(dim=1) + 1
 
     def _read_full_pass(self) -> None:
         t = self._t.unsqueeze(1)

@@ -130,7 +130,7 @@ def _batched_env(
     predictor_config: dict[str, Any] | None,
     reward: str,
     beta: float | None,
-    layer_cost: float,
+    cost: float,
     device: str,
     seed: int,
     task_seed: int,
@@ -148,7 +148,7 @@ def _batched_env(
         num_envs,
         beta=beta_value,
         reward=reward,
-        layer_cost=layer_cost,
+        cost=cost,
         seed=seed,
     )
 
@@ -194,7 +194,9 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
       losses, so each episode runs the full pass when it starts (``T`` layer evaluations).
     - ``"improvement"``: dense, ``(l_t - l_{t+1}) / beta`` on each continue step, 0 on stop;
       the return equals the terminal one plus ``l_1 / beta``.
-    - ``layer_cost=c``: ``c`` is subtracted for each layer walked (the first on step one).
+    - ``cost=lambda``: the price of a layer in units of the loss; walking layer ``t`` earns
+      ``-lambda c_t / beta`` (see ``BatchedStopEnv``), so the return is
+      ``-(l_t + lambda C_t) / beta`` up to a per-instance constant.
     With the entropy bonus ``beta * H`` of max-entropy RL, maximising the return is
     minimising the paper's ``E_q[l_t] - beta H(q)`` (up to the factor ``1/beta``).
 
@@ -218,7 +220,7 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
     ``task`` (bound by the registered id; or a ``Task`` instance), ``predictor`` (a
     ``LayeredPredictor``) or ``checkpoint`` (a predictor ``best.pt`` written by ``l2s``),
     ``task_config`` and ``predictor_config`` (dicts of config parameters when the env builds
-    them), ``reward``, ``beta`` (default: the checkpoint's, else 0.1), ``layer_cost``,
+    them), ``reward``, ``beta`` (default: the checkpoint's, else 0.1), ``cost``,
     ``device`` (``"auto"``: CUDA when present), ``seed``, ``task_seed``.
     See ``build_components`` for how they combine.
 
@@ -237,7 +239,7 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
         predictor_config: dict[str, Any] | None = None,
         reward: str = "terminal_loss",
         beta: float | None = None,
-        layer_cost: float = 0.0,
+        cost: float = 0.0,
         device: str = "auto",
         seed: int = 0,
         task_seed: int = 0,
@@ -254,7 +256,7 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
             predictor_config,
             reward,
             beta,
-            layer_cost,
+            cost,
             device,
             seed,
             task_seed,
@@ -368,7 +370,7 @@ class StopVectorEnv(VectorEnv):
         predictor_config: dict[str, Any] | None = None,
         reward: str = "terminal_loss",
         beta: float | None = None,
-        layer_cost: float = 0.0,
+        cost: float = 0.0,
         device: str = "auto",
         seed: int = 0,
         task_seed: int = 0,
@@ -385,7 +387,7 @@ class StopVectorEnv(VectorEnv):
             predictor_config,
             reward,
             beta,
-            layer_cost,
+            cost,
             device,
             seed,
             task_seed,

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from l2s_gym.config import positive
 from l2s_gym.predictor import LayeredPredictor, State
-from l2s_gym.registry import register_predictor
+from l2s_gym.registry import register_baselines, register_predictor
 from l2s_gym.tasks.sparse_recovery import SparseRecoveryTask
 
 
@@ -170,3 +170,16 @@ class LISTA(_SparseFeatures):
             pre = x + (y - x @ self.A.T) @ self.W[t]
         new = soft_threshold(pre, self.theta[t])
         return {"x": new, "dx": new - x}
+
+
+@register_baselines("sparse_recovery")
+def ista_fista_baselines(
+    task: SparseRecoveryTask, num_layers: int
+) -> list[tuple[str, LayeredPredictor]]:
+    """ISTA and FISTA at ``T`` and ``5 T`` iterations: the classical rows of the table."""
+    rows: list[tuple[str, LayeredPredictor]] = []
+    for cls in (ISTA, FISTA):
+        for depth in (num_layers, 5 * num_layers):
+            pred = cls(IterativeConfig(num_layers=depth), task)
+            rows.append((f"{pred.display_name} (T={depth})", pred))
+    return rows

@@ -121,13 +121,3 @@ class SparseRecoveryTask(Task):
 
     def aggregate(self, stats: Tensor) -> float:
         return float(10 * torch.log10(stats.double().mean()))
-
-    def classical_baselines(self, num_layers: int) -> list:
-        from l2s_gym.predictors.lista import FISTA, ISTA, IterativeConfig
-
-        rows = []
-        for cls in (ISTA, FISTA):
-            for depth in (num_layers, 5 * num_layers):
-                pred = cls(IterativeConfig(num_layers=depth), self)
-                rows.append((f"{pred.display_name} (T={depth})", pred))
-        return rows

@@ -1,0 +1,249 @@
+"""The learner contract: what every stop-policy learner gets, returns, and how it is validated.
+
+Every learner (imitation, REINFORCE, PPO, A2C, or one a user registers with
+``l2s_gym.registry.register_learner``) receives a ``LearnerContext`` and returns a
+``LearnerResult`` whose ``model`` maps trace features to stop logits, so that the same
+evaluation code scores all of them. The learners themselves live in ``l2s_gym.agents``
+(the top-level ``agents/`` folder); they depend on this module, never the reverse.
+
+The ``Validator`` logs the same TensorBoard tags for each learner, so TensorBoard
+overlays their runs:
+
+- ``val/objective``: ``mean l_stop + lambda C_stop`` on the validation trace under the
+  read-out rule chosen there (the checkpoint criterion; see ``choose_readout``);
+- ``val/metric``, ``val/avg_layers``: the task metric and mean depth under that rule;
+- ``val/reverse_kl``: the exact ``KL(q_phi || q*_lambda)`` (the shared training objective);
+- ``val/expected_depth``, ``val/entropy``: of ``q_phi``;
+- ``charts/layer_evals``, ``charts/wall_time_s``: the cost so far;
+- ``val_by_layer_evals/metric`` and ``/objective``: the same, with the layer-evaluation
+  count as the step, so that learners overlay on a common compute axis (TensorBoard's
+  "relative" horizontal axis gives the wall-time view).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from l2s_gym.config import ExperimentConfig, annealed_beta
+from l2s_gym.envs.batched import BatchedStopEnv
+from l2s_gym.evaluation import (
+    StopModel,
+    choose_readout,
+    stop_logits,
+    stop_objective,
+    stop_summary,
+)
+from l2s_gym.predictor import LayeredPredictor, Trace
+from l2s_gym.rules import PAPER_RULE, ReadoutRule
+from l2s_gym.runs import save_checkpoint, summary_writer
+from l2s_gym.stopping import (
+    cost_adjusted_losses,
+    cumulative_costs,
+    entropy,
+    expected_depth,
+    oracle_log_q,
+    reverse_kl,
+    stop_log_q,
+)
+from l2s_gym.task import Task
+
+
+@dataclass
+class LearnerContext:
+    """What a learner gets: the experiment, the task, the frozen predictor, a validation trace.
+
+    Attributes:
+        cfg: the validated experiment config.
+        task: the task (data streams, per-sample loss, metric).
+        predictor: the frozen stage-1 predictor.
+        val_trace: its trace on the validation set (features, losses, groups).
+        run_dir: the learner's own folder (checkpoints, ``tb/``).
+        seed: the seed of this run; learners derive their random streams from it.
+        progress: show progress bars.
+        cost: ``lambda``, the price of a layer in units of the loss (0: the paper's objective).
+    """
+
+    cfg: ExperimentConfig
+    task: Task
+    predictor: LayeredPredictor
+    val_trace: Trace
+    run_dir: Path
+    seed: int = 0
+    progress: bool = True
+    cost: float = 0.0
+
+    @property
+    def cum_costs(self) -> Tensor:
+        """``C_t`` of the predictor's layers (``l2s_gym.stopping.cumulative_costs``)."""
+        return cumulative_costs(
+            self.predictor.num_layers, self.predictor.layer_costs(), self.predictor.device
+        )
+
+    def objective_losses(self, losses: Tensor) -> Tensor:
+        """``l_t + lambda C_t``: the losses the oracle, the KL targets and the rewards use."""
+        return cost_adjusted_losses(losses, self.cost, self.cum_costs)
+
+
+def make_rl_env(ctx: LearnerContext, stream: int) -> BatchedStopEnv:
+    """The batched training environment an RL learner samples from, sized by ``ctx.cfg.rl``.
+
+    ``stream`` picks the task's random stream (see ``Task.stream_seed``), apart from the
+    streams of the validation and test sets and of the other learners.
+    """
+    rl = ctx.cfg.rl
+    return BatchedStopEnv(
+        ctx.predictor,
+        ctx.task,
+        rl.num_envs,
+        beta=ctx.cfg.beta,
+        reward=rl.reward,
+        cost=ctx.cost,
+        seed=ctx.task.stream_seed(stream + ctx.seed),
+    )
+
+
+def anneal_env_beta(ctx: LearnerContext, env: BatchedStopEnv) -> float:
+    """Set ``env.beta`` for the RL continuation (``cfg.rl.beta_anneal_from``) from the layers
+    the env has computed so far; return it. With the default 1.0 it stays ``cfg.beta``."""
+    rl = ctx.cfg.rl
+    env.beta = annealed_beta(
+        ctx.cfg.beta, rl.beta_anneal_from, rl.anneal_fraction, env.layer_evals / rl.layer_budget
+    )
+    return env.beta
+
+
+@dataclass
+class LearnerResult:
+    """A trained stop rule and what it cost."""
+
+    model: StopModel
+    wall_time_s: float
+    layer_evals: int
+    curve: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    readout: ReadoutRule = PAPER_RULE
+    """The deterministic read-out chosen on the validation set for this model."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Validator:
+    """Scores a stop model on the validation trace, logs it, and keeps the best checkpoint.
+
+    At each call the read-out rule is chosen among ``readout_candidates()`` on the
+    validation trace (least objective ``mean l_stop + lambda C_stop``), and the model is
+    scored by that objective; ties go to the lower validation reverse KL. ``best.pt``
+    holds the state of ``module`` (and its read-out) at the best score so far; on a crash
+    it is the last good model. ``finish`` loads it back.
+    """
+
+    def __init__(self, ctx: LearnerContext, module: nn.Module, learner: str) -> None:
+        self.ctx = ctx
+        self.module = module
+        self.learner = learner
+        self.writer = summary_writer(ctx.run_dir / "tb")
+        self.start = time.perf_counter()
+        self.best_objective = math.inf
+        self.best_metric = math.nan
+        self.best_step = -1
+        self.best_kl = math.inf
+        self.best_readout = PAPER_RULE
+        self.curve: list[dict[str, Any]] = []
+        self.best_path = ctx.run_dir / "best.pt"
+        self.cum_costs = ctx.cum_costs
+        self.val_oracle = oracle_log_q(ctx.objective_losses(ctx.val_trace.losses), ctx.cfg.beta)
+
+    @property
+    def wall_time_s(self) -> float:
+        return time.perf_counter() - self.start
+
+    @torch.no_grad()
+    def __call__(self, model: StopModel, step: int, layer_evals: int) -> float:
+        """Validate ``model`` (after ``layer_evals`` layer evaluations); returns its metric."""
+        trace, cost = self.ctx.val_trace, self.ctx.cost
+        was_training = self.module.training
+        self.module.eval()
+        logits = stop_logits(model, trace)
+        self.module.train(was_training)
+        log_q = stop_log_q(logits)
+        readout, _ = choose_readout(trace, logits, cost, self.cum_costs)
+        stop = readout.stop(logits)
+        summary = stop_summary(self.ctx.task, trace, stop)
+        point = {
+            "step": float(step),
+            "layer_evals": float(layer_evals),
+            "wall_time_s": self.wall_time_s,
+            "val_objective": stop_objective(trace, stop, cost, self.cum_costs),
+            "val_metric": summary["metric"],
+            "val_avg_layers": summary["avg_layers"],
+            "val_readout": readout.label,
+            "val_reverse_kl": float(reverse_kl(log_q, self.val_oracle).mean()),
+            "val_expected_depth": float(expected_depth(log_q).mean()),
+            "val_entropy": float(entropy(log_q).mean()),
+        }
+        self.curve.append(point)
+        w = self.writer
+        for key in ("objective", "metric", "avg_layers", "reverse_kl", "expected_depth", "entropy"):
+            w.add_scalar(f"val/{key}", point[f"val_{key}"], step)
+        w.add_scalar("charts/layer_evals", layer_evals, step)
+        w.add_scalar("charts/wall_time_s", point["wall_time_s"], step)
+        w.add_scalar("val_by_layer_evals/metric", point["val_metric"], layer_evals)
+        w.add_scalar("val_by_layer_evals/objective", point["val_objective"], layer_evals)
+        objective = point["val_objective"]
+        # On a tie (rules that all stop at the same layers) the lower shared objective wins,
+        # so a trained policy is not discarded for the untrained one merely because it
+        # scored no better.
+        tied = objective == self.best_objective and point["val_reverse_kl"] < self.best_kl
+        if self.best_step < 0 or tied or objective < self.best_objective:
+            self.best_objective = objective
+            self.best_kl = point["val_reverse_kl"]
+            self.best_metric = point["val_metric"]
+            self.best_step = step
+            self.best_readout = readout
+            save_checkpoint(
+                self.best_path,
+                {
+                    "kind": "policy",
+                    "learner": self.learner,
+                    "state_dict": self.module.state_dict(),
+                    "step": step,
+                    "val_metric": point["val_metric"],
+                    "val_objective": objective,
+                    "readout": readout.to_dict(),
+                    "cost": cost,
+                    "config": self.ctx.cfg.to_dict(),
+                },
+            )
+        return point["val_metric"]
+
+    def restore_best(self) -> None:
+        self.writer.close()
+        if self.best_path.is_file():
+            state = torch.load(self.best_path, map_location="cpu", weights_only=False)
+            self.module.load_state_dict(state["state_dict"])
+        self.module.eval()
+
+    def finish(self, model: StopModel, layer_evals: int, **extra: Any) -> LearnerResult:
+        """Restore the best checkpoint and report it: the common end of every learner."""
+        self.restore_best()
+        best = None if math.isnan(self.best_metric) else self.best_metric
+        return LearnerResult(
+            model=model,
+            wall_time_s=self.wall_time_s,
+            layer_evals=layer_evals,
+            curve=self.curve,
+            checkpoint=self.best_path,
+            readout=self.best_readout,
+            extra={
+                "best_val_metric": best,
+                "best_val_objective": self.best_objective,
+                "best_step": self.best_step,
+                **extra,
+            },
+        )
