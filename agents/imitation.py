@@ -2,8 +2,10 @@
 
 The primary learner minimises the reverse KL ``KL(q_phi || q*)``; the forward KL
 ``KL(q* || q_phi)`` (the official run scripts' choice) is offered under its true name.
-Each step draws a fresh batch, runs the frozen predictor once over all T layers (the
-trace gives every ``x_t``), and takes the exact KL, so the gradient has no sampling noise.
+Each step takes a batch of traces of the frozen predictor over all T layers (a fresh
+batch, or one drawn from a buffer traced once: ``imitation.buffer_size``; see
+``TraceSource``) and the exact KL, so the gradient has no sampling noise. The KL target is
+the cost-aware oracle ``q*_lambda`` of the context's layer price.
 TensorBoard: ``losses/kl``, ``losses/entropy``, ``charts/expected_depth`` plus the
 validation tags shared by every learner (see ``l2s_gym.learner``).
 """
@@ -13,11 +15,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from l2s_gym.build import make_policy
 from l2s_gym.config import ImitationConfig, annealed_beta
 from l2s_gym.learner import LearnerContext, LearnerResult, Validator
+from l2s_gym.predictor import Trace
 from l2s_gym.registry import register_learner
 from l2s_gym.runs import check_finite
 from l2s_gym.stopping import (
@@ -39,62 +43,129 @@ def target_beta(icfg: ImitationConfig, beta: float, step: int) -> float:
     )
 
 
+class TraceSource:
+    """Where imitation's batches of traces come from: fresh ones, or a cached buffer.
+
+    Without a buffer every batch is a fresh draw from the task, traced over all T layers
+    (``batch_size * T`` layer evaluations each). With ``buffer_size > 0`` the frozen
+    predictor traces that many training instances once (``buffer_size * T`` evaluations,
+    capped by the budget) and batches are drawn from the buffer, epoch by epoch; the
+    predictor does not change in stage 2, so a cached trace is as good as a fresh one.
+    Only features, losses and groups are kept (no predictions).
+    """
+
+    def __init__(self, ctx: LearnerContext, batch_size: int, budget: int) -> None:
+        self.ctx, self.batch_size = ctx, batch_size
+        self.T = ctx.predictor.num_layers
+        self.gen = ctx.task.generator(20_000 + ctx.seed)
+        self.layer_evals = 0
+        self.buffer: Trace | None = None
+        size = min(ctx.cfg.imitation.buffer_size, budget // self.T)
+        if size > 0:
+            chunk = ctx.cfg.compare.eval_batch_size
+            parts = []
+            with torch.no_grad():
+                for start in range(0, size, chunk):
+                    batch = ctx.task.train_batch(min(chunk, size - start), self.gen)
+                    parts.append(ctx.predictor.trace(batch, ctx.task))
+            self.buffer = Trace.cat(parts)
+            self.layer_evals = size * self.T
+            self._order = torch.empty(0, dtype=torch.long)
+            self._pos = 0
+            self._index_gen = torch.Generator().manual_seed(ctx.task.stream_seed(21_000 + ctx.seed))
+
+    def can_draw(self, budget: int) -> bool:
+        """Whether another batch fits in ``budget`` (a buffered batch costs nothing more)."""
+        return self.buffer is not None or self.layer_evals + self.batch_size * self.T <= budget
+
+    def draw(self) -> tuple[Tensor, Tensor]:
+        """``(features, losses)`` of the next batch."""
+        if self.buffer is None:
+            batch = self.ctx.task.train_batch(self.batch_size, self.gen)
+            with torch.no_grad():
+                trace = self.ctx.predictor.trace(batch, self.ctx.task)
+            self.layer_evals += len(batch) * self.T
+            return trace.features, trace.losses.detach()
+        n = len(self.buffer)
+        if self._pos + self.batch_size > len(self._order):
+            # A new epoch: a fresh permutation (the tail of the last one is dropped).
+            self._order = torch.randperm(n, generator=self._index_gen)
+            self._pos = 0
+        idx = self._order[self._pos : self._pos + self.batch_size].to(self.buffer.losses.device)
+        self._pos += self.batch_size
+        return self.buffer.features[idx], self.buffer.losses[idx]
+
+
 def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> LearnerResult:
-    """Train a StopPolicy to imitate the oracle ``q*`` of the frozen ``ctx.predictor``."""
-    cfg, task, predictor = ctx.cfg, ctx.task, ctx.predictor
+    """Train a StopPolicy to imitate the oracle ``q*`` of the frozen ``ctx.predictor``.
+
+    Stops after ``imitation.steps`` steps or when the next fresh batch would exceed the
+    learner's layer budget (``ctx.layer_budget``), whichever comes first.
+    """
+    cfg, predictor = ctx.cfg, ctx.predictor
     icfg, beta = cfg.imitation, cfg.beta
     kl_fn = reverse_kl if direction == "reverse" else forward_kl
+    budget = ctx.layer_budget
     policy = make_policy(cfg, predictor, seed=cfg.seed + 1)
     optimizer = torch.optim.Adam(policy.parameters(), lr=icfg.lr)
-    gen = task.generator(20_000 + ctx.seed)
     validator = Validator(ctx, policy, f"{direction}_kl")
     predictor.eval()
-    layer_evals = 0
-    validator(policy, 0, layer_evals)
+    source = TraceSource(ctx, icfg.batch_size, budget)
+    validator(policy, 0, source.layer_evals)
     bar = tqdm(
-        range(1, icfg.steps + 1),
+        total=icfg.steps,
         desc=f"imitation ({direction} KL)",
         disable=not ctx.progress,
         leave=False,
         dynamic_ncols=True,
     )
-    for step in bar:
-        batch = task.train_batch(icfg.batch_size, gen)
-        with torch.no_grad():
-            trace = predictor.trace(batch, task)
-        layer_evals += len(batch) * predictor.num_layers
-        target = oracle_log_q(ctx.objective_losses(trace.losses), target_beta(icfg, beta, step))
-        log_q = stop_log_q(policy.trace_logits(trace.features))
+    w = validator.writer
+    # Logged in batches at each validation: a .item() per step would synchronise a GPU.
+    pending: list[tuple[int, Tensor, Tensor, Tensor]] = []
+    step = 0
+    while step < icfg.steps and source.can_draw(budget):
+        step += 1
+        features, losses = source.draw()
+        target = oracle_log_q(ctx.objective_losses(losses), target_beta(icfg, beta, step))
+        log_q = stop_log_q(policy.trace_logits(features))
         loss = kl_fn(log_q, target).mean()
-        check_finite(
-            loss,
-            f"imitation ({direction} KL)",
-            f"step {step}",
-            validator.best_path,
-            validator.writer,
-        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        w = validator.writer
-        w.add_scalar("losses/kl", loss.item(), step)
-        w.add_scalar("charts/target_beta", target_beta(icfg, beta, step), step)
         with torch.no_grad():
-            w.add_scalar("losses/entropy", float(entropy(log_q).mean()), step)
-            w.add_scalar("charts/expected_depth", float(expected_depth(log_q).mean()), step)
-        if step % icfg.val_every == 0 or step == icfg.steps:
-            metric = validator(policy, step, layer_evals)
+            pending.append(
+                (step, loss.detach(), entropy(log_q).mean(), expected_depth(log_q).mean())
+            )
+        bar.update(1)
+        last = step == icfg.steps or not source.can_draw(budget)
+        if step % icfg.val_every == 0 or last:
+            check_finite(
+                torch.stack([p[1] for p in pending]).sum(),
+                f"imitation ({direction} KL)",
+                f"step {step}",
+                validator.best_path,
+                validator.writer,
+                bar,
+            )
+            for s, kl, ent, depth in pending:
+                w.add_scalar("losses/kl", float(kl), s)
+                w.add_scalar("losses/entropy", float(ent), s)
+                w.add_scalar("charts/expected_depth", float(depth), s)
+                w.add_scalar("charts/target_beta", target_beta(icfg, beta, s), s)
+            pending.clear()
+            metric = validator(policy, step, source.layer_evals)
             bar.set_postfix(val=f"{metric:.4g}", best=f"{validator.best_metric:.4g}")
-    return validator.finish(policy, layer_evals)
+    bar.close()
+    return validator.finish(policy, source.layer_evals, steps=step)
 
 
-@register_learner("reverse_kl", "reverse KL")
+@register_learner("reverse_kl", "reverse KL", kind="imitation")
 def reverse_kl_learner(ctx: LearnerContext) -> LearnerResult:
     """The primary learner: exact reverse KL ``KL(q_phi || q*)``."""
     return train_imitation(ctx, "reverse")
 
 
-@register_learner("forward_kl", "forward KL")
+@register_learner("forward_kl", "forward KL", kind="imitation")
 def forward_kl_learner(ctx: LearnerContext) -> LearnerResult:
     """Exact forward KL ``KL(q* || q_phi)``, as in the official run scripts."""
     return train_imitation(ctx, "forward")

@@ -239,7 +239,9 @@ def run(
 
     # The same trained predictor as a Gymnasium env: one episode with a "stop at layer 3" rule.
     env = gymnasium.make(
-        "l2s/LeastSquares-v0", checkpoint=Path(exp) / "predictor-oracle" / "best.pt", device="cpu"
+        "l2s/LeastSquares-v0",
+        checkpoint=Path(exp) / "seed-0" / "stage1" / "predictor-oracle" / "best.pt",
+        device="cpu",
     )
     obs, info = env.reset(seed=0)
     terminated, steps, reward = False, 0, 0.0

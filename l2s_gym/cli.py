@@ -26,6 +26,8 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f"device={args.device}")
+    if getattr(args, "seeds", None):
+        overrides.append(f"seeds=[{', '.join(map(str, args.seeds))}]")
     return load_config(find_config(args.config), overrides)
 
 
@@ -50,16 +52,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _setup(cfg: ExperimentConfig, runs: str):  # noqa: ANN202
-    import torch
-
+def _setup(cfg: ExperimentConfig):  # noqa: ANN202
     from l2s_gym.build import make_predictor, make_task, resolve_device
 
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     task = make_task(cfg.task, cfg.seed, device)
-    exp = Path(runs) / cfg.experiment
-    return task, make_predictor(cfg.predictor, task, seed=cfg.seed), exp
+    return task, make_predictor(cfg.predictor, task, seed=cfg.seed)
+
+
+def _new_run(cfg: ExperimentConfig, runs: str) -> Path:
+    """A run folder of its own for a ``train-*`` command (never overwrites; sets ``latest``)."""
+    from l2s_gym.trials import new_run_dir
+
+    return new_run_dir(runs, cfg.experiment)
 
 
 def _load_predictor(predictor, path: str) -> None:  # noqa: ANN001
@@ -70,13 +75,30 @@ def _load_predictor(predictor, path: str) -> None:  # noqa: ANN001
     predictor.eval().requires_grad_(False)
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from l2s_gym.compare import run_compare
+def _run_experiment(args: argparse.Namespace, mode: str) -> int:
+    from l2s_gym.compare import run_experiment
 
     cfg = _config(args)
-    exp = run_compare(cfg, args.runs, progress=not args.no_progress)
-    print(exp)
-    return 0
+    run_dir, results = run_experiment(
+        cfg,
+        args.runs,
+        mode,
+        progress=not args.no_progress,
+        resume=args.resume,  # type: ignore[arg-type]
+    )
+    failed = results.get("failed") or []
+    for f in failed:
+        print(f"l2s: trial {f['key']} {f['status']}: {f['error']}", file=sys.stderr)
+    print(run_dir)
+    return 1 if failed else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    return _run_experiment(args, "compare")
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    return _run_experiment(args, "frontier")
 
 
 def cmd_train_predictor(args: argparse.Namespace) -> int:
@@ -84,8 +106,8 @@ def cmd_train_predictor(args: argparse.Namespace) -> int:
     from l2s_gym.training import train_predictor
 
     cfg = _config(args)
-    task, predictor, exp = _setup(cfg, args.runs)
-    folder = exp / f"predictor-{args.loss}"
+    task, predictor = _setup(cfg)
+    folder = _new_run(cfg, args.runs) / f"predictor-{args.loss}"
     write_config_snapshot(folder, cfg.to_dict())
     result = train_predictor(
         predictor,
@@ -115,12 +137,14 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
             f"--learner: unknown learner {args.learner!r}; known: "
             f"{', '.join(registry.learner_names())}"
         )
-    task, predictor, exp = _setup(cfg, args.runs)
+    task, predictor = _setup(cfg)
     _load_predictor(predictor, args.predictor)
-    folder = exp / args.learner
+    folder = _new_run(cfg, args.runs) / args.learner
     write_config_snapshot(folder, cfg.to_dict())
     val = predictor.trace_eval(task.eval_set("val"), task, cfg.compare.eval_batch_size)
-    ctx = LearnerContext(cfg, task, predictor, val, folder, cfg.seed, not args.no_progress)
+    ctx = LearnerContext(
+        cfg, task, predictor, val, folder, cfg.seed, not args.no_progress, cost=cfg.cost
+    )
     result = registry.LEARNERS[args.learner](ctx)
     summary = evaluate_stop_model(task, val, result.model, cfg.seed, rule=result.readout)
     print(
@@ -140,7 +164,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from l2s_gym.runs import load_checkpoint
 
     cfg = _config(args)
-    task, predictor, _ = _setup(cfg, args.runs)
+    task, predictor = _setup(cfg)
     _load_predictor(predictor, args.predictor)
     test = predictor.trace_eval(task.eval_set("test"), task, cfg.compare.eval_batch_size)
     T, P = predictor.num_layers, predictor.display_name
@@ -180,9 +204,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="l2s", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("compare", help="train and compare every method on one experiment")
-    _common(p)
-    p.set_defaults(fn=cmd_compare)
+    for name, fn, text in (
+        ("compare", cmd_compare, "train and compare every method at one layer price"),
+        ("frontier", cmd_frontier, "accuracy against compute: every learner at every price "
+         "of frontier.costs, against every fixed depth, heuristic and the oracle"),
+    ):  # fmt: skip
+        p = sub.add_parser(name, help=text)
+        _common(p)
+        p.add_argument(
+            "--seeds",
+            type=int,
+            nargs="+",
+            metavar="SEED",
+            help="run stage 1 and every learner for each seed into one run folder "
+            "(sets the config's seeds)",
+        )
+        p.add_argument(
+            "--resume",
+            metavar="RUN_FOLDER",
+            help="continue an interrupted run: a run folder, or 'latest' (the newest run "
+            "of the config's experiment); finished trials are reused",
+        )
+        p.set_defaults(fn=fn)
     p = sub.add_parser("train-predictor", help="stage 1 only: train the layered predictor")
     _common(p)
     p.add_argument(

@@ -1,202 +1,91 @@
-"""``l2s compare``: the whole pipeline on one experiment, into one table and a set of plots.
+"""``l2s compare`` and ``l2s frontier``: one code path, a plan of trials, one evaluation.
+
+    compare   = stage 1 per seed, then every learner at one layer price (``cost``)
+    frontier  = the same at every price of ``frontier.costs``
+    --seeds   = either, for several seeds, into one run folder
 
 Stage 1 trains two copies of the predictor from the same initialisation with the same
 budget: one under the oracle (the stop model), one at fixed depth. Every learner named
 in ``compare.learners`` then trains the same StopPolicy architecture on the frozen stop
-model, and one evaluation path scores every row on the same seeded test set.
+model (the same layer budget for each, ``compare.layer_budget``), and one evaluation
+path (``l2s_gym.results``) scores every row and curve on the same seeded test set.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, Literal
 
 from l2s_gym import registry
-from l2s_gym.build import make_predictor, make_task, resolve_device
+from l2s_gym.build import resolve_device
 from l2s_gym.config import ExperimentConfig
-from l2s_gym.evaluation import (
-    best_fixed_depth,
-    depth_curve,
-    evaluate_stop_model,
-    is_better,
-    stop_summary,
-    threshold_sweep,
+from l2s_gym.report import (
+    plot_frontier,
+    plot_learning_curves,
+    plot_metric_vs_layers,
+    write_results,
+    write_tensorboard_summary,
 )
-from l2s_gym.learner import LearnerContext
-from l2s_gym.report import plot_learning_curves, plot_metric_vs_layers, write_results
-from l2s_gym.rules import THRESHOLD_RULES, fixed_depth_stop, oracle_stop
-from l2s_gym.runs import summary_writer, write_config_snapshot, write_json
-from l2s_gym.training import train_predictor
+from l2s_gym.results import evaluate_run
+from l2s_gym.trials import LocalRunner, Trial, TrialOutcome, make_plan, prepare_run
+
+Mode = Literal["compare", "frontier"]
 
 
-def _row(method: str, summary: dict[str, Any], kind: str, **extra: Any) -> dict[str, Any]:
-    return {"method": method, "kind": kind, **summary, **extra}
+def experiment_plan(cfg: ExperimentConfig, mode: Mode) -> tuple[list[Trial], float]:
+    """The trials of a run, and the layer price its comparison table is read at."""
+    if mode == "compare":
+        return make_plan(cfg.run_seeds, cfg.compare.learners, [cfg.cost], "loss"), cfg.cost
+    costs = list(cfg.frontier.costs)
+    plan = make_plan(cfg.run_seeds, cfg.compare.learners, costs, cfg.frontier.cost_scale)
+    return plan, min(costs)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    runs_root: str | Path = "runs",
+    mode: Mode = "compare",
+    progress: bool = True,
+    resume: str | None = None,
+    runner: Any = None,
+    log: Callable[[str], None] = print,
+) -> tuple[Path, dict[str, Any]]:
+    """Run (or resume) a compare / frontier experiment; return its folder and results.
+
+    ``runner``: anything with ``run(plan, run_dir, cfg_dict) -> list[TrialOutcome]``
+    (default: ``LocalRunner``, in this process; ``l2s_gym.ray_backend.RayRunner``: Ray Tune).
+    """
+    registry.load_plugins()
+    device = resolve_device(cfg.device)  # fails before any folder is written
+    plan, compare_cost = experiment_plan(cfg, mode)
+    run_dir, cfg_dict = prepare_run(cfg, runs_root, resume)
+    seeds = ", ".join(map(str, cfg.run_seeds))
+    log(f"[l2s] {cfg.experiment} ({mode}): task {cfg.task.name} on {device}; seeds {seeds}")
+    log(f"[l2s] run folder {run_dir}")
+    runner = runner or LocalRunner(progress=progress, log=log)
+    outcomes: list[TrialOutcome] = runner.run(plan, run_dir, cfg_dict)
+    results = evaluate_run(run_dir, cfg, plan, outcomes, mode, compare_cost)
+    results["device"] = str(device)
+    results["trials"] = [o.to_dict() for o in outcomes]
+    text = write_results(run_dir, results)
+    plot_metric_vs_layers(run_dir, results)
+    plot_frontier(run_dir, results)
+    plot_learning_curves(run_dir, results)
+    write_tensorboard_summary(run_dir, results)
+    log("")
+    log(text)
+    return run_dir, results
 
 
 def run_compare(
-    cfg: ExperimentConfig, runs_root: str | Path = "runs", progress: bool = True, log=print
-) -> Path:  # noqa: ANN001
-    """Run the full comparison; return the experiment folder."""
-    registry.load_plugins()
-    device = resolve_device(cfg.device)
-    exp = Path(runs_root) / cfg.experiment
-    torch.manual_seed(cfg.seed)
-    # The task first: a bad data folder fails here, before any run folder is written.
-    task = make_task(cfg.task, cfg.seed, device)
-    exp.mkdir(parents=True, exist_ok=True)
-    snapshot = cfg.to_dict()
-    write_config_snapshot(exp, snapshot)
-    log(f"[l2s] {cfg.experiment}: task {cfg.task.name} on {device}")
+    cfg: ExperimentConfig,
+    runs_root: str | Path = "runs",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """``l2s compare`` from Python: run it and return the run folder."""
+    return run_experiment(cfg, runs_root, "compare", progress, log=log)[0]
 
-    stop_model = make_predictor(cfg.predictor, task, seed=cfg.seed)
-    fixed_model = make_predictor(cfg.predictor, task, seed=cfg.seed)
-    T, P = stop_model.num_layers, stop_model.display_name
-    s1 = cfg.stage1
-    stage1_evals = s1.steps * s1.batch_size * T
-    log(f"[l2s] stage 1: {P} under the oracle (beta={cfg.beta})")
-    r_stop = train_predictor(
-        stop_model,
-        task,
-        s1,
-        "oracle",
-        cfg.beta,
-        exp / "predictor-oracle",
-        cfg.seed,
-        snapshot,
-        progress,
-    )
-    log(f"[l2s] stage 1: {P} at fixed depth ({s1.fixed_depth_loss} loss)")
-    r_fixed = train_predictor(
-        fixed_model,
-        task,
-        s1,
-        s1.fixed_depth_loss,
-        cfg.beta,
-        exp / "predictor-fixed",
-        cfg.seed,
-        snapshot,
-        progress,
-    )
-    for p in (stop_model, fixed_model):
-        p.requires_grad_(False)
 
-    test, val = task.eval_set("test"), task.eval_set("val")
-    bs = cfg.compare.eval_batch_size
-    test_stop, val_stop = (
-        stop_model.trace_eval(test, task, bs),
-        stop_model.trace_eval(val, task, bs),
-    )
-    test_fixed, val_fixed = (
-        fixed_model.trace_eval(test, task, bs),
-        fixed_model.trace_eval(val, task, bs),
-    )
-
-    rows: list[dict[str, Any]] = []
-    curves: dict[str, list[float]] = {}
-    for label, baseline in registry.classical_baselines(task, T):
-        baseline.to(device)
-        tr = baseline.trace_eval(test, task, bs)
-        rows.append(
-            _row(
-                label,
-                stop_summary(task, tr, fixed_depth_stop(tr, baseline.num_layers)),
-                "classical",
-            )
-        )
-        curves[baseline.display_name] = depth_curve(task, tr)  # the deepest run of each wins
-    rows.append(
-        _row(
-            f"{P} (T={T})",
-            stop_summary(task, test_fixed, fixed_depth_stop(test_fixed, T)),
-            "fixed",
-            train_wall_time_s=r_fixed.wall_time_s,
-            layer_evals=stage1_evals,
-        )
-    )
-    curves[f"{P}, fixed-depth training"] = depth_curve(task, test_fixed)
-    curves[f"{P}, oracle training (truncated)"] = depth_curve(task, test_stop)
-
-    # The strongest honest fixed-depth rival: the best (model, depth) on validation.
-    candidates = []
-    for name, v_tr, t_tr in (
-        ("fixed-depth", val_fixed, test_fixed),
-        ("oracle", val_stop, test_stop),
-    ):
-        k = best_fixed_depth(task, v_tr)
-        candidates.append((depth_curve(task, v_tr)[k - 1], name, k, t_tr))
-    best = candidates[0]
-    for c in candidates[1:]:
-        if is_better(task, c[0], best[0]):
-            best = c
-    _, which, k, t_tr = best
-    rows.append(
-        _row(
-            f"{P} best fixed depth (k={k}, {which} training)",
-            stop_summary(task, t_tr, fixed_depth_stop(t_tr, k)),
-            "fixed",
-        )
-    )
-    rows.append(
-        _row(
-            f"{P}-stop oracle (label-using bound)",
-            stop_summary(task, test_stop, oracle_stop(test_stop)),
-            "oracle",
-            train_wall_time_s=r_stop.wall_time_s,
-            layer_evals=stage1_evals,
-        )
-    )
-
-    heuristic_curves: dict[str, dict[str, Any]] = {}
-    for key in THRESHOLD_RULES:
-        if key in test_stop.extras:
-            row, curve = threshold_sweep(task, val_stop, test_stop, key)
-            rows.append(row)
-            heuristic_curves[key] = curve
-
-    learning_curves: dict[str, list[dict[str, float]]] = {}
-    for name in cfg.compare.learners:
-        label = registry.LEARNER_LABELS[name]
-        log(f"[l2s] stage 2: {P}-stop ({label})")
-        ctx = LearnerContext(cfg, task, stop_model, val_stop, exp / name, cfg.seed, progress)
-        result = registry.LEARNERS[name](ctx)
-        summary = evaluate_stop_model(
-            task, test_stop, result.model, seed=cfg.seed, rule=result.readout
-        )
-        row = _row(
-            f"{P}-stop ({label})",
-            summary,
-            "learner",
-            learner=name,
-            train_wall_time_s=result.wall_time_s,
-            layer_evals=result.layer_evals,
-        )
-        rows.append(row)
-        learning_curves[label] = result.curve
-        write_json(exp / name / "results.json", {**row, "curve": result.curve, **result.extra})
-        with summary_writer(exp / name / "tb") as w:
-            w.add_scalar("test/metric", row["metric"], 0)
-            w.add_scalar("test/avg_layers", row["avg_layers"], 0)
-
-    results = {
-        "experiment": cfg.experiment,
-        "task": cfg.task.name,
-        "metric": task.metric_name,
-        "higher_is_better": task.higher_is_better,
-        "num_layers": T,
-        "device": str(device),
-        "test_size": len(test),
-        "group_title": task.group_title,
-        "group_names": list(task.group_names),
-        "rows": rows,
-        "depth_curves": curves,
-        "heuristic_curves": heuristic_curves,
-        "learning_curves": learning_curves,
-    }
-    table = write_results(exp, results)
-    plot_metric_vs_layers(exp, results)
-    plot_learning_curves(exp, results)
-    log("")
-    log(table)
-    return exp
+__all__ = ["experiment_plan", "run_compare", "run_experiment"]

@@ -44,6 +44,9 @@ class Stage1Config:
     """``cosine`` decays the learning rate to 1% of ``lr`` over ``steps``."""
     fixed_depth_loss: Literal["last", "mean"] = "last"
     """Loss of the fixed-depth baseline: last layer's loss, or the mean over layers."""
+    cost_aware: bool = False
+    """Train the stop model under the oracle of ``l_t + lambda C_t`` with the top-level
+    ``cost`` (the paper trains at no cost; a frontier trains the predictor once)."""
 
     def validate(self, path: str) -> None:
         _positive(self, path, "steps", "batch_size", "lr", "val_every")
@@ -91,9 +94,15 @@ class ImitationConfig:
     a sharp oracle the reverse KL (mode-seeking) otherwise saturates the stop logits early
     and settles on always-continue; the objective at the end is the exact KL at beta."""
     anneal_fraction: float = 0.5
+    buffer_size: int = 0
+    """Stage 2 from cached traces: trace this many training instances once with the frozen
+    predictor (features, losses, groups; ``buffer_size * T`` layer evaluations, counted)
+    and draw every step's batch from that buffer. 0: a fresh batch (and a fresh trace)
+    every step."""
 
     def validate(self, path: str) -> None:
         _positive(self, path, "steps", "batch_size", "lr", "val_every")
+        _non_negative(self, path, "buffer_size")
         _check_anneal(self, path)
 
 
@@ -157,12 +166,16 @@ class RLConfig:
 
 @dataclass
 class CompareConfig:
-    """Which learners ``l2s compare`` trains and reports."""
+    """Which learners ``l2s compare`` and ``l2s frontier`` train, on what budget."""
 
     learners: list[str] = field(
         default_factory=lambda: ["reverse_kl", "forward_kl", "reinforce", "ppo", "a2c"]
     )
     eval_batch_size: int = 1024
+    layer_budget: int = 2_000_000
+    """Layer evaluations (one instance through one layer) each stage-2 learner may spend,
+    the same for every learner: the RL agents' episodes, and imitation's traces (fresh
+    batches, or its trace buffer). Imitation also stops after ``imitation.steps``."""
 
     def validate(self, path: str) -> None:
         known = registry.learner_names()
@@ -171,7 +184,28 @@ class CompareConfig:
                 raise ConfigError(
                     f"{path}.learners: unknown learner {name!r}; known: {', '.join(known)}"
                 )
-        _positive(self, path, "eval_batch_size")
+        _positive(self, path, "eval_batch_size", "layer_budget")
+
+
+@dataclass
+class FrontierConfig:
+    """``l2s frontier``: the grid of layer prices ``lambda`` each learner is trained at."""
+
+    costs: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 1.0, 3.0])
+    """Prices of a layer, in units of ``cost_scale``."""
+    cost_scale: Literal["loss", "gain"] = "gain"
+    """``loss``: ``costs`` are ``lambda`` in units of the task's loss. ``gain``: in units of
+    the stop model's average gain per layer on the validation set (``(mean_i l_{i,1} -
+    mean_i min_t l_{i,t}) / (T - 1)``), so that a grid means the same on any task or
+    predictor: at 1, a layer costs what an average layer earns under the oracle."""
+
+    def validate(self, path: str) -> None:
+        if not self.costs:
+            raise ConfigError(f"{path}.costs: must list at least one cost")
+        if any(not (c >= 0) or c == float("inf") for c in self.costs):
+            raise ConfigError(f"{path}.costs: costs must be finite and >= 0, got {self.costs}")
+        if len(set(self.costs)) != len(self.costs):
+            raise ConfigError(f"{path}.costs: a cost is listed twice: {self.costs}")
 
 
 @dataclass
@@ -190,14 +224,26 @@ class ExperimentConfig:
     predictor: Any = None
     """A ``ComponentSpec`` (set by ``from_dict``)."""
     seed: int = 0
+    seeds: list[int] = field(default_factory=list)
+    """Seeds ``compare`` / ``frontier`` run (stage 1 and every learner, per seed) into one
+    run folder; empty: ``[seed]``. ``--seeds`` on the command line sets it."""
     device: str = "auto"
     beta: float = 0.1
     """Weight of the stop-time entropy; temperature of the oracle q*."""
+    cost: float = 0.0
+    """``lambda``, the price of a layer in units of the loss, for ``compare``: the oracle
+    becomes ``q*(t) ∝ exp(-(l_t + lambda C_t) / beta)`` (0: the paper's objective)."""
     stage1: Stage1Config = field(default_factory=Stage1Config)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     imitation: ImitationConfig = field(default_factory=ImitationConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    frontier: FrontierConfig = field(default_factory=FrontierConfig)
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """The seeds a ``compare`` / ``frontier`` run covers."""
+        return list(self.seeds) if self.seeds else [self.seed]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -353,6 +399,10 @@ def from_dict(data: Any) -> ExperimentConfig:
     cfg.predictor = predictor
     if cfg.beta <= 0:
         raise ConfigError(f"beta: must be > 0, got {cfg.beta!r}")
+    if not cfg.cost >= 0:
+        raise ConfigError(f"cost: must be >= 0, got {cfg.cost!r}")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds: a seed is listed twice: {cfg.seeds}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ConfigError(f"device: expected auto, cpu or cuda, got {cfg.device!r}")
     return cfg

@@ -180,6 +180,7 @@ def threshold_sweep(
     row = {
         "method": f"{label}, tau={best_tau:.3g} (chosen on validation)",
         "kind": "heuristic",
+        "threshold": best_tau,
         **stop_summary(task, test, threshold_stop(test, key, best_tau)),
     }
     return row, curve

@@ -80,6 +80,11 @@ class LearnerContext:
     cost: float = 0.0
 
     @property
+    def layer_budget(self) -> int:
+        """Layer evaluations this learner may spend (``compare.layer_budget``)."""
+        return int(self.cfg.compare.layer_budget)
+
+    @property
     def cum_costs(self) -> Tensor:
         """``C_t`` of the predictor's layers (``l2s_gym.stopping.cumulative_costs``)."""
         return cumulative_costs(

@@ -37,6 +37,8 @@ TASKS: dict[str, Entry] = {}
 PREDICTORS: dict[str, Entry] = {}
 LEARNERS: dict[str, Callable[..., Any]] = {}
 LEARNER_LABELS: dict[str, str] = {}
+LEARNER_KINDS: dict[str, str] = {}
+"""Learner name -> ``"imitation"`` (fits the oracle exactly) or ``"rl"`` (sampled episodes)."""
 BASELINES: dict[str, list[Callable[[Any, int], list[tuple[str, Any]]]]] = {}
 """Task name -> functions ``(task, num_layers) -> [(label, untrained predictor), ...]``:
 classical methods reported at full depth beside the learned ones (e.g. ISTA, FISTA)."""
@@ -60,12 +62,21 @@ def register_predictor(
     return deco
 
 
-def register_learner(name: str, label: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a stop-policy learner ``fn(ctx) -> LearnerResult`` shown as ``label``."""
+def register_learner(
+    name: str, label: str, kind: str = "rl"
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a stop-policy learner ``fn(ctx) -> LearnerResult`` shown as ``label``.
+
+    ``kind``: ``"imitation"`` or ``"rl"``; the fair-study tables compare each learner
+    against the best RL learner.
+    """
+    if kind not in ("imitation", "rl"):
+        raise ValueError(f"learner kind must be 'imitation' or 'rl', got {kind!r}")
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         LEARNERS[name] = fn
         LEARNER_LABELS[name] = label
+        LEARNER_KINDS[name] = kind
         return fn
 
     return deco

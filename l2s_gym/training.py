@@ -17,7 +17,7 @@ from l2s_gym.evaluation import depth_curve, is_better, metric_at
 from l2s_gym.predictor import LayeredPredictor
 from l2s_gym.rules import oracle_stop
 from l2s_gym.runs import check_finite, save_checkpoint, summary_writer
-from l2s_gym.stopping import oracle_stage_loss
+from l2s_gym.stopping import cost_adjusted_losses, cumulative_costs, oracle_stage_loss
 from l2s_gym.task import Task
 
 LossMode = Literal["oracle", "last", "mean"]
@@ -57,6 +57,7 @@ def train_predictor(
     seed: int = 0,
     config_snapshot: dict | None = None,
     progress: bool = True,
+    cost: float = 0.0,
 ) -> Stage1Result:
     """Train ``predictor`` with Adam on fresh batches; keep the best validation checkpoint.
 
@@ -65,8 +66,18 @@ def train_predictor(
     where its last layer (or layer mean) is. TensorBoard tags: ``stage1/loss``,
     ``stage1/val_loss``, ``stage1/val_metric_layer_<t>`` and ``stage1/val_oracle_metric``.
     On a NaN or inf loss the run stops with ``TrainingDiverged``; ``best.pt`` and
-    ``last.pt`` from the last validation remain.
+    ``last.pt`` from the last validation remain. ``cost`` (``lambda``) prices the layers
+    of the ``oracle`` loss: the soft-min is then taken over ``l_t + lambda C_t``.
     """
+    cum_costs = cumulative_costs(
+        predictor.num_layers, predictor.layer_costs(), device=predictor.device
+    )
+
+    def batch_loss(losses: Tensor) -> Tensor:
+        if mode == "oracle":
+            losses = cost_adjusted_losses(losses, cost, cum_costs)
+        return stage1_loss(losses, mode, beta)
+
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = summary_writer(run_dir / "tb")
     optimizer = torch.optim.Adam(predictor.parameters(), lr=cfg.lr)
@@ -97,7 +108,7 @@ def train_predictor(
         predictor.eval()
         with torch.no_grad():
             trace = predictor.trace_eval(val, task)
-            val_loss = float(stage1_loss(trace.losses, mode, beta))
+            val_loss = float(batch_loss(trace.losses))
         predictor.train()
         curve = depth_curve(task, trace)
         for t, value in enumerate(curve):
@@ -135,7 +146,7 @@ def train_predictor(
     for step in bar:
         batch = task.train_batch(cfg.batch_size, gen)
         trace = predictor.trace(batch, task, with_features=False)
-        loss = stage1_loss(trace.losses, mode, beta)
+        loss = batch_loss(trace.losses)
         check_finite(
             loss,
             f"stage 1 ({mode})",

@@ -84,34 +84,116 @@ def test_stages_alone_chain_through_checkpoints(toy_config, tmp_path, capsys):
     assert "Toy-stop (reverse KL)" in out and "| Toy (T=6) |" in out
 
 
-def test_compare_end_to_end_and_deterministic(toy_config, tmp_path):
-    outs = []
-    for name in ("a", "b"):
-        proc = run_cli("compare", str(toy_config), "--runs", str(tmp_path / name), "--no-progress")
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def _numbers(results: dict) -> list:
+    """Every row's metric and layers, every frontier point: what a rerun must reproduce."""
+    rows = [(r["id"], r["metric"], r["avg_layers"]) for r in results["rows"]]
+    curves = sorted((k, tuple(v["metric"])) for k, v in results.get("frontiers", {}).items())
+    return [rows, curves]
+
+
+def test_compare_end_to_end_deterministic_and_never_overwrites(toy_config, tmp_path):
+    runs = tmp_path / "runs"
+    folders = []
+    for _ in range(2):
+        proc = run_cli("compare", str(toy_config), "--runs", str(runs), "--no-progress")
         assert proc.returncode == 0, proc.stderr
-        exp = Path(proc.stdout.strip().splitlines()[-1])
-        assert exp == tmp_path / name / "toy_run"
-        outs.append(json.loads((exp / "results.json").read_text()))
+        run_dir = Path(proc.stdout.strip().splitlines()[-1])
+        assert run_dir.parent == runs / "toy_run"
+        folders.append(run_dir)
         for f in (
             "results.md",
+            "results.json",
             "metric_vs_layers.png",
             "learning_curves.png",
             "config.yaml",
-            "reverse_kl/best.pt",
-            "predictor-oracle/best.pt",
-            "predictor-fixed/best.pt",
+            "trials.json",
+            "seed-0/reverse_kl/cost-0/best.pt",
+            "seed-0/stage1/predictor-oracle/best.pt",
+            "seed-0/stage1/predictor-fixed/best.pt",
         ):
-            assert (exp / f).is_file(), f
-        assert list((exp / "reverse_kl" / "tb").glob("events.out.tfevents.*"))
-    a, b = outs
-    assert [r["metric"] for r in a["rows"]] == [r["metric"] for r in b["rows"]]
+            assert (run_dir / f).is_file(), f
+    # Two identical commands: two complete, separate run folders; latest is the second.
+    a_dir, b_dir = folders
+    assert a_dir != b_dir
+    assert (runs / "toy_run" / "latest").resolve() == b_dir.resolve()
+    for run_dir in folders:
+        for tb in run_dir.rglob("tb"):
+            events = list(tb.glob("events.out.tfevents.*"))
+            assert len(events) <= 1, f"{tb} holds the event files of more than one run"
+    a, b = _results(a_dir), _results(b_dir)
+    assert _numbers(a) == _numbers(b)
     assert a["metric"] == "toy loss" and a["higher_is_better"] is False
-    rows = {r["method"]: r for r in a["rows"]}
-    for r in a["rows"]:
-        assert {"method", "metric", "avg_layers", "groups"} <= set(r)
-    fixed, oracle = rows["Toy (T=6)"], rows["Toy-stop oracle (label-using bound)"]
-    learned = rows["Toy-stop (reverse KL)"]
-    # The toy's best layer is visible in the features: imitation must get close to the oracle.
+    assert a["experiment"] == "toy_run" and a["num_layers"] == 6
+    rows = {r["id"]: r for r in a["rows"]}
+    fixed, oracle, learned = rows["fixed_T"], rows["oracle"], rows["learner:reverse_kl"]
+    # The toy's best layer is visible in the features: imitation reaches the oracle's loss.
     assert oracle["metric"] < 1e-3 * fixed["metric"]
-    assert learned["metric"] < 0.25 * fixed["metric"]
-    assert learned["avg_layers"] < 5.0
+    assert learned["metric"] <= oracle["metric"] + 1e-3 * fixed["metric"]
+    assert abs(learned["avg_layers"] - oracle["avg_layers"]) < 0.05
+    lo, hi = learned["ci95"]
+    assert lo <= learned["metric"] <= hi
+
+
+def test_resume_after_sigkill_in_stage_2_gives_the_same_results(toy_config, tmp_path):
+    import os
+    import signal
+    import time
+
+    args = ["--set", "imitation.steps=3000", "--set", "imitation.val_every=25"]
+    ref = run_cli(
+        "compare", str(toy_config), "--runs", str(tmp_path / "ref"), "--no-progress", *args
+    )
+    assert ref.returncode == 0, ref.stderr
+    expected = _results(Path(ref.stdout.strip().splitlines()[-1]))
+
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "l2s_gym.cli", "compare", str(toy_config), "--runs", str(runs),
+           "--no-progress", "--import", "l2s_gym.testing", *args]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    learner = None
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        # Stage 2 has begun: the first learner has written a checkpoint and is not done.
+        hits = [p.parent for p in runs.glob("toy_run/*/seed-0/*/cost-0/best.pt")]
+        if hits and not (hits[0] / "done").exists():
+            learner = hits[0]
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert learner is not None, "stage 2 never started"
+    assert not (learner / "done").exists()
+    stage1_marker = learner.parent.parent / "stage1" / "done"
+    stamp = stage1_marker.stat().st_mtime
+
+    resumed = run_cli(
+        "compare",
+        str(toy_config),
+        "--runs",
+        str(runs),
+        "--no-progress",
+        "--resume",
+        "latest",
+        *args,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    run_dir = Path(resumed.stdout.strip().splitlines()[-1])
+    assert run_dir.resolve() == learner.parent.parent.parent.resolve()
+    assert stage1_marker.stat().st_mtime == stamp  # stage 1 was not run again
+    assert _numbers(_results(run_dir)) == _numbers(expected)
+
+
+def test_resume_refuses_a_different_config(toy_config, tmp_path):
+    runs = tmp_path / "runs"
+    first = run_cli("compare", str(toy_config), "--runs", str(runs), "--no-progress",
+                    "--set", "imitation.steps=5")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    proc = run_cli("compare", str(toy_config), "--runs", str(runs), "--no-progress",
+                   "--resume", "latest", "--set", "beta=0.07")  # fmt: skip
+    assert proc.returncode == 2
+    assert "differs from the run's at beta" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,510 @@
+"""Experiments as trials: small, pure units of work, each with its own folder.
+
+A ``compare`` or ``frontier`` run is a plan of trials (``make_plan``):
+
+    stage1 (seed)                      -> both predictors, their val/test traces
+    stage2 (seed, learner, cost)       -> a policy checkpoint, its curve; needs its seed's stage1
+
+A trial reads its inputs from disk (its config, the stage-1 trial's files) and writes
+only inside its own folder, ``<run>/<trial.key>``; it writes ``done`` last. So trials can
+run in any order that respects ``needs``, in this process (``LocalRunner``) or on a
+cluster (``l2s_gym.ray_backend``), and a resumed run skips the trials whose ``done``
+marker exists and whose config matches. Each trial seeds torch, numpy and ``random``
+from its key before it starts, so its result does not depend on what ran before it.
+
+Run folders (``new_run_dir``) never overwrite: every run of a command gets
+``runs/<experiment>/<YYYYMMDD-HHMMSS>[-N]/``, and ``runs/<experiment>/latest`` points at
+the newest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+import traceback
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from l2s_gym import registry
+from l2s_gym.build import make_predictor, make_task, resolve_device
+from l2s_gym.config import ConfigError, ExperimentConfig, from_dict
+from l2s_gym.predictor import Trace
+from l2s_gym.runs import load_checkpoint, write_config_snapshot, write_json
+
+TrialKind = Literal["stage1", "stage2"]
+CostScale = Literal["loss", "gain"]
+
+DONE = "done"
+RESULT = "result.json"
+TRACES = "traces.pt"
+PLAN_KEYS = ("seeds", "frontier.costs", "compare.learners")
+"""Config keys that only select which trials a run holds: a resumed run may differ in them."""
+RUNTIME_KEYS = ("device", "threads", "compare.eval_batch_size")
+"""Config keys that change how a trial runs, not what it computes."""
+
+
+def format_cost(cost: float) -> str:
+    """A cost as it appears in folder names and tables (``0``, ``0.3``, ``1e-05``)."""
+    return f"{cost:g}"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One unit of work. ``cost`` is in units of ``scale`` (see ``FrontierConfig``)."""
+
+    kind: TrialKind
+    seed: int
+    learner: str = ""
+    cost: float = 0.0
+    scale: CostScale = "loss"
+
+    @property
+    def key(self) -> str:
+        """The trial's folder, relative to the run folder."""
+        if self.kind == "stage1":
+            return f"seed-{self.seed}/stage1"
+        return f"seed-{self.seed}/{self.learner}/cost-{format_cost(self.cost)}"
+
+    @property
+    def needs(self) -> tuple[Trial, ...]:
+        return () if self.kind == "stage1" else (Trial("stage1", self.seed),)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Trial:
+        return Trial(**data)
+
+
+def make_plan(
+    seeds: list[int], learners: list[str], costs: list[float], scale: CostScale = "loss"
+) -> list[Trial]:
+    """Stage 1 for every seed, then every learner at every cost for every seed."""
+    plan = [Trial("stage1", s) for s in seeds]
+    plan += [Trial("stage2", s, name, c, scale) for s in seeds for name in learners for c in costs]
+    return plan
+
+
+# --- run folders ----------------------------------------------------------------------------
+
+
+def new_run_dir(runs_root: str | Path, experiment: str) -> Path:
+    """A fresh folder ``runs_root/experiment/<timestamp>[-N]``; ``latest`` then points at it."""
+    exp = Path(runs_root) / experiment
+    exp.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        folder = exp / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        point_latest(folder)
+        return folder
+    raise RuntimeError(f"could not create a new run folder under {exp}")
+
+
+def point_latest(run_dir: Path) -> None:
+    """Make ``<experiment>/latest`` name ``run_dir`` (a symlink; a text file where links fail)."""
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest-{os.getpid()}"
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        if link.is_symlink():
+            link.unlink()
+        (run_dir.parent / "latest.txt").write_text(run_dir.name + "\n")
+
+
+def resolve_run_dir(runs_root: str | Path, experiment: str, spec: str) -> Path:
+    """``--resume`` target: ``latest`` (the newest run of ``experiment``) or a folder path."""
+    if spec == "latest":
+        exp = Path(runs_root) / experiment
+        link = exp / "latest"
+        if link.exists():
+            return link.resolve()
+        marker = exp / "latest.txt"
+        if marker.is_file():
+            return exp / marker.read_text().strip()
+        runs = sorted(p for p in exp.glob("[0-9]*") if p.is_dir()) if exp.is_dir() else []
+        if not runs:
+            raise ConfigError(f"--resume latest: no run of experiment {experiment!r} under {exp}")
+        return runs[-1]
+    folder = Path(spec)
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(f"--resume {spec}: not a run folder (no config.yaml in it)")
+    return folder
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: data}
+
+
+def first_difference(
+    a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ()
+) -> str | None:
+    """The first (sorted) dotted key whose value differs between two config dicts."""
+    fa, fb = _flatten(a), _flatten(b)
+    for key in sorted(set(fa) | set(fb)):
+        if any(key == i or key.startswith(i + ".") for i in ignore):
+            continue
+        if fa.get(key, "<missing>") != fb.get(key, "<missing>"):
+            return key
+    return None
+
+
+def check_resume_config(saved: dict[str, Any], current: dict[str, Any], folder: Path) -> None:
+    """Refuse to resume ``folder`` under a config that computes something else."""
+    key = first_difference(saved, current, ignore=PLAN_KEYS + RUNTIME_KEYS)
+    if key is not None:
+        fs, fc = _flatten(saved), _flatten(current)
+        raise ConfigError(
+            f"--resume {folder}: the config differs from the run's at {key} "
+            f"(run: {fs.get(key, '<missing>')!r}, now: {fc.get(key, '<missing>')!r})"
+        )
+
+
+# --- the trials themselves ---------------------------------------------------------------
+
+
+def trial_config(cfg_dict: dict[str, Any], seed: int) -> ExperimentConfig:
+    """The experiment config as one seed's trials see it (``seed`` set, ``seeds`` cleared)."""
+    data = json.loads(json.dumps(cfg_dict))
+    data["seed"] = seed
+    data["seeds"] = []
+    return from_dict(data)
+
+
+def _seed_everything(trial: Trial) -> None:
+    seed = zlib.crc32(trial.key.encode())
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _trial_digest(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """What a finished trial's ``done`` marker records of the config it ran under."""
+    flat = _flatten(cfg_dict)
+    return {
+        k: v
+        for k, v in flat.items()
+        if not any(k == i or k.startswith(i + ".") for i in PLAN_KEYS + RUNTIME_KEYS)
+    }
+
+
+def is_done(folder: Path, cfg_dict: dict[str, Any]) -> bool:
+    """Whether the trial in ``folder`` finished under this config (its ``done`` marker)."""
+    marker = folder / DONE
+    if not marker.is_file():
+        return False
+    try:
+        saved = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return saved.get("config") == _trial_digest(cfg_dict)
+
+
+def _mark_done(folder: Path, cfg_dict: dict[str, Any]) -> None:
+    write_json(folder / DONE, {"config": _trial_digest(cfg_dict), "finished": time.time()})
+
+
+def trace_to_dict(trace: Trace, with_features: bool = True) -> dict[str, Any]:
+    return {
+        "losses": trace.losses.detach().cpu(),
+        "metric_stats": trace.metric_stats.cpu(),
+        "features": trace.features.cpu() if with_features else torch.zeros(0),
+        "groups": trace.groups.cpu(),
+        "extras": {k: v.cpu() for k, v in trace.extras.items()},
+    }
+
+
+def trace_from_dict(data: dict[str, Any], device: torch.device | str = "cpu") -> Trace:
+    return Trace(
+        losses=data["losses"].to(device),
+        metric_stats=data["metric_stats"].to(device),
+        features=data["features"].to(device),
+        groups=data["groups"].to(device),
+        extras={k: v.to(device) for k, v in data["extras"].items()},
+    )
+
+
+def load_traces(
+    stage1_dir: Path, device: torch.device | str = "cpu"
+) -> dict[str, dict[str, Trace]]:
+    """``{"oracle"|"fixed": {"val"|"test": Trace}}`` saved by a stage-1 trial."""
+    data = torch.load(stage1_dir / TRACES, map_location="cpu", weights_only=True)
+    return {m: {s: trace_from_dict(t, device) for s, t in d.items()} for m, d in data.items()}
+
+
+def gain_per_layer(val_trace: Trace) -> float:
+    """The oracle's average gain per layer on validation: the ``gain`` cost unit.
+
+    ``(mean_i l_{i,1} - mean_i min_t l_{i,t}) / (T - 1)``; 1.0 when that is not positive
+    (a predictor whose first layer is already best everywhere) or ``T = 1``.
+    """
+    losses = val_trace.losses.double()
+    T = losses.shape[1]
+    if T < 2:
+        return 1.0
+    gain = float(losses[:, 0].mean() - losses.min(dim=1).values.mean()) / (T - 1)
+    return gain if gain > 0 and math.isfinite(gain) else 1.0
+
+
+def load_stop_model(run_dir: Path, cfg: ExperimentConfig, seed: int, device: torch.device):  # noqa: ANN201
+    """The task and the oracle-trained predictor of ``seed``'s stage-1 trial, frozen."""
+    task = make_task(cfg.task, seed, device)
+    predictor = make_predictor(cfg.predictor, task)
+    path = run_dir / Trial("stage1", seed).key / "predictor-oracle" / "best.pt"
+    payload = load_checkpoint(path, "predictor")
+    predictor.load_state_dict(payload["state_dict"])
+    predictor.eval().requires_grad_(False)
+    return task, predictor
+
+
+def _run_stage1(
+    trial: Trial, folder: Path, cfg: ExperimentConfig, progress: bool
+) -> dict[str, Any]:
+    from l2s_gym.training import train_predictor
+
+    device = resolve_device(cfg.device)
+    task = make_task(cfg.task, trial.seed, device)
+    snapshot = cfg.to_dict()
+    s1 = cfg.stage1
+    out: dict[str, Any] = {}
+    traces: dict[str, dict[str, Any]] = {}
+    for name, mode in (("oracle", "oracle"), ("fixed", s1.fixed_depth_loss)):
+        model = make_predictor(cfg.predictor, task, seed=trial.seed)
+        result = train_predictor(
+            model,
+            task,
+            s1,
+            mode,
+            cfg.beta,
+            folder / f"predictor-{name}",
+            trial.seed,
+            snapshot,
+            progress,
+            cost=cfg.cost if (name == "oracle" and s1.cost_aware) else 0.0,
+        )
+        model.requires_grad_(False)
+        bs = cfg.compare.eval_batch_size
+        traces[name] = {
+            split: trace_to_dict(
+                model.trace_eval(task.eval_set(split), task, bs), with_features=name == "oracle"
+            )
+            for split in ("val", "test")
+        }
+        out[name] = {
+            "wall_time_s": result.wall_time_s,
+            "layer_evals": s1.steps * s1.batch_size * model.num_layers,
+            "best_step": result.best_step,
+            "best_val_loss": result.best_val,
+            "loss": mode,
+        }
+    torch.save(traces, folder / TRACES)
+    val = trace_from_dict(traces["oracle"]["val"])
+    out["gain_per_layer"] = gain_per_layer(val)
+    out["num_layers"] = val.num_layers
+    return out
+
+
+def _run_stage2(
+    trial: Trial, run_dir: Path, folder: Path, cfg: ExperimentConfig, progress: bool
+) -> dict[str, Any]:
+    from l2s_gym.learner import LearnerContext
+
+    registry.load_plugins()
+    if trial.learner not in registry.LEARNERS:
+        raise ConfigError(f"unknown learner {trial.learner!r}")
+    device = resolve_device(cfg.device)
+    task, predictor = load_stop_model(run_dir, cfg, trial.seed, device)
+    stage1 = run_dir / Trial("stage1", trial.seed).key
+    val = load_traces(stage1, predictor.device)["oracle"]["val"]
+    unit = gain_per_layer(val) if trial.scale == "gain" else 1.0
+    lam = trial.cost * unit
+    ctx = LearnerContext(cfg, task, predictor, val, folder, trial.seed, progress, cost=lam)
+    result = registry.LEARNERS[trial.learner](ctx)
+    return {
+        "learner": trial.learner,
+        "label": registry.LEARNER_LABELS[trial.learner],
+        "cost": trial.cost,
+        "cost_scale": trial.scale,
+        "lambda": lam,
+        "wall_time_s": result.wall_time_s,
+        "layer_evals": result.layer_evals,
+        "readout": result.readout.to_dict(),
+        "readout_label": result.readout.label,
+        "curve": result.curve,
+        "extra": result.extra,
+    }
+
+
+def run_trial(
+    trial: Trial,
+    run_dir: str | Path,
+    cfg_dict: dict[str, Any],
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run one trial into ``run_dir/trial.key`` (from scratch) and return its result.
+
+    A finished trial (``done`` under the same config) is not run again: its saved result
+    is returned. An unfinished one is cleared and restarted. The environment variable
+    ``L2S_FAIL_TRIALS`` (a comma-separated list of ``fnmatch`` patterns of trial keys) makes
+    matching trials raise, to test failure handling.
+    """
+    import fnmatch
+
+    run_dir = Path(run_dir)
+    folder = run_dir / trial.key
+    if is_done(folder, cfg_dict):
+        return json.loads((folder / RESULT).read_text())
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for pattern in filter(None, os.environ.get("L2S_FAIL_TRIALS", "").split(",")):
+        if fnmatch.fnmatch(trial.key, pattern.strip()):
+            raise RuntimeError(f"injected failure (L2S_FAIL_TRIALS={pattern.strip()})")
+    cfg = trial_config(cfg_dict, trial.seed)
+    _seed_everything(trial)
+    if trial.kind == "stage1":
+        result = _run_stage1(trial, folder, cfg, progress)
+    else:
+        result = _run_stage2(trial, run_dir, folder, cfg, progress)
+    result = {"trial": trial.to_dict(), "key": trial.key, **result}
+    write_json(folder / RESULT, result)
+    _mark_done(folder, cfg_dict)
+    return result
+
+
+# --- running a plan -----------------------------------------------------------------------
+
+
+@dataclass
+class TrialOutcome:
+    """What happened to one trial of a plan."""
+
+    trial: Trial
+    status: Literal["done", "reused", "failed", "skipped"]
+    attempts: int = 0
+    error: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"key": self.trial.key, "trial": self.trial.to_dict(), "status": self.status}
+        out.update({"attempts": self.attempts, "error": self.error})
+        return out
+
+
+def error_line(exc: BaseException) -> str:
+    """One line that says what went wrong (the last line of a traceback, shortened)."""
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def write_trials_file(run_dir: Path, outcomes: list[TrialOutcome]) -> None:
+    write_json(run_dir / "trials.json", {"trials": [o.to_dict() for o in outcomes]})
+
+
+class LocalRunner:
+    """Runs a plan in this process, one trial after another, in plan order.
+
+    A trial that fails is retried once; if it fails again it is reported (status
+    ``failed`` with its error line) and the trials that need it are ``skipped``; the
+    rest of the plan goes on. ``KeyboardInterrupt`` stops at once (finished trials keep
+    their ``done`` markers, so ``--resume`` continues from there).
+    """
+
+    retries = 1
+
+    def __init__(self, progress: bool = True, log: Callable[[str], None] = print) -> None:
+        self.progress = progress
+        self.log = log
+
+    def run(self, plan: list[Trial], run_dir: Path, cfg_dict: dict[str, Any]) -> list[TrialOutcome]:
+        outcomes: dict[Trial, TrialOutcome] = {}
+        bar = tqdm(plan, desc="trials", unit="trial", disable=not self.progress, dynamic_ncols=True)
+        for trial in bar:
+            bar.set_postfix_str(trial.key)
+            if any(outcomes[n].status in ("failed", "skipped") for n in trial.needs):
+                outcomes[trial] = TrialOutcome(trial, "skipped", error="a trial it needs failed")
+                continue
+            folder = run_dir / trial.key
+            if is_done(folder, cfg_dict):
+                outcomes[trial] = TrialOutcome(
+                    trial, "reused", result=json.loads((folder / RESULT).read_text())
+                )
+                continue
+            outcome = TrialOutcome(trial, "failed")
+            for attempt in range(1, self.retries + 2):
+                outcome.attempts = attempt
+                try:
+                    outcome.result = run_trial(trial, run_dir, cfg_dict, self.progress)
+                    outcome.status, outcome.error = "done", ""
+                    break
+                except KeyboardInterrupt:
+                    raise
+                except (ConfigError, registry.PluginError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
+                    outcome.error = error_line(exc)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / "error.txt").write_text("".join(traceback.format_exception(exc)))
+                    self.log(f"[l2s] trial {trial.key} failed (attempt {attempt}): {outcome.error}")
+            outcomes[trial] = outcome
+            write_trials_file(run_dir, [outcomes[t] for t in plan if t in outcomes])
+        write_trials_file(run_dir, [outcomes[t] for t in plan])
+        return [outcomes[t] for t in plan]
+
+
+def prepare_run(
+    cfg: ExperimentConfig, runs_root: str | Path, resume: str | None
+) -> tuple[Path, dict[str, Any]]:
+    """The run folder (new, or the one to resume, checked) and the config dict it runs."""
+    cfg_dict = cfg.to_dict()
+    if resume:
+        run_dir = resolve_run_dir(runs_root, cfg.experiment, resume)
+        import yaml
+
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        check_resume_config(saved, cfg_dict, run_dir)
+    else:
+        run_dir = new_run_dir(runs_root, cfg.experiment)
+    write_config_snapshot(run_dir, cfg_dict)
+    return run_dir, cfg_dict
+
+
+__all__ = [
+    "LocalRunner",
+    "Trial",
+    "TrialOutcome",
+    "gain_per_layer",
+    "is_done",
+    "load_stop_model",
+    "load_traces",
+    "make_plan",
+    "new_run_dir",
+    "prepare_run",
+    "resolve_run_dir",
+    "run_trial",
+]

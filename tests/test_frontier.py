@@ -1,0 +1,157 @@
+"""The frontier maths against hand-made curves, and the quantile read-out against brute force."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from l2s_gym import frontier as fr
+from l2s_gym.rules import ReadoutRule
+from l2s_gym.stopping import quantile_stop, stop_log_q
+
+
+def test_budget_curve_interpolates_and_keeps_the_best_point_below_each_budget() -> None:
+    grid = np.array([1.0, 1.5, 2.0, 3.0, 4.0, 5.0])
+    # Higher is better: points at 2 (score 10) and 4 (score 8): at 3 the interpolation
+    # says 9, but the point at 2 is affordable with a budget of 3, so f(3) = 10.
+    f = fr.budget_curve([4.0, 2.0], [8.0, 10.0], grid, higher_is_better=True)
+    assert np.isnan(f[0]) and np.isnan(f[1])  # below the fewest layers: undefined
+    assert f[2:].tolist() == [10.0, 10.0, 10.0, 10.0]
+    # Lower is better: the same points as losses, rising then falling.
+    g = fr.budget_curve([2.0, 4.0], [10.0, 6.0], grid, higher_is_better=False)
+    assert g[2:].tolist() == [-10.0, -8.0, -6.0, -6.0]
+
+
+def test_envelope_dominance_and_gap_on_hand_made_curves() -> None:
+    T = 5
+    grid = fr.budget_grid(T, points=401)
+    fixed = ([1, 2, 3, 4, 5], [0.0, 1.0, 2.0, 3.0, 4.0])  # one point of score per layer
+    oracle = ([1, 5], [0.0, 8.0])  # a straight line from (1, 0) to (5, 8)
+    env = fr.envelope([fr.budget_curve(*fixed, grid, True)])
+    orc = fr.budget_curve(*oracle, grid, True)
+    # The oracle's gain over the envelope is the triangle between the lines: area 8.
+    # A learner halfway between them closes half of it and dominates everywhere.
+    half = ([1, 5], [0.0, 6.0])
+    lrn = fr.budget_curve(*half, grid, True)
+    assert fr.dominance(lrn, env) == 1.0
+    assert fr.oracle_gap_closed(lrn, env, orc, grid) == pytest.approx(0.5, abs=1e-3)
+    # The envelope itself: dominance 1 (ties count), gap 0.
+    assert fr.dominance(env, env) == 1.0
+    assert fr.oracle_gap_closed(env, env, orc, grid) == pytest.approx(0.0, abs=1e-12)
+    # A learner below the envelope on [3, 5] (constant score 2 from layer 3 on).
+    low = fr.budget_curve([1, 3], [0.0, 2.0], grid, True)
+    dom = fr.dominance(low, env)
+    assert dom == pytest.approx(np.mean(grid <= 3.0), abs=1e-9)
+    # Its gap: 0 on [1, 3], then -(the envelope's rise above 2) on [3, 5]: area -2, over 8.
+    assert fr.oracle_gap_closed(low, env, orc, grid) == pytest.approx(-2.0 / 8.0, abs=1e-3)
+    # A learner that starts at 3 layers: undefined below 3 (counts against dominance, zero
+    # area there), matches the oracle from 3 on.
+    late = fr.budget_curve([3, 5], [4.0, 8.0], grid, True)
+    assert fr.dominance(late, env) == pytest.approx(np.mean(grid >= 3.0), abs=1e-9)
+    # Its gap on [3, 5], where it equals the oracle: oracle - env = (2t - 2) - (t - 1) = t - 1,
+    # whose integral over [3, 5] is (4^2 - 2^2) / 2 = 6, out of the oracle's 8.
+    expected = (((5 - 1) ** 2 - (3 - 1) ** 2) / 2) / 8.0
+    # (The step at 3 layers costs half a grid cell of area in the trapezoid rule.)
+    assert fr.oracle_gap_closed(late, env, orc, grid) == pytest.approx(expected, abs=3e-3)
+
+
+def test_gap_is_nan_without_an_oracle_gain() -> None:
+    grid = fr.budget_grid(4)
+    env = fr.budget_curve([1, 4], [0.0, 3.0], grid, True)
+    assert math.isnan(fr.oracle_gap_closed(env, env, env, grid))
+
+
+def test_layers_to_match() -> None:
+    # Lower is better: 10 -> 6 between 2 and 4 layers; the target 8 is reached at 3.
+    assert fr.layers_to_match([2, 4], [10.0, 6.0], 8.0, False) == pytest.approx(3.0)
+    assert fr.layers_to_match([2, 4], [10.0, 6.0], 10.0, False) == pytest.approx(2.0)
+    assert fr.layers_to_match([2, 4], [10.0, 6.0], 5.0, False) is None
+    # Higher is better, unsorted input, a point that already reaches the target.
+    assert fr.layers_to_match([5, 1, 3], [0.9, 0.5, 0.95], 0.9, True) == pytest.approx(
+        1 + 0.4 / 0.45 * 2
+    )
+
+
+def test_summarize_keys_and_ranges() -> None:
+    s = fr.summarize(
+        ([1.5, 3.0, 5.0], [0.5, 2.5, 4.2]),
+        [([1, 2, 3, 4, 5], [0.0, 1.0, 2.0, 3.0, 4.0])],
+        ([1, 5], [0.0, 8.0]),
+        5,
+        True,
+        4.0,
+    )
+    assert set(s) == {"dominance", "oracle_gap_closed", "layers_to_match_full_depth"}
+    assert 0.0 <= s["dominance"] <= 1.0
+    assert s["layers_to_match_full_depth"] == pytest.approx(3.0 + (4.0 - 2.5) / (4.2 - 2.5) * 2)
+
+
+def brute_force_quantile(probs: list[float], q: float) -> int:
+    """First t whose cumulative stop probability reaches q, by plain summation."""
+    total = 0.0
+    for t, p in enumerate(probs):
+        total += p
+        if total >= q - 1e-9:
+            return t
+    return len(probs) - 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=7),
+    st.floats(min_value=0.05, max_value=0.95),
+    st.integers(min_value=0, max_value=10_000),
+)
+def test_quantile_rule_against_enumerated_stop_paths(T: int, q: float, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(1, T, generator=gen, dtype=torch.float64) * 3
+    pi = torch.sigmoid(logits)[0].tolist()
+    # q_phi by enumerating all 2^(T-1) continue/stop sequences (every decision drawn, as
+    # if the walk went on): a sequence's stop time is its first "stop", else the last layer.
+    probs = [0.0] * T
+    for path in itertools.product([0, 1], repeat=T - 1):
+        p = math.prod(pi[t] if a else 1 - pi[t] for t, a in enumerate(path))
+        probs[path.index(1) if 1 in path else T - 1] += p
+    expected = brute_force_quantile(probs, q)
+    # Skip knife-edge cases where float rounding decides.
+    cum = np.cumsum(probs)
+    if np.any(np.abs(cum - q) < 1e-6):
+        return
+    got = int(quantile_stop(stop_log_q(logits), q)[0])
+    assert got == expected
+    # The causal form gives the same layer.
+    rule = ReadoutRule("quantile", q)
+    log_survival = torch.zeros(1, dtype=torch.float64)
+    causal = T - 1
+    for t in range(T):
+        stop, log_survival = rule.stop_now(logits[:, t], log_survival)
+        if bool(stop[0]) or t == T - 1:
+            causal = t
+            break
+    assert causal == expected
+
+
+def test_threshold_rule_causal_form_matches() -> None:
+    logits = torch.tensor([[-2.0, -0.1, 0.3, -5.0, 1.0]])
+    rule = ReadoutRule("threshold", 0.5)
+    assert int(rule.stop(logits)[0]) == 2
+    log_survival = torch.zeros(1)
+    for t in range(5):
+        stop, log_survival = rule.stop_now(logits[:, t], log_survival)
+        if bool(stop[0]):
+            break
+    assert t == 2
+
+
+def test_quantile_rule_stops_earlier_than_the_threshold_rule_on_a_spread_q() -> None:
+    # q_phi uniform over layers 4..8 (of 8): pi = 0, 0, 0, 1/5, 1/4, 1/3, 1/2, (1).
+    pi = torch.tensor([1e-9, 1e-9, 1e-9, 1 / 5, 1 / 4, 1 / 3, 1 / 2, 0.5], dtype=torch.float64)
+    logits = torch.log(pi / (1 - pi)).unsqueeze(0)
+    assert int(ReadoutRule("threshold", 0.5).stop(logits)[0]) == 7  # layer 8
+    assert int(ReadoutRule("quantile", 0.5).stop(logits)[0]) == 5  # layer 6: the median
