@@ -225,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="continue an interrupted run: a run folder, or 'latest' (the newest run "
             "of the config's experiment); finished trials are reused",
         )
+        p.add_argument(
+            "--eval-split",
+            choices=["test", "val"],
+            default="test",
+            help="score the finished trials on the test set (default) or on the validation "
+            "set: use 'val' while choosing settings, so that no test number is looked at",
+        )
         p.set_defaults(fn=fn)
     p = sub.add_parser("train-predictor", help="stage 1 only: train the layered predictor")
     _common(p)

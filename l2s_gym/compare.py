@@ -50,11 +50,14 @@ def run_experiment(
     resume: str | None = None,
     runner: Any = None,
     log: Callable[[str], None] = print,
+    eval_split: str = "test",
 ) -> tuple[Path, dict[str, Any]]:
     """Run (or resume) a compare / frontier experiment; return its folder and results.
 
     ``runner``: anything with ``run(plan, run_dir, cfg_dict) -> list[TrialOutcome]``
     (default: ``LocalRunner``, in this process; ``l2s_gym.ray_backend.RayRunner``: Ray Tune).
+    ``eval_split="val"`` scores the finished trials on the validation set (for choosing
+    settings without test numbers; results.md and results.json say so).
     """
     registry.load_plugins()
     device = resolve_device(cfg.device)  # fails before any folder is written
@@ -65,7 +68,7 @@ def run_experiment(
     log(f"[l2s] run folder {run_dir}")
     runner = runner or LocalRunner(progress=progress, log=log)
     outcomes: list[TrialOutcome] = runner.run(plan, run_dir, cfg_dict)
-    results = evaluate_run(run_dir, cfg, plan, outcomes, mode, compare_cost)
+    results = evaluate_run(run_dir, cfg, plan, outcomes, mode, compare_cost, eval_split)
     results["device"] = str(device)
     results["trials"] = [o.to_dict() for o in outcomes]
     text = write_results(run_dir, results)

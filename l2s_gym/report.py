@@ -72,8 +72,13 @@ def markdown_table(results: dict[str, Any]) -> str:
         else f"seed {seeds[0] if seeds else '?'} (intervals: bootstrap over test instances)"
     )
     lam = results.get("compare_cost", 0.0)
+    split = (
+        "Validation set (for tuning; not a test result)"
+        if results.get("eval_split") == "val"
+        else "Test set"
+    )
     lines.append(
-        f"Test set, {results.get('test_size', '?')} instances; {metric}: {arrow} is better; "
+        f"{split}, {results.get('test_size', '?')} instances; {metric}: {arrow} is better; "
         f"{seed_text}; layer price {lam:g}"
         f"{' (in gain-per-layer units)' if results.get('cost_scale') == 'gain' else ''}. "
         "Learned rules stop by the read-out chosen on the validation set (column 'read-out'); "

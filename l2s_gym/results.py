@@ -151,15 +151,21 @@ def evaluate_seed(
     seed: int,
     trials: list[Trial],
     compare_cost: float,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Rows (at ``compare_cost``), frontier curves and summaries of one seed's trials."""
+    """Rows (at ``compare_cost``), frontier curves and summaries of one seed's trials.
+
+    ``split="val"`` scores everything on the validation set instead of the test set: for
+    choosing settings without looking at test numbers (the choices made on validation
+    are then scored on the same data, so those numbers are optimistic).
+    """
     cfg: ExperimentConfig = trial_config(cfg_dict, seed)
     device = torch.device("cpu")
     task, predictor = load_stop_model(run_dir, cfg, seed, device)
     stage1_dir = run_dir / Trial("stage1", seed).key
     traces = load_traces(stage1_dir)
-    t_stop, v_stop = traces["oracle"]["test"], traces["oracle"]["val"]
-    t_fixed, v_fixed = traces["fixed"]["test"], traces["fixed"]["val"]
+    t_stop, v_stop = traces["oracle"][split], traces["oracle"]["val"]
+    t_fixed, v_fixed = traces["fixed"][split], traces["fixed"]["val"]
     T, P = t_stop.num_layers, predictor.display_name
     cum = cumulative_costs(T, predictor.layer_costs())
     unit = gain_per_layer(v_stop)
@@ -181,9 +187,7 @@ def evaluate_seed(
 
     # Classical methods at full depth (their test traces are cheap to recompute).
     for label, baseline in registry.classical_baselines(task, T):
-        tr = baseline.to(device).trace_eval(
-            task.eval_set("test"), task, cfg.compare.eval_batch_size
-        )
+        tr = baseline.to(device).trace_eval(task.eval_set(split), task, cfg.compare.eval_batch_size)
         add(f"classical:{label}", label, "classical", tr, fixed_depth_stop(tr, baseline.num_layers))
 
     s1 = _stage1_result(stage1_dir)
@@ -563,15 +567,17 @@ def evaluate_run(
     outcomes: list[TrialOutcome],
     mode: str,
     compare_cost: float,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Evaluate every finished trial of a run: per seed, then over seeds."""
+    """Evaluate every finished trial of a run: per seed, then over seeds (see
+    ``evaluate_seed`` for ``split``)."""
     cfg_dict = cfg.to_dict()
     done = {o.trial for o in outcomes if o.status in ("done", "reused")}
     seeds = [t.seed for t in plan if t.kind == "stage1" and t in done]
     per_seed = []
     for seed in seeds:
         trials = [t for t in plan if t.kind == "stage2" and t.seed == seed and t in done]
-        per_seed.append(evaluate_seed(run_dir, cfg_dict, seed, trials, compare_cost))
+        per_seed.append(evaluate_seed(run_dir, cfg_dict, seed, trials, compare_cost, split))
     task_name = cfg.task.name
     failed = [o.to_dict() for o in outcomes if o.status in ("failed", "skipped")]
     if not per_seed:
@@ -581,6 +587,7 @@ def evaluate_run(
     results: dict[str, Any] = {
         "experiment": cfg.experiment,
         "mode": mode,
+        "eval_split": split,
         "task": task_name,
         "metric": entry.metric_name,
         "higher_is_better": entry.higher_is_better,
