@@ -85,6 +85,7 @@ def _run_experiment(args: argparse.Namespace, mode: str) -> int:
         mode,
         progress=not args.no_progress,
         resume=args.resume,  # type: ignore[arg-type]
+        eval_split=args.eval_split,
     )
     failed = results.get("failed") or []
     for f in failed:
