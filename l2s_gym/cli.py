@@ -79,12 +79,23 @@ def _run_experiment(args: argparse.Namespace, mode: str) -> int:
     from l2s_gym.compare import run_experiment
 
     cfg = _config(args)
+    runner = None
+    if args.ray:
+        from l2s_gym.ray_backend import RayRunner
+
+        runner = RayRunner(
+            args.ray,
+            cpus_per_trial=cfg.ray.cpus_per_trial,
+            gpus_per_trial=cfg.ray.gpus_per_trial,
+            progress=not args.no_progress,
+        )
     run_dir, results = run_experiment(
         cfg,
         args.runs,
         mode,
         progress=not args.no_progress,
         resume=args.resume,  # type: ignore[arg-type]
+        runner=runner,
         eval_split=args.eval_split,
     )
     failed = results.get("failed") or []
@@ -225,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="RUN_FOLDER",
             help="continue an interrupted run: a run folder, or 'latest' (the newest run "
             "of the config's experiment); finished trials are reused",
+        )
+        p.add_argument(
+            "--ray",
+            metavar="ADDRESS",
+            help="run the trials on Ray Tune: 'auto' starts a local Ray runtime sized to "
+            "this machine, an address joins a running cluster (pip install -e '.[ray]')",
         )
         p.add_argument(
             "--eval-split",

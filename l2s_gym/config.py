@@ -209,6 +209,20 @@ class FrontierConfig:
 
 
 @dataclass
+class RayConfig:
+    """Resources of each trial when a sweep runs on Ray (``--ray``)."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    """GPUs Ray reserves per trial; with ``device: auto`` a trial uses CUDA when Ray gives
+    it a GPU. 0 on a CPU-only machine."""
+
+    def validate(self, path: str) -> None:
+        _positive(self, path, "cpus_per_trial")
+        _non_negative(self, path, "gpus_per_trial")
+
+
+@dataclass
 class ComponentSpec:
     """``task`` or ``predictor``: a registered name plus that component's own parameters."""
 
@@ -228,6 +242,9 @@ class ExperimentConfig:
     """Seeds ``compare`` / ``frontier`` run (stage 1 and every learner, per seed) into one
     run folder; empty: ``[seed]``. ``--seeds`` on the command line sets it."""
     device: str = "auto"
+    threads: int = 0
+    """torch's intra-op threads for this run (0: torch's default). Results are exactly
+    reproducible at a fixed thread count; on a busy machine 1 is often fastest."""
     beta: float = 0.1
     """Weight of the stop-time entropy; temperature of the oracle q*."""
     cost: float = 0.0
@@ -239,6 +256,7 @@ class ExperimentConfig:
     rl: RLConfig = field(default_factory=RLConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     frontier: FrontierConfig = field(default_factory=FrontierConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @property
     def run_seeds(self) -> list[int]:
@@ -401,6 +419,8 @@ def from_dict(data: Any) -> ExperimentConfig:
         raise ConfigError(f"beta: must be > 0, got {cfg.beta!r}")
     if not cfg.cost >= 0:
         raise ConfigError(f"cost: must be >= 0, got {cfg.cost!r}")
+    if cfg.threads < 0:
+        raise ConfigError(f"threads: must be >= 0 (0: torch's default), got {cfg.threads!r}")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds: a seed is listed twice: {cfg.seeds}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):

@@ -107,6 +107,8 @@ def classical_baselines(task: Any, num_layers: int) -> list[tuple[str, Any]]:
 
 
 _plugins_loaded = False
+IMPORTED: list[str] = []
+"""What ``import_module_or_file`` imported, in order (a cluster's workers import it too)."""
 
 
 class PluginError(RuntimeError):
@@ -170,6 +172,8 @@ def import_module_or_file(spec: str) -> Any:
         raise
     except Exception as exc:
         raise PluginError(f"--import {spec}: {type(exc).__name__}: {exc}") from exc
+    if spec not in IMPORTED:
+        IMPORTED.append(spec)
     from l2s_gym.envs import register_envs
 
     register_envs()

@@ -51,7 +51,7 @@ RESULT = "result.json"
 TRACES = "traces.pt"
 PLAN_KEYS = ("seeds", "frontier.costs", "compare.learners")
 """Config keys that only select which trials a run holds: a resumed run may differ in them."""
-RUNTIME_KEYS = ("device", "threads", "compare.eval_batch_size")
+RUNTIME_KEYS = ("device", "threads", "compare.eval_batch_size", "ray")
 """Config keys that change how a trial runs, not what it computes."""
 
 
@@ -384,8 +384,14 @@ def run_trial(
     folder.mkdir(parents=True)
     for pattern in filter(None, os.environ.get("L2S_FAIL_TRIALS", "").split(",")):
         if fnmatch.fnmatch(trial.key, pattern.strip()):
+            with open(run_dir / "injected_failures.log", "a") as log:
+                log.write(trial.key + "\n")  # one line per attempt: shows the retry
             raise RuntimeError(f"injected failure (L2S_FAIL_TRIALS={pattern.strip()})")
     cfg = trial_config(cfg_dict, trial.seed)
+    threads = int(getattr(cfg, "threads", 0) or 0)
+    if threads > 0:
+        # The same thread count in every backend: torch's reductions depend on it.
+        torch.set_num_threads(threads)
     _seed_everything(trial)
     if trial.kind == "stage1":
         result = _run_stage1(trial, folder, cfg, progress)

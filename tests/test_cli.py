@@ -197,3 +197,24 @@ def test_resume_refuses_a_different_config(toy_config, tmp_path):
     assert proc.returncode == 2
     assert "differs from the run's at beta" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_local_runner_retries_a_failing_trial_once_then_reports_it(toy_config, tmp_path):
+    import os
+
+    env = {**os.environ, "L2S_FAIL_TRIALS": "seed-0/forward_kl/*"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "l2s_gym.cli", "compare", str(toy_config), "--runs",
+         str(tmp_path), "--no-progress", "--import", "l2s_gym.testing",
+         "--set", "imitation.steps=20"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "trial seed-0/forward_kl/cost-0 failed: RuntimeError: injected failure" in proc.stderr
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    assert (run_dir / "injected_failures.log").read_text().split() == [
+        "seed-0/forward_kl/cost-0"
+    ] * 2
+    results = _results(run_dir)
+    assert [f["key"] for f in results["failed"]] == ["seed-0/forward_kl/cost-0"]
+    assert "learner:reverse_kl" in {r["id"] for r in results["rows"]}  # the rest completed

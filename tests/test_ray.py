@@ -1,0 +1,80 @@
+"""The Ray Tune backend gives the same results as the local runner, and survives a failing trial."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("ray.tune")
+
+from l2s_gym.compare import run_experiment  # noqa: E402
+from l2s_gym.config import from_dict  # noqa: E402
+from l2s_gym.ray_backend import RayRunner  # noqa: E402
+
+TINY = """
+experiment: toy_ray
+seed: 0
+device: cpu
+threads: 1
+beta: 0.05
+task: {name: toy, num_layers: 6, val_size: 128, test_size: 128}
+predictor: {name: toy_counter, num_layers: 6}
+stage1: {steps: 3, batch_size: 16, val_every: 3}
+policy: {hidden: 16, depth: 1}
+imitation: {steps: 30, batch_size: 64, lr: 0.01, val_every: 10}
+compare: {learners: [reverse_kl]}
+frontier: {costs: [0, 1]}
+"""
+
+
+def numbers(results: dict) -> list:
+    rows = [(r["id"], r["metric"], r["avg_layers"]) for r in results["rows"]]
+    curves = sorted(
+        (k, tuple(v["metric"]), tuple(v["avg_layers"])) for k, v in results["frontiers"].items()
+    )
+    return [rows, curves, results["frontier_summary"]]
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    import ray
+
+    from l2s_gym import registry
+
+    registry.IMPORTED.append("l2s_gym.testing")  # workers register the toy task too
+    yield
+    ray.shutdown()
+
+
+def test_ray_frontier_equals_local_and_reports_a_failed_trial(
+    tmp_path: Path, ray_runtime: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = from_dict({**yaml.safe_load(TINY), "seeds": [0, 1]})
+    _, local = run_experiment(
+        cfg, tmp_path / "local", "frontier", progress=False, log=lambda *_: None
+    )
+    runner = RayRunner("auto", num_cpus=2, progress=False, log=lambda *_: None)
+    ray_dir, remote = run_experiment(
+        cfg, tmp_path / "ray", "frontier", progress=False, runner=runner, log=lambda *_: None
+    )
+    assert not remote["failed"] and not local["failed"]
+    assert numbers(remote) == numbers(local)
+    assert (ray_dir / "seed-1" / "reverse_kl" / "cost-1" / "done").is_file()
+
+    # A trial made to fail is retried once, then reported; the rest of the sweep completes.
+    monkeypatch.setenv("L2S_FAIL_TRIALS", "seed-1/reverse_kl/cost-1")
+    fail_dir, failing = run_experiment(
+        cfg, tmp_path / "fail", "frontier", progress=False, runner=runner, log=lambda *_: None
+    )
+    assert [f["key"] for f in failing["failed"]] == ["seed-1/reverse_kl/cost-1"]
+    assert "injected failure" in failing["failed"][0]["error"]
+    trials = json.loads((fail_dir / "trials.json").read_text())["trials"]
+    status = {t["key"]: t["status"] for t in trials}
+    assert status["seed-1/reverse_kl/cost-1"] == "failed"
+    assert sum(s == "done" for s in status.values()) == len(status) - 1
+    assert "injected failure" in (fail_dir / "results.md").read_text()
+    attempts = (fail_dir / "injected_failures.log").read_text().split()
+    assert attempts == ["seed-1/reverse_kl/cost-1"] * 2  # tried, retried once, reported
