@@ -38,7 +38,8 @@ def experiment_plan(cfg: ExperimentConfig, mode: Mode) -> tuple[list[Trial], flo
     if mode == "compare":
         return make_plan(cfg.run_seeds, cfg.compare.learners, [cfg.cost], "loss"), cfg.cost
     costs = list(cfg.frontier.costs)
-    plan = make_plan(cfg.run_seeds, cfg.compare.learners, costs, cfg.frontier.cost_scale)
+    learners = cfg.frontier.learners or cfg.compare.learners
+    plan = make_plan(cfg.run_seeds, learners, costs, cfg.frontier.cost_scale)
     return plan, min(costs)
 
 

@@ -193,6 +193,8 @@ class FrontierConfig:
 
     costs: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 1.0, 3.0])
     """Prices of a layer, in units of ``cost_scale``."""
+    learners: list[str] = field(default_factory=list)
+    """Learners trained at every price (empty: ``compare.learners``)."""
     cost_scale: Literal["loss", "gain"] = "gain"
     """``loss``: ``costs`` are ``lambda`` in units of the task's loss. ``gain``: in units of
     the stop model's average gain per layer on the validation set (``(mean_i l_{i,1} -
@@ -206,6 +208,12 @@ class FrontierConfig:
             raise ConfigError(f"{path}.costs: costs must be finite and >= 0, got {self.costs}")
         if len(set(self.costs)) != len(self.costs):
             raise ConfigError(f"{path}.costs: a cost is listed twice: {self.costs}")
+        known = registry.learner_names()
+        for name in self.learners:
+            if name not in known:
+                raise ConfigError(
+                    f"{path}.learners: unknown learner {name!r}; known: {', '.join(known)}"
+                )
 
 
 @dataclass

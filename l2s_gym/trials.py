@@ -49,7 +49,7 @@ CostScale = Literal["loss", "gain"]
 DONE = "done"
 RESULT = "result.json"
 TRACES = "traces.pt"
-PLAN_KEYS = ("seeds", "frontier.costs", "compare.learners")
+PLAN_KEYS = ("seeds", "frontier.costs", "frontier.learners", "compare.learners")
 """Config keys that only select which trials a run holds: a resumed run may differ in them."""
 RUNTIME_KEYS = ("device", "threads", "compare.eval_batch_size", "ray")
 """Config keys that change how a trial runs, not what it computes."""
