@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -179,11 +181,18 @@ class CompareConfig:
 
     def validate(self, path: str) -> None:
         known = registry.learner_names()
+        if not self.learners:
+            raise ConfigError(
+                f"{path}.learners: must list at least one learner; known: {', '.join(known)}"
+            )
         for name in self.learners:
             if name not in known:
                 raise ConfigError(
                     f"{path}.learners: unknown learner {name!r}; known: {', '.join(known)}"
                 )
+        twice = sorted({n for n in self.learners if self.learners.count(n) > 1})
+        if twice:
+            raise ConfigError(f"{path}.learners: {twice[0]!r} is listed twice: {self.learners}")
         _positive(self, path, "eval_batch_size", "layer_budget")
 
 
@@ -246,13 +255,16 @@ class ExperimentConfig:
     predictor: Any = None
     """A ``ComponentSpec`` (set by ``from_dict``)."""
     seed: int = 0
+    """Seed of the task's data (its matrix, validation and test sets) and of every model's
+    initialisation; >= 0."""
     seeds: list[int] = field(default_factory=list)
     """Seeds ``compare`` / ``frontier`` run (stage 1 and every learner, per seed) into one
     run folder; empty: ``[seed]``. ``--seeds`` on the command line sets it."""
     device: str = "auto"
     threads: int = 0
     """torch's intra-op threads for this run (0: torch's default). Results are exactly
-    reproducible at a fixed thread count; on a busy machine 1 is often fastest."""
+    reproducible at a fixed thread count; on a busy machine 1 is often fastest.
+    ``l2s --threads N`` sets it."""
     beta: float = 0.1
     """Weight of the stop-time entropy; temperature of the oracle q*."""
     cost: float = 0.0
@@ -350,17 +362,36 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{path}: expected an int, got {value!r}")
+            hint = ""
+            number = _number(value) if isinstance(value, str) else None
+            if number is not None and number.is_integer() and math.isfinite(number):
+                hint = f" (write {int(number)})"
+            raise ConfigError(f"{path}: expected an int, got {value!r}{hint}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        # YAML 1.1 reads 3e-4 and 1.0e9 (no dot, or no exponent sign) as strings: accept
+        # every spelling Python's float() does. Non-finite values are never meant.
+        if isinstance(value, bool):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
+        number = _number(value) if isinstance(value, str | int | float) else None
+        if number is None:
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{path}: unsupported type {tp!r}")  # pragma: no cover
+
+
+def _number(value: str | int | float) -> float | None:
+    """``float(value)``, or ``None`` where Python's ``float()`` refuses it."""
+    try:
+        return float(value.strip() if isinstance(value, str) else value)
+    except (ValueError, OverflowError):
+        return None
 
 
 def build_dataclass(cls: type, data: Any, path: str) -> Any:
@@ -407,13 +438,46 @@ def _component(kind: str, data: Any) -> ComponentSpec:
     return ComponentSpec(name, build_dataclass(table[name].config_cls, params, kind))
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+"""An experiment name: one folder name under the runs folder, nothing that could escape it."""
+
+
+def _check_experiment(name: str) -> None:
+    if not _SAFE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"experiment: must be a single folder name of letters, digits, '.', '_' and '-' "
+            f"(not starting with '.', at most 128 characters), got {name!r}"
+        )
+
+
+def _top_level(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"{type(data).__name__} {data!r}"
+        raise ConfigError(
+            f"config: expected a mapping (key: value lines) at the top level, got {kind}"
+        )
+    return data
+
+
+def _with_default_predictor(task: ComponentSpec, data: Any) -> Any:
+    """The ``predictor`` section, its ``name`` defaulting to the task's ``default_predictor``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict) or "name" in data:
+        return data
+    default = getattr(registry.TASKS[task.name].cls, "default_predictor", "")
+    if not default:
+        raise ConfigError(
+            f"predictor.name: required key missing (task {task.name!r} names no default predictor)"
+        )
+    return {"name": default, **data}
+
+
 def from_dict(data: Any) -> ExperimentConfig:
     """Validate a parsed YAML mapping into an ``ExperimentConfig``."""
-    if not isinstance(data, dict):
-        raise ConfigError("config: expected a mapping at the top level")
-    data = dict(data)
+    data = dict(_top_level(data))
     task = _component("task", data.pop("task", None))
-    predictor = _component("predictor", data.pop("predictor", None))
+    predictor = _component("predictor", _with_default_predictor(task, data.pop("predictor", None)))
     pred_entry = registry.PREDICTORS[predictor.name]
     if pred_entry.task is not None and pred_entry.task != task.name:
         raise ConfigError(
@@ -423,6 +487,12 @@ def from_dict(data: Any) -> ExperimentConfig:
     cfg = build_dataclass(ExperimentConfig, data, "")
     cfg.task = task
     cfg.predictor = predictor
+    _check_experiment(cfg.experiment)
+    if cfg.seed < 0:
+        raise ConfigError(f"seed: must be >= 0, got {cfg.seed!r}")
+    for i, s in enumerate(cfg.seeds):
+        if s < 0:
+            raise ConfigError(f"seeds[{i}]: must be >= 0, got {s!r}")
     if cfg.beta <= 0:
         raise ConfigError(f"beta: must be > 0, got {cfg.beta!r}")
     if not cfg.cost >= 0:
@@ -436,33 +506,60 @@ def from_dict(data: Any) -> ExperimentConfig:
     return cfg
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What a YAML error says, on one line, without PyYAML's position excerpt."""
+    parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    text = ", ".join(p for p in parts if p) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def apply_overrides(data: Any, overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping."""
-    data = copy.deepcopy(data)
+    data = copy.deepcopy(_top_level(data))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item}: expected key=value")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
+        key = key.strip()
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item}: expected key=value with a key like stage1.steps")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"--set {item}: the value is not valid YAML ({_yaml_problem(exc)})"
+            ) from None
         node = data
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # a section left empty in the file
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = value
     return data
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read, override and validate a YAML experiment file."""
+    """Read, override and validate a YAML experiment file.
+
+    A YAML syntax error names the file, line and column (``cfg.yaml:3:7``).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config: no such file {str(path)!r}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config: cannot read {path} ({type(exc).__name__})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path} is not valid YAML ({exc.__class__.__name__})") from exc
-    return from_dict(apply_overrides(data, overrides or []))
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"config: {where}: invalid YAML: {_yaml_problem(exc)}") from None
+    return from_dict(apply_overrides({} if data is None else data, overrides or []))
 
 
 def find_config(name_or_path: str) -> Path:
