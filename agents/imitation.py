@@ -146,6 +146,7 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
                 validator.best_path,
                 validator.writer,
                 bar,
+                module=policy,
             )
             for s, kl, ent, depth in pending:
                 w.add_scalar("losses/kl", float(kl), s)

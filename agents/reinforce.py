@@ -235,7 +235,13 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
         entropy_per_episode = entropy.sum() / num_episodes
         loss = pg_loss - rl.entropy_coef * entropy_per_episode
         check_finite(
-            loss, "REINFORCE", f"update {update}", validator.best_path, validator.writer, bar
+            loss,
+            "REINFORCE",
+            f"update {update}",
+            validator.best_path,
+            validator.writer,
+            bar,
+            module=policy,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

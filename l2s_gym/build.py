@@ -25,6 +25,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def apply_threads(threads: int) -> None:
+    """Set torch's intra-op CPU threads (the config's ``threads``); 0 leaves torch's default."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def make_task(spec: ComponentSpec, seed: int, device: torch.device | str) -> Task:
     entry = registry.TASKS[spec.name]
     return entry.cls(spec.params, seed=seed, device=str(device))

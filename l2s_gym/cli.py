@@ -12,9 +12,18 @@ from pathlib import Path
 
 from l2s_gym.config import ConfigError, ExperimentConfig, find_config, load_config
 from l2s_gym.registry import PluginError
-from l2s_gym.runs import TrainingDiverged
+from l2s_gym.runs import CheckpointError, TrainingDiverged
 
 LOSS_MODES = ("oracle", "last", "mean")
+THREADS_HELP = (
+    "torch's intra-op CPU threads (sets the config's threads; 0: torch's default). On a "
+    "shared or small machine, 1 is often several times faster"
+)
+
+
+def plain_text(text: str) -> str:
+    """Docstring markup made readable in ``--help``: ``name`` becomes name."""
+    return text.replace("``", "")
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
@@ -28,7 +37,13 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
         overrides.append(f"device={args.device}")
     if getattr(args, "seeds", None):
         overrides.append(f"seeds=[{', '.join(map(str, args.seeds))}]")
-    return load_config(find_config(args.config), overrides)
+    if getattr(args, "threads", None) is not None:
+        overrides.append(f"threads={args.threads}")
+    cfg = load_config(find_config(args.config), overrides)
+    from l2s_gym.build import apply_threads
+
+    apply_threads(cfg.threads)  # before any work
+    return cfg
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -39,8 +54,17 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set stage1.steps=100 (repeatable)",
     )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides `device`")
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="overrides the config's device"
+    )
     p.add_argument("--runs", default="runs", help="folder that holds experiment folders")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        default=argparse.SUPPRESS,  # the global option's value stands unless given here
+        help=THREADS_HELP,
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument(
         "--import",
@@ -67,11 +91,12 @@ def _new_run(cfg: ExperimentConfig, runs: str) -> Path:
     return new_run_dir(runs, cfg.experiment)
 
 
-def _load_predictor(predictor, path: str) -> None:  # noqa: ANN001
-    from l2s_gym.runs import load_checkpoint
+def _load_predictor(predictor, path: str, cfg: ExperimentConfig, task) -> None:  # noqa: ANN001
+    """Load a predictor checkpoint, refusing one of another config, data or size."""
+    from l2s_gym.runs import load_checkpoint, load_state
 
-    state = load_checkpoint(path, "predictor")
-    predictor.load_state_dict(state["state_dict"])
+    state = load_checkpoint(path, "predictor", expect_config=cfg.to_dict(), task=task)
+    load_state(predictor, state["state_dict"], path)
     predictor.eval().requires_grad_(False)
 
 
@@ -150,7 +175,7 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
             f"{', '.join(registry.learner_names())}"
         )
     task, predictor = _setup(cfg)
-    _load_predictor(predictor, args.predictor)
+    _load_predictor(predictor, args.predictor, cfg, task)
     folder = _new_run(cfg, args.runs) / args.learner
     write_config_snapshot(folder, cfg.to_dict())
     val = predictor.trace_eval(task.eval_set("val"), task, cfg.compare.eval_batch_size)
@@ -173,11 +198,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from l2s_gym.evaluation import depth_curve, evaluate_stop_model, stop_summary
     from l2s_gym.report import markdown_table
     from l2s_gym.rules import ReadoutRule, fixed_depth_stop, oracle_stop
-    from l2s_gym.runs import load_checkpoint
+    from l2s_gym.runs import load_checkpoint, load_state
 
     cfg = _config(args)
     task, predictor = _setup(cfg)
-    _load_predictor(predictor, args.predictor)
+    _load_predictor(predictor, args.predictor, cfg, task)
     test = predictor.trace_eval(task.eval_set("test"), task, cfg.compare.eval_batch_size)
     T, P = predictor.num_layers, predictor.display_name
     rows = [
@@ -188,9 +213,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         },
     ]
     for path in args.policy or []:
-        state = load_checkpoint(path, "policy")
+        state = load_checkpoint(path, "policy", expect_config=cfg.to_dict(), task=task)
         policy = make_policy(cfg, predictor)
-        policy.load_state_dict(state["state_dict"])
+        load_state(policy, state["state_dict"], path)
         policy.eval()
         label = registry.LEARNER_LABELS.get(state.get("learner", ""), Path(path).parent.name)
         rule = ReadoutRule.from_dict(state.get("readout", {"kind": "threshold", "value": 0.5}))
@@ -214,7 +239,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="l2s", description=__doc__.splitlines()[0])
+    from l2s_gym import __version__
+
+    parser = argparse.ArgumentParser(prog="l2s", description=plain_text(__doc__.splitlines()[0]))
+    parser.add_argument("--version", action="version", version=f"l2s {__version__}")
+    parser.add_argument("--threads", type=int, metavar="N", default=None, help=THREADS_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn, text in (
         ("compare", cmd_compare, "train and compare every method at one layer price"),
@@ -277,11 +306,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _runs_folder_problem(runs: str) -> str | None:
+    """Why ``--runs`` cannot hold run folders (a file where a folder must be), or None."""
+    path = Path(runs)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if path.exists() and not path.is_dir():
+        where = "is a file" if path == Path(runs) else f"lies under a file, {path}"
+        return f"--runs {runs}: {where}, not a folder"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = _runs_folder_problem(args.runs) if getattr(args, "runs", None) else None
+    if problem is not None:
+        print(f"l2s: error: {problem}", file=sys.stderr)
+        return 2
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError, PluginError) as exc:
+    except (ConfigError, CheckpointError, PluginError, OSError) as exc:
         print(f"l2s: error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:

@@ -42,7 +42,7 @@ from l2s_gym.evaluation import (
 )
 from l2s_gym.predictor import LayeredPredictor, Trace
 from l2s_gym.rules import PAPER_RULE, ReadoutRule
-from l2s_gym.runs import save_checkpoint, summary_writer
+from l2s_gym.runs import load_checkpoint, load_state, save_checkpoint, summary_writer
 from l2s_gym.stopping import (
     cost_adjusted_losses,
     cumulative_costs,
@@ -223,6 +223,7 @@ class Validator:
                     "readout": readout.to_dict(),
                     "cost": cost,
                     "config": self.ctx.cfg.to_dict(),
+                    "data_fingerprint": self.ctx.task.fingerprint(),
                 },
             )
         return point["val_metric"]
@@ -230,8 +231,8 @@ class Validator:
     def restore_best(self) -> None:
         self.writer.close()
         if self.best_path.is_file():
-            state = torch.load(self.best_path, map_location="cpu", weights_only=False)
-            self.module.load_state_dict(state["state_dict"])
+            state = load_checkpoint(self.best_path, "policy")
+            load_state(self.module, state["state_dict"], self.best_path)
         self.module.eval()
 
     def finish(self, model: StopModel, layer_evals: int, **extra: Any) -> LearnerResult:

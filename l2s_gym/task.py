@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +83,35 @@ class Task(abc.ABC):
         if split not in self._eval_cache:
             self._eval_cache[split] = self.make_eval_set(split)
         return self._eval_cache[split]
+
+    def fixed_data(self) -> dict[str, Tensor]:
+        """Tensors fixed for the task's lifetime that a trained model depends on besides the
+        evaluation sets (sparse recovery's sensing matrix ``A``); default: none. They enter
+        ``fingerprint``."""
+        return {}
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the task's data: the validation and test sets and ``fixed_data``.
+
+        Checkpoints store it, so that a model is never loaded onto other data without a
+        word (another seed, or a task whose data a library change altered). Computed once.
+        """
+        cached = getattr(self, "_fingerprint", None)
+        if cached is not None:
+            return cached
+        digest = hashlib.sha256(f"l2s-gym task {self.name}".encode())
+        named: list[tuple[str, Tensor]] = []
+        for split in ("val", "test"):
+            batch = self.eval_set(split)
+            named += [(f"{split}.inputs.{k}", v) for k, v in sorted(batch.inputs.items())]
+            named += [(f"{split}.targets", batch.targets), (f"{split}.groups", batch.groups)]
+        named += [(f"fixed.{k}", v) for k, v in sorted(self.fixed_data().items())]
+        for key, tensor in named:
+            data = tensor.detach().cpu().contiguous()
+            digest.update(f"{key} {data.dtype} {tuple(data.shape)}".encode())
+            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+        self._fingerprint: str | None = digest.hexdigest()
+        return self._fingerprint
 
     def stream_seed(self, offset: int) -> int:
         """The seed of random stream ``offset``: distinct streams never share instances."""

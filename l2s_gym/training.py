@@ -16,7 +16,13 @@ from l2s_gym.config import Stage1Config
 from l2s_gym.evaluation import depth_curve, is_better, metric_at
 from l2s_gym.predictor import LayeredPredictor
 from l2s_gym.rules import oracle_stop
-from l2s_gym.runs import check_finite, save_checkpoint, summary_writer
+from l2s_gym.runs import (
+    check_finite,
+    load_checkpoint,
+    load_state,
+    save_checkpoint,
+    summary_writer,
+)
 from l2s_gym.stopping import cost_adjusted_losses, cumulative_costs, oracle_stage_loss
 from l2s_gym.task import Task
 
@@ -101,6 +107,7 @@ def train_predictor(
             "val_loss": val_loss,
             "loss_mode": mode,
             "config": config_snapshot,
+            "data_fingerprint": task.fingerprint(),
         }
 
     def validate(step: int) -> float:
@@ -154,6 +161,7 @@ def train_predictor(
             best_path if best_step >= 0 else last_path,
             writer,
             bar,
+            module=predictor,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -168,8 +176,7 @@ def train_predictor(
             bar.set_postfix(val=f"{v:.4g}", best=f"{best_val:.4g}")
     writer.close()
     # Continue from the best weights: that is the model the later stages use.
-    state = torch.load(best_path, map_location=predictor.device, weights_only=False)
-    predictor.load_state_dict(state["state_dict"])
+    load_state(predictor, load_checkpoint(best_path, "predictor")["state_dict"], best_path)
     predictor.eval()
     return Stage1Result(best_step, best_val, time.perf_counter() - start, best_path, history)
 

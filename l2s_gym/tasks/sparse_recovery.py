@@ -121,3 +121,7 @@ class SparseRecoveryTask(Task):
 
     def aggregate(self, stats: Tensor) -> float:
         return float(10 * torch.log10(stats.double().mean()))
+
+    def fixed_data(self) -> dict[str, Tensor]:
+        """The sensing matrix: a LISTA trained on one ``A`` is wrong for another."""
+        return {"A": self.A}
