@@ -5,6 +5,10 @@ Run it:
     python examples/custom_predictor.py            # about a minute on a laptop CPU
     python examples/custom_predictor.py --tiny     # seconds (what the test runs)
 
+or from the command line, which imports this file to register the task and the predictor:
+
+    l2s compare examples/custom_predictor.yaml --import examples/custom_predictor.py
+
 The problem: recover ``x*`` from ``b = A x* + noise``, ``A`` ill-conditioned. Each layer
 is one gradient step ``x <- x - eta_t A^T (A x - b)`` with a learned step ``eta_t``. With
 noise, the error first falls and then rises again as the steps start fitting the noise
@@ -14,9 +18,10 @@ label-free quantities: the residual, the size of the last update and the noise l
 solver is told (the discrepancy principle stops where the residual meets it).
 
 Everything goes through the public API: a ``Task`` and a ``LayeredPredictor`` registered
-by name, an experiment config as a dict, ``l2s_gym.compare.run_compare`` for stage 1 (train
-``eta`` under the oracle), the imitation learner and REINFORCE, and ``gymnasium.make`` on
-the registered env id. See docs/custom_predictors.md for the walk-through.
+by name, an experiment config (``custom_predictor.yaml`` next to this file),
+``l2s_gym.compare.run_compare`` for stage 1 (train ``eta`` under the oracle), the imitation
+learner and REINFORCE, and ``gymnasium.make`` on the registered env id. See
+docs/custom_predictors.md for the walk-through.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from typing import Any
 
 import gymnasium
 import torch
+import yaml
 from torch import Tensor, nn
 
 from l2s_gym import Batch, LayeredPredictor, Task
 from l2s_gym.compare import run_compare
-from l2s_gym.config import from_dict, positive
+from l2s_gym.config import apply_overrides, from_dict, positive
 from l2s_gym.envs import register_envs
 from l2s_gym.registry import register_predictor, register_task
 
@@ -192,38 +198,40 @@ register_envs()
 # --- 3. An experiment, run through the public API --------------------------------------------
 
 
-def experiment_config(tiny: bool = False, learners: tuple[str, ...] = ("reverse_kl", "reinforce")):
-    """The experiment as the dict a YAML file would hold (``tiny``: seconds, for tests)."""
-    if tiny:
-        return {
-            "experiment": "custom_least_squares_tiny",
-            "seed": 0,
-            "device": "cpu",
-            "beta": 0.01,
-            "task": {"name": "least_squares", "n": 12, "m": 16, "val_size": 192,
-                     "test_size": 384},
-            "predictor": {"name": "gradient_descent", "num_layers": 10},
-            "stage1": {"steps": 40, "batch_size": 64, "lr": 0.02, "val_every": 20},
-            "policy": {"hidden": 16, "depth": 2},
-            "imitation": {"steps": 80, "batch_size": 128, "lr": 0.01, "val_every": 20},
-            "rl": {"num_envs": 64, "layer_budget": 40_000, "lr": 0.02, "val_every": 5,
-                   "rollout_steps": 16},
-            "compare": {"learners": list(learners)},
-        }  # fmt: skip
-    return {
-        "experiment": "custom_least_squares",
-        "seed": 0,
-        "device": "auto",
-        "beta": 0.01,
-        "task": {"name": "least_squares", "n": 32, "m": 48},
-        "predictor": {"name": "gradient_descent", "num_layers": 20},
-        "stage1": {"steps": 300, "batch_size": 128, "lr": 0.02, "val_every": 50},
-        "policy": {"hidden": 32, "depth": 2},
-        "imitation": {"steps": 300, "batch_size": 256, "lr": 0.01, "val_every": 25},
-        "rl": {"num_envs": 128, "layer_budget": 400_000, "lr": 0.02, "val_every": 5,
-               "rollout_steps": 32},
-        "compare": {"learners": list(learners)},
-    }  # fmt: skip
+CONFIG = Path(__file__).with_suffix(".yaml")
+"""The experiment as a YAML file (``l2s compare examples/custom_predictor.yaml --import
+examples/custom_predictor.py`` runs it from the command line)."""
+
+TINY = [
+    "experiment=custom_least_squares_tiny",
+    "device=cpu",
+    "task.n=12",
+    "task.m=16",
+    "task.val_size=192",
+    "task.test_size=384",
+    "predictor.num_layers=10",
+    "stage1.steps=40",
+    "stage1.batch_size=64",
+    "stage1.val_every=20",
+    "policy.hidden=16",
+    "imitation.steps=80",
+    "imitation.batch_size=128",
+    "imitation.val_every=20",
+    "rl.num_envs=64",
+    "rl.layer_budget=40000",
+    "rl.val_every=5",
+    "rl.rollout_steps=16",
+]
+"""``--set`` overrides that shrink the run to seconds (what the tests run)."""
+
+
+def experiment_config(
+    tiny: bool = False, learners: tuple[str, ...] = ("reverse_kl", "reinforce")
+) -> dict[str, Any]:
+    """The experiment as a dict: ``CONFIG``, with ``TINY`` applied if ``tiny``."""
+    data = apply_overrides(yaml.safe_load(CONFIG.read_text()), TINY if tiny else [])
+    data["compare"]["learners"] = list(learners)
+    return data
 
 
 def run(
