@@ -188,6 +188,21 @@ def test_a_checkpoint_of_another_task_is_refused(trained, sparse_tiny_config, ca
     assert "trained under another config: task.name is 'toy' there" in one_error_line(capsys)
 
 
+def test_a_lista_checkpoint_of_other_m_n_is_one_line(sparse_tiny_config, tmp_path, capsys):
+    from l2s_gym.build import make_predictor, make_task
+    from l2s_gym.config import load_config
+    from l2s_gym.runs import save_checkpoint
+
+    other = load_config(sparse_tiny_config, ["task.m=8", "task.n=16"])
+    task = make_task(other.task, 0, "cpu")
+    lista = make_predictor(other.predictor, task, seed=0)
+    path = tmp_path / "other_size.pt"
+    save_checkpoint(path, {"kind": "predictor", "state_dict": lista.state_dict(),
+                           "config": other.to_dict(), "data_fingerprint": task.fingerprint()})  # fmt: skip
+    assert main(["evaluate", str(sparse_tiny_config), "--predictor", str(path)]) == 2
+    assert "task.m is 8 there but 16 now" in one_error_line(capsys)
+
+
 def _bad_predictor_files(folder: Path, trained: dict[str, Path]) -> dict[str, tuple[Path, str]]:
     data = trained["predictor"].read_bytes()
     files = {}
