@@ -44,10 +44,12 @@ from l2s_gym.rules import (
     oracle_stop,
     threshold_stop,
 )
-from l2s_gym.runs import load_checkpoint
+from l2s_gym.runs import load_checkpoint, load_state
 from l2s_gym.stopping import cumulative_costs
 from l2s_gym.task import Task
 from l2s_gym.trials import (
+    PLAN_KEYS,
+    RUNTIME_KEYS,
     Trial,
     TrialOutcome,
     format_cost,
@@ -57,6 +59,8 @@ from l2s_gym.trials import (
     trial_config,
 )
 
+IGNORED = PLAN_KEYS + RUNTIME_KEYS
+"""Config keys a run's checkpoints may differ in from the run's config (they select trials)."""
 BOOTSTRAP = 500
 """Bootstrap resamples of the test set for every interval over test instances."""
 ORACLE_PRICES = [0.0, *np.geomspace(1e-3, 1e4, 71).tolist()]
@@ -246,8 +250,11 @@ def evaluate_seed(
             continue
         trial_results[trial.key] = result
         policy = make_policy(cfg, predictor)
-        payload = load_checkpoint(folder / "best.pt", "policy")
-        policy.load_state_dict(payload["state_dict"])
+        path = folder / "best.pt"
+        payload = load_checkpoint(
+            path, "policy", cfg.to_dict(), task, ignore=IGNORED, warn=lambda _: None
+        )
+        load_state(policy, payload["state_dict"], path)
         policy.eval()
         rule = ReadoutRule.from_dict(result["readout"])
         label = result.get("label", registry.LEARNER_LABELS.get(trial.learner, trial.learner))

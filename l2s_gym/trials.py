@@ -41,7 +41,7 @@ from l2s_gym import registry
 from l2s_gym.build import make_predictor, make_task, resolve_device
 from l2s_gym.config import ConfigError, ExperimentConfig, from_dict
 from l2s_gym.predictor import Trace
-from l2s_gym.runs import load_checkpoint, write_config_snapshot, write_json
+from l2s_gym.runs import load_checkpoint, load_state, write_config_snapshot, write_json
 
 TrialKind = Literal["stage1", "stage2"]
 CostScale = Literal["loss", "gain"]
@@ -276,8 +276,10 @@ def load_stop_model(run_dir: Path, cfg: ExperimentConfig, seed: int, device: tor
     task = make_task(cfg.task, seed, device)
     predictor = make_predictor(cfg.predictor, task)
     path = run_dir / Trial("stage1", seed).key / "predictor-oracle" / "best.pt"
-    payload = load_checkpoint(path, "predictor")
-    predictor.load_state_dict(payload["state_dict"])
+    payload = load_checkpoint(
+        path, "predictor", cfg.to_dict(), task, ignore=PLAN_KEYS + RUNTIME_KEYS, warn=lambda _: None
+    )
+    load_state(predictor, payload["state_dict"], path)
     predictor.eval().requires_grad_(False)
     return task, predictor
 

@@ -15,7 +15,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "l2s_gym.cli", *args, "--import", "l2s_gym.testing"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=900,
     )
 
 
@@ -207,7 +207,7 @@ def test_local_runner_retries_a_failing_trial_once_then_reports_it(toy_config, t
         [sys.executable, "-m", "l2s_gym.cli", "compare", str(toy_config), "--runs",
          str(tmp_path), "--no-progress", "--import", "l2s_gym.testing",
          "--set", "imitation.steps=20"],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True, text=True, timeout=900, env=env,
     )  # fmt: skip
     assert proc.returncode == 1
     assert "trial seed-0/forward_kl/cost-0 failed: RuntimeError: injected failure" in proc.stderr
