@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -81,7 +82,7 @@ def test_kl_entropy_depth_match_enumeration(args):
     assert math.isclose(float(forward_kl(log_q, log_qstar)), fkl, rel_tol=1e-6, abs_tol=1e-8)
     assert math.isclose(float(expected_depth(log_q)), depth, rel_tol=1e-9)
     assert 1 <= float(expected_depth(log_q)) <= T
-    # METHOD.md: KL(q || q*) = E_q[l]/beta - H(q) + log Z.
+    # docs/method.md: KL(q || q*) = E_q[l]/beta - H(q) + log Z.
     log_z = math.log(sum(math.exp(-l / beta) for l in losses))
     e_loss = sum(p * l for p, l in zip(q, losses, strict=True))
     assert math.isclose(
@@ -171,3 +172,21 @@ def test_sampling_follows_q():
     draws = sample_stop(log_q.expand(40_000, -1), gen)
     freq = torch.bincount(draws, minlength=5).double() / draws.numel()
     torch.testing.assert_close(freq, log_q[0].exp().double(), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["entropy", "reverse_kl", "forward_kl"])
+def test_gradients_stay_finite_where_log_probabilities_are_minus_infinity(name):
+    # q(t) = 0 at some layers (log q = -inf): 0 log 0 = 0 must hold for the gradient too.
+    # A mask applied only after exp(log_q) * log_q back-propagates 0 * (-inf) = NaN.
+    log_q = torch.tensor([[math.log(0.25), -math.inf, math.log(0.75)]], requires_grad=True)
+    target = torch.tensor([[math.log(0.5), math.log(0.5), -math.inf]], requires_grad=True)
+    full = torch.log(torch.tensor([[0.2, 0.3, 0.5]]))
+    value, leaf = {
+        "entropy": (lambda: entropy(log_q), log_q),
+        "reverse_kl": (lambda: reverse_kl(log_q, full), log_q),
+        "forward_kl": (lambda: forward_kl(full, target), target),
+    }[name]
+    out = value().sum()
+    assert torch.isfinite(out)
+    out.backward()
+    assert torch.isfinite(leaf.grad).all(), leaf.grad
