@@ -6,7 +6,8 @@ The objective
 -------------
 An episode walks one instance through the frozen predictor's layers; after layer ``t``
 the StopPolicy gives ``pi_t = sigmoid(s_t)``, the agent stops with that probability, and
-the last layer always stops. With the env's reward (``cfg.rl.reward``) ``r = -l_t / beta``
+the last layer always stops (the env ends the episode on arriving there, so every env
+step is a decision). With the env's reward (``cfg.rl.reward``) ``r = -l_t / beta``
 on stopping (or ``log q*(t)``, the same up to a per-instance constant) the agent maximises
 
     J(phi) = E_{t ~ q_phi}[ R ] + c * H(q_phi),        c = cfg.rl.entropy_coef,
@@ -21,7 +22,8 @@ entropy splits the stop-time entropy into per-decision Bernoulli entropies:
     H(q_phi) = sum_{t < T} P(reach t) * h(pi_t),    h(p) = -p log p - (1-p) log(1-p)
              = E_episode[ sum_{decisions k taken} h(pi_{t_k}) ]
 
-(the forced stop at ``T`` has no entropy). So ``J`` is the expected return of an
+(layer ``T`` always stops: it takes no decision and has no entropy, and the env asks none
+there). So ``J`` is the expected return of an
 episode whose decisions each also earn ``c * h(pi_t)``. Its exact gradient is
 
     grad J = E[ sum_k grad log pi(a_k | s_k) * (S_k - b_k) + c * grad h(pi_{t_k}) ],
@@ -39,18 +41,20 @@ The rollout: which episodes count
 ---------------------------------
 The env runs ``N`` rows with same-step autoreset, so episodes begin and end at different
 steps. An update uses every episode that *starts* within the first ``rollout_steps``
-steps of its window; the window then runs on until all of those have ended (at most
-``T - 1`` more steps). Whether an episode counts is decided before it begins, so the
-chosen episodes are plain on-policy samples (choosing the episodes that *ended* in a
-fixed window would favour short ones). The layers computed by episodes that do not count
-(in flight at a window's start, or begun in its tail) are wasted, and are counted: the
-budget ``cfg.rl.layer_budget`` is on ``env.layer_evals``, every layer the env computed.
+steps of its window; the window then runs on until all of those have ended (an episode
+takes at most ``T - 1`` decisions, so at most ``T - 2`` more steps). Whether an episode
+counts is decided before it begins, so the chosen episodes are plain on-policy samples
+(choosing the episodes that *ended* in a fixed window would favour short ones). The
+layers computed by episodes that do not count (in flight at a window's start, or begun in
+its tail) are wasted, and are counted: the budget ``cfg.rl.layer_budget`` is on
+``env.layer_evals``, every layer the env computed.
 
 Hyper-parameters (``cfg.rl``, documented in ``l2s_gym.config.RLConfig``): ``reward``,
-``layer_cost``, ``num_envs``, ``layer_budget``, ``lr``, ``val_every`` (in updates),
-``entropy_coef`` (``c``), ``gamma``, ``rollout_steps``; ``cfg.beta`` sets the reward scale,
-and ``beta_anneal_from`` / ``anneal_fraction`` start it hotter (the continuation imitation
-has, see ``l2s_gym.learner.anneal_env_beta``; ``charts/target_beta``).
+``num_envs``, ``layer_budget``, ``lr``, ``val_every`` (in updates), ``entropy_coef``
+(``c``), ``gamma``, ``rollout_steps``; ``cfg.beta`` sets the reward scale and ``ctx.cost``
+the price of a layer; ``beta_anneal_from`` / ``anneal_fraction`` start the temperature
+hotter (the continuation imitation has, see ``l2s_gym.learner.anneal_env_beta``;
+``charts/target_beta``).
 
 TensorBoard: ``losses/policy_gradient``, ``losses/entropy`` (the per-episode estimate of
 ``H(q)``), ``charts/episode_return``, ``charts/episode_layers``, ``charts/used_fraction``
@@ -183,6 +187,41 @@ def per_layer_baseline(returns: Tensor, t: Tensor, mask: Tensor, num_layers: int
     return ((total[tt] - r * m) / others).reshape(returns.shape)
 
 
+@dataclass
+class PolicyGradientLoss:
+    """The surrogate of one update and its parts (scalars, but ``plain_return`` ``(K, N)``)."""
+
+    loss: Tensor
+    """``policy_gradient - entropy_coef * entropy``: its gradient estimates ``-grad J``."""
+    policy_gradient: Tensor
+    entropy: Tensor
+    """Per-episode entropy of the decisions taken: an estimate of ``H(q_phi)``."""
+    plain_return: Tensor
+    """Return-to-go without entropy, ``G_k``."""
+
+
+def policy_gradient_loss(
+    logits: Tensor, rollout: Rollout, gamma: float, entropy_coef: float, num_layers: int
+) -> PolicyGradientLoss:
+    """The REINFORCE surrogate of a window, given the policy's stop ``logits`` ``(K, N)`` on it.
+
+    Every step of a counted episode is one of its decisions (the env asks none at layer
+    ``T``). Sums over decisions are averaged per counted episode, so that the gradient is
+    the one of ``-J`` for one episode (the module docstring derives it).
+    """
+    decision = rollout.counted
+    entropy = bernoulli_entropy(logits) * decision
+    log_prob = torch.where(rollout.stop, F.logsigmoid(logits), F.logsigmoid(-logits))
+    soft, plain = soft_returns(rollout.reward, rollout.done, entropy.detach(), gamma, entropy_coef)
+    advantage = soft - per_layer_baseline(soft, rollout.t, decision, num_layers)
+    num_episodes = (rollout.done & rollout.counted).sum().clamp(min=1)
+    pg_loss = -(log_prob * advantage.detach() * decision).sum() / num_episodes
+    entropy_per_episode = entropy.sum() / num_episodes
+    return PolicyGradientLoss(
+        pg_loss - entropy_coef * entropy_per_episode, pg_loss, entropy_per_episode, plain
+    )
+
+
 def train_reinforce(ctx: LearnerContext) -> LearnerResult:
     """Train a StopPolicy by REINFORCE on ``BatchedStopEnv`` over the frozen ``ctx.predictor``."""
     cfg, predictor = ctx.cfg, ctx.predictor
@@ -216,24 +255,14 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
         policy.train()
         update += 1
 
-        # Re-run the policy on the window with gradients; decisions exclude the forced last layer.
+        # Re-run the policy on the window with gradients; every step of a counted episode is
+        # one of its decisions (the env asks none at layer T).
         K, N = rollout.t.shape
         logits = policy(
             rollout.features.reshape(K * N, *env.feature_shape), rollout.t.reshape(-1)
         ).reshape(K, N)
-        decision = rollout.counted & (rollout.t < T - 1)
-        entropy = bernoulli_entropy(logits) * decision
-        log_prob = torch.where(rollout.stop, F.logsigmoid(logits), F.logsigmoid(-logits))
-        soft, plain = soft_returns(
-            rollout.reward, rollout.done, entropy.detach(), rl.gamma, rl.entropy_coef
-        )
-        advantage = soft - per_layer_baseline(soft, rollout.t, decision, T)
-        episodes = rollout.done & rollout.counted
-        num_episodes = episodes.sum().clamp(min=1)
-        # Sums over decisions, averaged per episode: the gradient of J for one episode.
-        pg_loss = -(log_prob * advantage.detach() * decision).sum() / num_episodes
-        entropy_per_episode = entropy.sum() / num_episodes
-        loss = pg_loss - rl.entropy_coef * entropy_per_episode
+        terms = policy_gradient_loss(logits, rollout, rl.gamma, rl.entropy_coef, T)
+        loss, pg_loss, entropy_per_episode = terms.loss, terms.policy_gradient, terms.entropy
         check_finite(
             loss,
             "REINFORCE",
@@ -248,9 +277,10 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
         optimizer.step()
 
         starts = rollout.counted & (rollout.t == 0)
+        episodes = rollout.done & rollout.counted
         w.add_scalar("losses/policy_gradient", pg_loss.item(), update)
         w.add_scalar("losses/entropy", entropy_per_episode.item(), update)
-        w.add_scalar("charts/episode_return", float(plain[starts].mean()), update)
+        w.add_scalar("charts/episode_return", float(terms.plain_return[starts].mean()), update)
         w.add_scalar(
             "charts/episode_layers", float(rollout.layers[episodes].float().mean()), update
         )

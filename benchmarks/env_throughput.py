@@ -4,7 +4,8 @@ For each N it measures, on the same (untrained) LISTA of the default small spars
 config, under a random policy that continues with probability 0.9:
 
 - ``batched_tps``: ``BatchedStopEnv`` with N instances (one transition = one instance
-  computing one layer; every env step is N transitions);
+  computing one layer, counted by ``env.layer_evals``: every env step is N transitions,
+  plus one for each row that continues into the last layer and starts its next instance);
 - ``sync_vector_tps``: Gymnasium's ``SyncVectorEnv`` (same-step autoreset) of single
   ``StopEnv``s;
 - ``dummy_vec_tps``: stable-baselines3's ``DummyVecEnv`` of single ``StopEnv``s;
@@ -63,7 +64,7 @@ def bench_batched_and_raw(
     raw_batch = task.train_batch(n, task.generator(99)).to(predictor.device)
     raw_state = predictor.initial_state(raw_batch.inputs)
     env_time = raw_time = 0.0
-    steps = 0
+    steps, evals_before = 0, env.layer_evals
     with torch.no_grad():
         while steps < MAX_STEPS and (steps < MIN_STEPS or env_time + raw_time < 2 * seconds):
             actions = torch.rand(BLOCK, n, generator=gen, device=env.device) > CONTINUE_PROB
@@ -79,7 +80,7 @@ def bench_batched_and_raw(
                 raw_state, _, _ = predictor.forward_step(t, raw_state, raw_batch.inputs)
             raw_time += time.perf_counter() - start
             steps += BLOCK
-    return n * steps / env_time, env_time / steps, raw_time / steps
+    return (env.layer_evals - evals_before) / env_time, env_time / steps, raw_time / steps
 
 
 def single_envs(task: Task, predictor: LayeredPredictor, beta: float, k: int) -> list:

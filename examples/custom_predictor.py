@@ -75,7 +75,7 @@ class LeastSquaresTask(Task):
     higher_is_better = False
     group_title = "noise"
     default_predictor = "gradient_descent"
-    env_id = "l2s/LeastSquares-v0"
+    env_id = "l2s/LeastSquares-v1"
 
     def __init__(self, cfg: LeastSquaresConfig, seed: int = 0, device: str = "cpu") -> None:
         super().__init__(seed, device)
@@ -191,7 +191,7 @@ class GradientDescent(LayeredPredictor):
         return {"change": dx.pow(2).sum(1) / (x.pow(2).sum(1) + 1e-12)}
 
 
-# The task class sets env_id; registering makes gymnasium.make("l2s/LeastSquares-v0") work.
+# The task class sets env_id; registering makes gymnasium.make("l2s/LeastSquares-v1") work.
 register_envs()
 
 
@@ -247,7 +247,7 @@ def run(
 
     # The same trained predictor as a Gymnasium env: one episode with a "stop at layer 3" rule.
     env = gymnasium.make(
-        "l2s/LeastSquares-v0",
+        "l2s/LeastSquares-v1",
         checkpoint=Path(exp) / "seed-0" / "stage1" / "predictor-oracle" / "best.pt",
         device="cpu",
     )

@@ -60,7 +60,7 @@ class Task(abc.ABC):
     default_predictor: str = ""
     """Registered predictor name used when an environment is made without one."""
     env_id: str = ""
-    """Gymnasium id registered for this task (``l2s/<Name>-v0``); empty: none."""
+    """Gymnasium id registered for this task (``l2s/<Name>-v1``); empty: none."""
 
     def __init__(self, seed: int = 0, device: torch.device | str = "cpu") -> None:
         self.seed = int(seed)

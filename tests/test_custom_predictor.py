@@ -42,7 +42,7 @@ def test_example_registers_task_predictor_and_env() -> None:
     load_example()
     assert "least_squares" in registry.TASKS
     assert registry.PREDICTORS["gradient_descent"].task == "least_squares"
-    assert "l2s/LeastSquares-v0" in gymnasium.registry
+    assert "l2s/LeastSquares-v1" in gymnasium.registry
 
 
 def test_learned_stop_rules_use_fewer_layers_where_the_oracle_does(results: dict) -> None:

@@ -206,7 +206,7 @@ def test_env_id_passes_both_checkers() -> None:
     import l2s_gym.envs  # noqa: F401  (registers the ids)
 
     env = gymnasium.make(
-        "l2s/Denoising-v0",
+        "l2s/Denoising-v1",
         task_config=TINY,
         predictor_config={"num_layers": 3, "channels": 8, "feature_size": 8},
         device="cpu",

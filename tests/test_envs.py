@@ -24,7 +24,7 @@ from l2s_gym.predictors.lista import LISTA, ListaConfig
 from l2s_gym.stopping import oracle_log_q
 from l2s_gym.tasks.sparse_recovery import SparseRecoveryConfig, SparseRecoveryTask
 
-ENV_ID = "l2s/SparseRecovery-v0"
+ENV_ID = "l2s/SparseRecovery-v1"
 T = 5
 BETA = 0.1
 
@@ -102,14 +102,14 @@ def test_every_task_with_an_env_id_is_registered() -> None:
 
 def test_register_envs_is_idempotent_and_picks_up_new_tasks() -> None:
     assert register_envs() == []
-    cls = type("LateTask", (SparseRecoveryTask,), {"env_id": "l2s/LateTaskTest-v0"})
+    cls = type("LateTask", (SparseRecoveryTask,), {"env_id": "l2s/LateTaskTest-v1"})
     registry.TASKS["late_task_test"] = registry.Entry("late_task_test", cls, SparseRecoveryConfig)
     try:
-        assert register_envs() == ["l2s/LateTaskTest-v0"]
+        assert register_envs() == ["l2s/LateTaskTest-v1"]
         assert register_envs() == []
     finally:
         del registry.TASKS["late_task_test"]
-        gymnasium.registry.pop("l2s/LateTaskTest-v0", None)
+        gymnasium.registry.pop("l2s/LateTaskTest-v1", None)
 
 
 def test_make_vec_uses_the_vector_entry_point(task, predictor) -> None:
@@ -212,7 +212,8 @@ def test_always_continue_earns_the_terminal_reward_of_the_trace(task, predictor)
     rewards = run_single(env, 4, seed=7, policy=lambda o: 0)
     trace = predictor.trace(stream(env.batched, 7, 4), task)
     for i, ep in enumerate(rewards):
-        assert len(ep) == T and ep[:-1] == [0.0] * (T - 1)
+        # T - 1 decisions (at layers 1..T-1); continuing into layer T ends the episode.
+        assert len(ep) == T - 1 and ep[:-1] == [0.0] * (T - 2)
         assert ep[-1] == pytest.approx(float(-trace.losses[i, -1].detach() / BETA), rel=1e-5)
 
 
@@ -226,11 +227,12 @@ def test_reward_modes_against_the_trace(task, predictor) -> None:
         obs = env.reset(seed=2)
         total = torch.zeros(n)
         finished = torch.zeros(n, dtype=torch.bool)
-        steps = 0
+        steps = arrivals = 0
         while not finished.all():
             _, t = split_obs(obs, env.feature_shape)
             obs, r, done, info = env.step((t + 1 >= stop_at).long())
             steps += 1
+            arrivals += int((done & (info["t"] == T)).sum())
             ending = done & ~finished
             total += torch.where(finished, 0.0, r)
             assert torch.equal(info["t"][ending], stop_at[ending])
@@ -242,8 +244,10 @@ def test_reward_modes_against_the_trace(task, predictor) -> None:
             assert env.layer_evals == T * (n + env.episodes_done)
             assert torch.equal(info["layers_computed"], torch.full((n,), T))
         else:
-            # One layer per row per step, plus layer 1 at reset: nothing beyond the stop.
-            assert env.layer_evals == n * (steps + 1)
+            # One layer per row per step, plus layer 1 at reset, plus layer 1 of the next
+            # instance for each row that arrived at layer T: nothing beyond the stop.
+            assert arrivals == 2
+            assert env.layer_evals == n * (steps + 1) + arrivals
             assert (info["best_layer"] == -1).all()
         if mode == "log_oracle":
             oracle_best = best.clone()
@@ -292,12 +296,50 @@ def test_same_step_autoreset_and_terminal_obs(task, predictor) -> None:
     # The fresh rows hold the next instances of the stream (4 and 5).
     expected = predictor.trace(stream(env, 1, 6), task).features[[4, 5], 0]
     torch.testing.assert_close(split_obs(obs1, env.feature_shape)[0][done], expected)
-    # Continuing to the end terminates at t = T whatever the action.
-    for _ in range(T - 2):
+    # Continuing into layer T ends the episode in that step: no decision at layer T.
+    for _ in range(T - 3):
         obs1, _, done, info = env.step(torch.tensor([0, 0, 0, 0]))
-    assert not done.any() and obs1[1, -1] == T - 1
-    obs1, _, done, info = env.step(torch.tensor([0, 0, 0, 0]))
+    assert not done.any() and obs1[1, -1] == T - 2
+    evals = env.layer_evals
+    obs2, _, done, info = env.step(torch.tensor([0, 0, 0, 0]))
     assert done.tolist() == [False, True, False, True] and info["t"].tolist()[1::2] == [T, T]
+    assert env.layer_evals == evals + 4 + 2  # rows 1 and 3 computed layer T and a layer 1
+    # Their terminal observation is layer T of the instance that ended (t = T - 1) and
+    # their new one is layer 1 of the next instances of the stream (6 and 7).
+    trace = predictor.trace(stream(env, 1, 8), task)
+    torch.testing.assert_close(info["terminal_obs"][1::2, -1], torch.full((2,), T - 1.0))
+    terminal_features = split_obs(info["terminal_obs"], env.feature_shape)[0]
+    torch.testing.assert_close(terminal_features[1::2], trace.features[[1, 3], T - 1])
+    torch.testing.assert_close(info["loss"][1::2], trace.losses[[1, 3], T - 1].detach())
+    torch.testing.assert_close(
+        split_obs(obs2, env.feature_shape)[0][1::2], trace.features[[6, 7], 0]
+    )
+    assert obs2[1::2, -1].tolist() == [0.0, 0.0] and obs2[0::2, -1].tolist() == [T - 2.0] * 2
+    # The fresh rows go on like any other: one more step continues them all.
+    obs3, _, done, _ = env.step(torch.tensor([0, 0, 0, 0]))
+    assert done.tolist() == [True, False, True, False] and obs3[1::2, -1].tolist() == [1.0, 1.0]
+
+
+def test_one_layer_leaves_no_decision_and_is_refused(task) -> None:
+    one = LISTA(ListaConfig(num_layers=1), task)
+    with pytest.raises(ValueError, match="num_layers is 1.*num_layers >= 2"):
+        BatchedStopEnv(one, task, 2, beta=BETA)
+    with pytest.raises(ValueError, match="num_layers is 1"):
+        StopEnv(task=task, predictor=one)
+
+
+def test_two_layers_every_episode_is_one_decision(task) -> None:
+    two = LISTA(ListaConfig(num_layers=2), task)
+    env = StopEnv(task=task, predictor=two, beta=BETA)
+    trace = two.trace(stream(env.batched, 0, 2), task)
+    for i, action in enumerate((1, 0)):  # stop after layer 1; continue into layer 2
+        obs, _ = env.reset(seed=0) if i == 0 else env.reset()
+        assert obs[-1] == 0
+        obs, reward, terminated, _, info = env.step(action)
+        end = 1 - action  # 0-based layer where the episode ended
+        assert terminated and info["t"] == end + 1 and obs[-1] == end
+        expected = -float(trace.losses[i, end].detach()) / BETA
+        assert reward == pytest.approx(expected, rel=1e-5)
 
 
 def test_obs_round_trip_feeds_a_stop_policy(predictor) -> None:

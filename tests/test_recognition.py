@@ -189,7 +189,7 @@ def test_env_id_passes_both_checkers() -> None:
     import l2s_gym.envs  # noqa: F401  (registers the ids)
 
     env = gymnasium.make(
-        "l2s/Recognition-v0", predictor_config={"num_layers": 6, "channels": 8}, device="cpu"
+        "l2s/Recognition-v1", predictor_config={"num_layers": 6, "channels": 8}, device="cpu"
     )
     gym_check(env.unwrapped, skip_render_check=True)
     sb3_check(env.unwrapped, warn=True)

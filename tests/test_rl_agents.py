@@ -11,14 +11,19 @@ import torch
 import yaml
 
 from l2s_gym import registry
-from l2s_gym.agents.reinforce import per_layer_baseline, soft_returns
+from l2s_gym.agents.reinforce import (
+    Rollout,
+    per_layer_baseline,
+    policy_gradient_loss,
+    soft_returns,
+)
 from l2s_gym.agents.sb3_agents import SB3StopModel, copy_actor_to_stop_policy
 from l2s_gym.build import make_policy, make_predictor, make_task
 from l2s_gym.config import from_dict
 from l2s_gym.envs.batched import BatchedStopEnv
 from l2s_gym.evaluation import stop_logits
 from l2s_gym.learner import LearnerContext
-from l2s_gym.stopping import deterministic_stop
+from l2s_gym.stopping import deterministic_stop, oracle_log_q, reverse_kl, stop_log_q
 
 TOY = """
 experiment: toy_rl
@@ -160,6 +165,46 @@ def test_soft_returns_add_only_later_entropies() -> None:
     torch.testing.assert_close(plain[:, 0], torch.tensor([-2.0, -2.0, -2.0, 5.0]))
     # S_0 = -2 + h_1 + h_2, S_1 = -2 + h_2, S_2 = -2 (the next episode's entropy is not ours).
     torch.testing.assert_close(soft[:, 0], torch.tensor([-1.4, -1.6, -2.0, 5.0]))
+
+
+@pytest.mark.parametrize("num_layers", [2, 5])
+def test_reinforce_surrogate_has_the_exact_reverse_kl_gradient_in_expectation(
+    num_layers: int,
+) -> None:
+    # Enumerate every episode of one instance: stop after layer s (decisions at layers
+    # 1..s, the last one "stop") for s < T, or continue at layers 1..T-1 and arrive at T
+    # (no decision there). Weighted by q_phi(s), the surrogate's gradient is exactly
+    # -grad J = grad KL(q_phi || q*) for log-oracle rewards and entropy_coef 1.
+    T = num_layers
+    gen = torch.Generator().manual_seed(T)
+    logits = torch.randn(T, generator=gen, dtype=torch.float64, requires_grad=True)
+    log_qstar = oracle_log_q(torch.rand(T, generator=gen, dtype=torch.float64), 0.3)
+    log_q = stop_log_q(logits)
+    expected = torch.autograd.grad(reverse_kl(log_q, log_qstar), logits)[0]
+    total = torch.zeros((), dtype=torch.float64)
+    for s in range(1, T + 1):
+        k = min(s, T - 1)  # decisions this episode takes
+        stop = torch.zeros(k, 1, dtype=torch.bool)
+        stop[-1] = s < T
+        reward = torch.zeros(k, 1, dtype=torch.float64)
+        reward[-1] = log_qstar[s - 1]
+        done = torch.zeros(k, 1, dtype=torch.bool)
+        done[-1] = True
+        rollout = Rollout(
+            features=torch.zeros(k, 1, 1),
+            t=torch.arange(k).unsqueeze(1),
+            stop=stop,
+            reward=reward,
+            done=done,
+            counted=torch.ones(k, 1, dtype=torch.bool),
+            layers=torch.full((k, 1), s),
+        )
+        terms = policy_gradient_loss(logits[:k].unsqueeze(1), rollout, 1.0, 1.0, T)
+        total = total + log_q[s - 1].detach().exp() * terms.loss
+    got = torch.autograd.grad(total, logits)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    # The last layer's logit never matters: the env asks no decision there.
+    assert got[-1] == 0
 
 
 def test_per_layer_baseline_is_leave_one_out() -> None:

@@ -1,12 +1,12 @@
-"""Gymnasium environments: learning to stop as RL, one id per task (``l2s/<Task>-v0``).
+"""Gymnasium environments: learning to stop as RL, one id per task (``l2s/<Task>-v1``).
 
 Importing ``l2s_gym`` registers, for every task in ``l2s_gym.registry.TASKS`` whose class
 sets ``env_id``, that id with ``StopEnv`` as ``entry_point`` and ``StopVectorEnv`` as
 ``vector_entry_point`` (the task name is bound as the ``task`` kwarg). Tasks registered
 later are added by calling ``register_envs()`` again.
 
-    env = gymnasium.make("l2s/SparseRecovery-v0")                 # untrained LISTA
-    envs = gymnasium.make_vec("l2s/SparseRecovery-v0", num_envs=64,
+    env = gymnasium.make("l2s/SparseRecovery-v1")                 # untrained LISTA
+    envs = gymnasium.make_vec("l2s/SparseRecovery-v1", num_envs=64,
                               vectorization_mode="vector_entry_point")
 
 ``BatchedStopEnv`` (torch in, torch out, on the device) is what both wrap and what

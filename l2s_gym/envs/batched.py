@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from l2s_gym.predictor import LayeredPredictor, State, zip_state
+from l2s_gym.predictor import LayeredPredictor, State, map_state, zip_state
 from l2s_gym.stopping import cost_adjusted_losses, cumulative_costs, oracle_log_q
 from l2s_gym.task import Batch, Task
 
@@ -56,6 +56,15 @@ def _where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(_rows(mask, a), a, b)
 
 
+def _where_batch(mask: Tensor, a: Batch, b: Batch) -> Batch:
+    """Row ``i`` of ``a`` where ``mask[i]``, else of ``b``."""
+    return Batch(
+        {k: _where_rows(mask, a.inputs[k], v) for k, v in b.inputs.items()},
+        _where_rows(mask, a.targets, b.targets),
+        torch.where(mask, a.groups, b.groups),
+    )
+
+
 def _cat_batches(batches: list[Batch]) -> Batch:
     return Batch(
         {k: torch.cat([b.inputs[k] for b in batches]) for k in batches[0].inputs},
@@ -71,13 +80,17 @@ class BatchedStopEnv:
     observation is its features at ``t = 0``. Each ``step`` takes an action per row,
     ``0`` continue or ``1`` stop. Continue computes the next layer (and only then: the
     layers an agent never reaches are never computed); stop ends the episode at the
-    current layer. At the last layer (``t = T - 1``) the episode ends whatever the action,
-    so stop times are ``1..T``. Rows whose episode ended are reset in the same step
-    (same-step autoreset): the returned observation is already layer 1 of a fresh
-    instance, and ``info["terminal_obs"]`` holds the last observation of the one that ended.
-    Every row therefore computes exactly one layer per step (the next layer, or layer 1 of
-    its fresh instance); rows at different layers go through
-    ``LayeredPredictor.forward_step``, one call per distinct layer.
+    current layer. Continuing into the last layer ``T`` ends the episode there, in the same
+    step (layer ``T`` always stops, so no decision is asked there): decisions are taken at
+    ``t = 0 .. T - 2`` only, an episode lasts at most ``T - 1`` steps and stop times are
+    ``1..T``. Rows whose episode ended are reset in the same step (same-step autoreset):
+    the returned observation is already layer 1 of a fresh instance, and
+    ``info["terminal_obs"]`` holds the last observation of the one that ended (at layer
+    ``T`` its ``t`` is ``T - 1``, the only observation with that index). A row computes one
+    layer per step (the next layer, or layer 1 of its fresh instance), and a row arriving
+    at layer ``T`` computes two (layer ``T``, then layer 1 of its fresh instance), all in
+    one ``LayeredPredictor.forward_step`` call (one call per distinct layer inside).
+    A predictor with ``num_layers = 1`` leaves no decision at all and is refused.
 
     Rewards (``beta`` is the oracle's temperature, ``l_t`` the task's per-sample loss after
     layer ``t``):
@@ -119,7 +132,9 @@ class BatchedStopEnv:
 
     Host synchronisation: ``step`` checks action values unless they come as a bool tensor
     (pass bool to skip the check on a GPU); ``forward_step`` groups rows by layer on the
-    host; the instance pool is topped up with a sync only every few steps.
+    host; the rows arriving at layer ``T`` are found with one sync (they grow that call's
+    batch; ``log_oracle`` mode finds its fresh rows the same way); the instance pool is
+    topped up with a sync only every few steps.
 
     Args:
         predictor: a frozen ``LayeredPredictor``; it is put in eval mode.
@@ -157,6 +172,12 @@ class BatchedStopEnv:
         if not isinstance(predictor, LayeredPredictor):
             raise TypeError(f"predictor must be a LayeredPredictor, got {type(predictor).__name__}")
         predictor.check_protocol()
+        if predictor.num_layers < 2:
+            raise ValueError(
+                f"{type(predictor).__name__}.num_layers is {predictor.num_layers}: the stop "
+                "environment needs num_layers >= 2 (with one layer every episode ends after "
+                "layer 1 and the agent has no decision to take)"
+            )
         predictor.eval()
         self.predictor = predictor
         self.task = task
@@ -250,8 +271,9 @@ class BatchedStopEnv:
             self.layer_evals += self.num_layers * self.num_envs
             self._read_full_pass()
         else:
-            self._state = self.predictor.initial_state(fresh.inputs)
-            self._advance(self._t)
+            self._state, self._loss, self._stat, self._features = self._compute(
+                self._t, self.predictor.initial_state(fresh.inputs), fresh
+            )
             self.layer_evals += self.num_envs
         self._obs = make_obs(self._features, self._t)  # type: ignore[arg-type]
         return self._obs
@@ -267,90 +289,84 @@ class BatchedStopEnv:
         if self._obs is None:
             raise RuntimeError("BatchedStopEnv.step called before reset()")
         stop = self._check_actions(actions)
-        n, last = self.num_envs, self.num_layers - 1
-        t_old, loss_old = self._t, self._loss
-        done = stop | (t_old >= last)
-        cont = ~done
-
-        info: dict[str, Tensor] = {"terminal_obs": self._obs}
-        ended_t = t_old + 1
-        ended_loss, ended_stat = loss_old, self._stat
-        if self.reward_mode == "log_oracle":
-            adjusted = cost_adjusted_losses(self._all_losses, self.cost, self.cum_costs)  # type: ignore[arg-type]
-            log_q = oracle_log_q(adjusted, self.beta)
-            # The cost part of log q*_lambda is paid per layer below, as in the other modes.
-            stop_reward = (
-                (log_q + self.cost * self.cum_costs / self.beta)
-                .gather(1, t_old.unsqueeze(1))
-                .squeeze(1)
-            )
-            ended_best = adjusted.argmin(dim=1) + 1
-        elif self.reward_mode == "terminal_loss":
-            stop_reward = -loss_old / self.beta
-            ended_best = torch.full_like(t_old, -1)
-        else:  # improvement: the reward came on the continue steps
-            stop_reward = torch.zeros_like(loss_old)
-            ended_best = torch.full_like(t_old, -1)
-        reward = torch.where(done, stop_reward, torch.zeros_like(stop_reward))
-        if self.cost:
-            # Layer 1 was computed when the episode started; continuing computes layer t + 2.
-            next_price = self._layer_price[(t_old + 1).clamp(max=last)]
-            paid = (
-                cont.to(reward.dtype) * next_price
-                + self._first.to(reward.dtype) * (self._layer_price[0])
-            )
-            reward = reward - self.cost * paid / self.beta
+        last = self.num_layers - 1
+        t_old, loss_old, stat_old, features_old = self._t, self._loss, self._stat, self._features
+        cont = ~stop
+        # Continuing into the last layer ends the episode there: no decision is left.
+        arrive = cont & (t_old + 1 == last)
+        done = stop | arrive
+        t_end = torch.where(stop, t_old, t_old + 1)  # 0-based end layer where done
+        new_t = torch.where(done, torch.zeros_like(t_old), t_old + 1)
 
         # Same-step autoreset: done rows take the next instances of the stream.
-        new_t = torch.where(done, torch.zeros_like(t_old), t_old + 1)
         fresh = self._take(done)
-        batch = self._batch
-        assert batch is not None
-        self._batch = Batch(
-            {k: _where_rows(done, fresh.inputs[k], v) for k, v in batch.inputs.items()},
-            _where_rows(done, fresh.targets, batch.targets),
-            torch.where(done, fresh.groups, batch.groups),
-        )
-        self._t = new_t
+        old = self._batch
+        assert old is not None
+        self._batch = _where_batch(done, fresh, old)
         if self.reward_mode == "log_oracle":
+            all_losses = self._all_losses
+            assert all_losses is not None and self._all_features is not None
+            adjusted = cost_adjusted_losses(all_losses, self.cost, self.cum_costs)
+            log_q = oracle_log_q(adjusted, self.beta)
+            # The cost part of log q*_lambda is paid per layer below, as in the other modes.
+            payoff = log_q + self.cost * self.cum_costs / self.beta
+            stop_reward = payoff.gather(1, t_end.unsqueeze(1)).squeeze(1)
+            ended_best = adjusted.argmin(dim=1) + 1
+            ended_loss = all_losses.gather(1, t_end.unsqueeze(1)).squeeze(1)
+            ended_stat = self._all_stats.gather(1, t_end.unsqueeze(1)).squeeze(1)  # type: ignore[union-attr]
+            ended_features = self._all_features[self._rows, t_end]
+            self._t = new_t
             idx = torch.nonzero(done).squeeze(1)  # host sync: run the full pass on these only
             k = int(idx.numel())
             if k:
                 losses, stats, feats = self._full_pass(self._batch.select(idx))
                 self._all_losses.index_copy_(0, idx, losses)  # type: ignore[union-attr]
                 self._all_stats.index_copy_(0, idx, stats)  # type: ignore[union-attr]
-                self._all_features.index_copy_(0, idx, feats)  # type: ignore[union-attr]
+                self._all_features.index_copy_(0, idx, feats)
                 self.layer_evals += self.num_layers * k
             self._read_full_pass()
-            layers_computed = torch.full_like(ended_t, self.num_layers)
         else:
-            init = self.predictor.initial_state(self._batch.inputs)
-            self._state = zip_state(
-                lambda a, b: _where_rows(done, a, b),
-                init,
-                self._state,  # type: ignore[arg-type]
-            )
-            self._advance(new_t)
-            self.layer_evals += n
+            ended_best = torch.full_like(t_old, -1)
+            reached_loss, reached_stat, reached_features = self._walk(stop, arrive, fresh, old)
+            # A row that arrived at layer T ends there; a row that stopped, where it was.
+            ended_loss = torch.where(arrive, reached_loss, loss_old)
+            ended_stat = torch.where(arrive, reached_stat, stat_old)
+            ended_features = _where_rows(arrive, reached_features, features_old)  # type: ignore[arg-type]
+            self._t = new_t
+            if self.reward_mode == "terminal_loss":
+                stop_reward = -ended_loss / self.beta
+            else:  # improvement: the reward comes on the continue steps
+                stop_reward = torch.zeros_like(loss_old)
+
+        reward = torch.where(done, stop_reward, torch.zeros_like(stop_reward))
         if self.reward_mode == "improvement":
-            reward = reward + torch.where(
-                cont, (loss_old - self._loss) / self.beta, torch.zeros_like(reward)
+            step_gain = (loss_old - reached_loss) / self.beta
+            reward = reward + torch.where(cont, step_gain, torch.zeros_like(reward))
+        if self.cost:
+            # Layer 1 was computed when the episode started; continuing computes layer t + 2.
+            paid = (
+                cont.to(reward.dtype) * self._layer_price[t_old + 1]
+                + self._first.to(reward.dtype) * self._layer_price[0]
             )
+            reward = reward - self.cost * paid / self.beta
 
         self._episodes_done += done.sum()
         self._first = done
         obs = make_obs(self._features, new_t)  # type: ignore[arg-type]
         self._obs = obs
-        info["terminal_obs"] = torch.where(done.unsqueeze(1), info["terminal_obs"], obs)
-        info["t"] = torch.where(done, ended_t, new_t + 1)
-        info["loss"] = torch.where(done, ended_loss, self._loss)
-        info["metric_stat"] = torch.where(done, ended_stat, self._stat)
+        ended_obs = make_obs(ended_features, t_end)
+        info: dict[str, Tensor] = {
+            "terminal_obs": torch.where(done.unsqueeze(1), ended_obs, obs),
+            "t": torch.where(done, t_end, new_t) + 1,
+            "loss": torch.where(done, ended_loss, self._loss),
+            "metric_stat": torch.where(done, ended_stat, self._stat),
+        }
         if self.reward_mode == "log_oracle":
-            best_now = self._best_layer()
-            info["best_layer"] = torch.where(done, ended_best, best_now)
+            info["best_layer"] = torch.where(done, ended_best, self._best_layer())
+            info["layers_computed"] = torch.full_like(t_old, self.num_layers)
         else:
             info["best_layer"] = ended_best
-        info["layers_computed"] = layers_computed if self.reward_mode == "log_oracle" else info["t"]
+            info["layers_computed"] = info["t"]
         return obs, reward.to(torch.float32), done, info
 
     # --- internals ------------------------------------------------------------------------
@@ -411,17 +427,62 @@ class BatchedStopEnv:
         self._pool_left_min -= n
         return pool.select(src)
 
-    def _advance(self, t: Tensor) -> None:
-        """Compute layer ``t`` (0-based, per row) from the current state; update the row data."""
-        batch = self._batch
-        assert batch is not None and self._state is not None
-        state, pred, feats = self.predictor.forward_step(t, self._state, batch.inputs)
-        self._state = state
-        self._loss = self.task.loss(pred, batch.targets)
-        self._stat = self.task.metric_stat(pred, batch.targets)
-        self._features = feats
+    def _compute(
+        self, t: Tensor, state: State, batch: Batch
+    ) -> tuple[State, Tensor, Tensor, Tensor]:
+        """Layer ``t`` (0-based, per row) from ``state``: new state, loss, statistic, features."""
+        state, pred, feats = self.predictor.forward_step(t, state, batch.inputs)
+        loss = self.task.loss(pred, batch.targets)
+        stat = self.task.metric_stat(pred, batch.targets)
         if not self._checked_shapes:
-            self._check_shapes(feats, self._loss, self._stat)
+            self._check_shapes(feats, loss, stat)
+        return state, loss, stat, feats
+
+    def _walk(
+        self, stop: Tensor, arrive: Tensor, fresh: Batch, old: Batch
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Compute this step's layers (lazy modes); return what the continuing rows reached.
+
+        Each row computes one layer: the next layer of its instance if it continues, layer 1
+        of its fresh instance if it stopped. A row arriving at layer ``T`` computes layer 1
+        of its fresh instance as well, in the same ``forward_step`` call (the batch grows by
+        one row per arrival). Returns loss, statistic and features ``(N, ...)`` of the layer
+        each continuing row reached (for arrivals: layer ``T``, which ends their episode);
+        the rows' state and data then describe their ongoing episodes.
+        """
+        n = self.num_envs
+        assert self._state is not None
+        computed = _where_batch(stop, fresh, old)
+        state = zip_state(
+            lambda a, b: _where_rows(stop, a, b),
+            self.predictor.initial_state(computed.inputs),
+            self._state,
+        )
+        t = torch.where(stop, torch.zeros_like(self._t), self._t + 1)
+        arrived = torch.nonzero(arrive).squeeze(1)  # host sync: the rows that start anew too
+        k = int(arrived.numel())
+        if k:
+            extra = fresh.select(arrived)
+            computed = _cat_batches([computed, extra])
+            state = zip_state(
+                lambda a, b: torch.cat([a, b]), state, self.predictor.initial_state(extra.inputs)
+            )
+            t = torch.cat([t, torch.zeros_like(arrived)])
+        state, loss, stat, feats = self._compute(t, state, computed)
+        self.layer_evals += n + k
+        reached = (loss[:n], stat[:n], feats[:n])
+        if k:
+            # The arrived rows continue with their fresh instance's layer 1.
+            state = zip_state(
+                lambda a, b: a.index_copy(0, arrived, b),
+                map_state(lambda x: x[:n], state),
+                map_state(lambda x: x[n:], state),
+            )
+            loss = loss[:n].index_copy(0, arrived, loss[n:])
+            stat = stat[:n].index_copy(0, arrived, stat[n:])
+            feats = feats[:n].index_copy(0, arrived, feats[n:])
+        self._state, self._loss, self._stat, self._features = state, loss, stat, feats
+        return reached
 
     def _full_pass(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         trace = self.predictor.trace(batch, self.task)

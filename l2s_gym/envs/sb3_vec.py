@@ -36,7 +36,9 @@ class StopVecEnv(VecEnv):
     Spaces: observations ``Box((obs_dim,), float32)`` as ``StopEnv``'s (the policy features
     after the current layer, flattened, then its 0-based index ``t``); actions
     ``Discrete(2)`` per instance, ``0`` continue, ``1`` stop. Rewards and episode ends are
-    those of the wrapped env.
+    those of the wrapped env: an episode ends when the agent stops or when it continues
+    into the last layer ``T`` (no decision is asked there), so SB3 never spends entropy or
+    gradient on a decision without effect.
 
     ``step_wait`` returns obs ``(N, obs_dim)`` float32, rewards ``(N,)`` float32, dones
     ``(N,)`` bool and one info dict per instance. As SB3's own VecEnvs do, a row that ended

@@ -184,7 +184,8 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
     ``Box((obs_dim,), float32)``: the predictor's policy features after the current layer,
     flattened (``prod(predictor.feature_shape)`` numbers, unbounded: the bounds are the
     largest finite float32, as infinite bounds make Gymnasium's checker warn), then the
-    0-based index ``t`` of that layer, in ``[0, T - 1]``. ``l2s_gym.envs.split_obs`` turns
+    0-based index ``t`` of that layer, in ``[0, T - 1]`` (``T - 1`` only in the observation
+    that ends an episode at layer ``T``). ``l2s_gym.envs.split_obs`` turns
     it back into what a ``StopPolicy`` takes. The predictor's docstring lists its features.
 
     ## Rewards (``reward=``), with ``l_t`` the task's loss after layer ``t`` (1-based)
@@ -207,9 +208,11 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
     instance of the stream; the same seed gives the same sequence of episodes.
 
     ## Episode end
-    Terminated when the agent stops, or after its decision at the last layer
-    (``t = T - 1``), whatever the action: stop times are ``1..T``. Never truncated.
-    Stepping after the end without ``reset()`` is an error.
+    Terminated when the agent stops, or when it continues into the last layer ``T``: that
+    step computes layer ``T`` and ends the episode with the stop reward there (layer ``T``
+    always stops, so no decision is asked at it). Stop times are ``1..T``; an episode takes
+    at most ``T - 1`` decisions. Never truncated. Stepping after the end without
+    ``reset()`` is an error. A predictor with one layer leaves no decision and is refused.
 
     ## Info
     ``t`` (layers walked, 1-based), ``loss`` and ``metric`` (the task's per-sample metric
@@ -225,6 +228,10 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
     See ``build_components`` for how they combine.
 
     ## Version history
+    - v1: continuing into layer ``T`` ends the episode in that step (v0 asked one more
+      decision at layer ``T`` and ignored it); ``cost=lambda``, a price per layer in units
+      of the loss (with the predictor's relative layer costs), replaces ``layer_cost``;
+      ``num_layers = 1`` is refused.
     - v0: first version.
     """
 
@@ -355,6 +362,7 @@ class StopVectorEnv(VectorEnv):
     instance stream: row ``i``'s first episode is then the single env's ``i``-th episode.
 
     ## Version history
+    - v1: as ``StopEnv``'s v1 (episodes end on arriving at layer ``T``; ``cost``).
     - v0: first version.
     """
 

@@ -164,7 +164,7 @@ class DenoisingTask(Task):
     higher_is_better = True
     group_title = "noise sigma"
     default_predictor = "dncnn"
-    env_id = "l2s/Denoising-v0"
+    env_id = "l2s/Denoising-v1"
 
     def __init__(self, cfg: DenoisingConfig, seed: int = 0, device: str = "cpu") -> None:
         super().__init__(seed, device)

@@ -102,7 +102,7 @@ class MetaLearningTask(Task):
     higher_is_better = False
     group_title = "shots"
     default_predictor = "maml"
-    env_id = "l2s/MetaLearning-v0"
+    env_id = "l2s/MetaLearning-v1"
 
     def __init__(
         self, cfg: MetaLearningConfig | None = None, seed: int = 0, device: str = "cpu"

@@ -103,7 +103,7 @@ class RecognitionTask(Task):
     higher_is_better = True
     group_title = "set"
     default_predictor = "sdn"
-    env_id = "l2s/Recognition-v0"
+    env_id = "l2s/Recognition-v1"
 
     def __init__(self, cfg: RecognitionConfig, seed: int = 0, device: str = "cpu") -> None:
         super().__init__(seed, device)

@@ -73,7 +73,7 @@ class SparseRecoveryTask(Task):
     higher_is_better = False
     group_title = "SNR"
     default_predictor = "lista"
-    env_id = "l2s/SparseRecovery-v0"
+    env_id = "l2s/SparseRecovery-v1"
 
     def __init__(self, cfg: SparseRecoveryConfig, seed: int = 0, device: str = "cpu") -> None:
         super().__init__(seed, device)
