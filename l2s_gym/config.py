@@ -128,7 +128,8 @@ class RLConfig:
     val_every: int = 20
     """Validate every this many updates."""
     entropy_coef: float = 1.0
-    """Multiplier on beta for the entropy bonus (1.0: the max-entropy objective)."""
+    """Coefficient ``c`` of REINFORCE's entropy bonus ``c * H(q)``; the rewards are in units of
+    ``1 / beta``, so 1.0 is the paper's objective ``E_q[l_t] - beta H(q)``."""
     gamma: float = 1.0
     """Discount per layer (1.0: the paper's undiscounted objective; episodes last <= T)."""
     rollout_steps: int = 64

@@ -198,8 +198,9 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
     - ``cost=lambda``: the price of a layer in units of the loss; walking layer ``t`` earns
       ``-lambda c_t / beta`` (see ``BatchedStopEnv``), so the return is
       ``-(l_t + lambda C_t) / beta`` up to a per-instance constant.
-    With the entropy bonus ``beta * H`` of max-entropy RL, maximising the return is
-    minimising the paper's ``E_q[l_t] - beta H(q)`` (up to the factor ``1/beta``).
+    The rewards are losses in units of ``beta``, so the entropy bonus of max-entropy RL has
+    coefficient 1 here: maximising ``E_q[return] + H(q)`` is minimising the paper's
+    ``E_q[l_t] - beta H(q)`` (divided by ``beta``, up to a per-instance constant).
 
     ## Starting state
     Instances come from ``task.train_batch`` through a ``torch.Generator`` seeded by
