@@ -149,6 +149,30 @@ def test_stop_vec_env_protocol_and_terminal_observation(tmp_path: Path) -> None:
     with pytest.raises(AttributeError):
         venv.get_attr("no_such_attribute")
 
+    # Device -> host: obs, rewards and dones once each, plus one packed block when rows ended.
+    copies = []
+    original_cpu = torch.Tensor.cpu
+
+    def counting_cpu(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        copies.append(tuple(self.shape))
+        return original_cpu(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.Tensor, "cpu", counting_cpu)
+        venv.reset()
+        copies.clear()
+        before, _, done, infos = venv.step(np.array([0, 0, 0, 0]))
+        assert not done.any() and len(copies) == 3
+        copies.clear()
+        _, reward, done, infos = venv.step(np.array([1, 0, 1, 0]))
+    assert done.tolist() == [True, False, True, False]
+    assert copies[3:] == [(2, env.obs_dim + 6)] and len(copies) == 4
+    for i in (0, 2):
+        assert infos[i]["t"] == 2 and infos[i]["episode"]["l"] == 2 and infos[i]["best_layer"] == -1
+        assert infos[i]["episode"]["r"] == pytest.approx(-infos[i]["loss"] / 0.05, rel=1e-6)
+        assert reward[i] == pytest.approx(infos[i]["episode"]["r"], rel=1e-6)
+        np.testing.assert_array_equal(infos[i]["terminal_observation"], before[i])
+
     # PPO learns on it for a few hundred steps without error.
     model = PPO("MlpPolicy", venv, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu")
     model.learn(total_timesteps=256)

@@ -106,6 +106,8 @@ class StopVecEnv(VecEnv):
         self._actions = torch.from_numpy(a.astype(np.int64)).to(self.env.device)
 
     def step_wait(self) -> VecEnvStepReturn:
+        """One batched step. Crosses to the host once each for obs, rewards and dones, and
+        once more, only when some rows ended, for one packed tensor of what their infos hold."""
         if self._actions is None:
             raise RuntimeError("StopVecEnv.step_wait called without step_async")
         obs, reward, done, info = self.env.step(self._actions)
@@ -113,19 +115,30 @@ class StopVecEnv(VecEnv):
         self._episode_return += reward
         self._episode_length += 1
         obs_np = obs.cpu().numpy()
-        reward_np = reward.cpu().numpy().astype(np.float32)
+        reward_np = reward.cpu().numpy()
         done_np = done.cpu().numpy()
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         rows = np.flatnonzero(done_np)
         if rows.size:
             idx = torch.from_numpy(rows).to(self.env.device)
-            terminal = info["terminal_obs"][idx].cpu().numpy()
-            ret = self._episode_return[idx].cpu().numpy()
-            length = self._episode_length[idx].cpu().numpy()
-            t = info["t"][idx].cpu().numpy()
-            loss = info["loss"][idx].cpu().numpy()
-            metric = info["metric_stat"][idx].cpu().numpy()
-            best = info["best_layer"][idx].cpu().numpy()
+            # One (k, obs_dim + 6) float32 block: small ints (layers, lengths) are exact.
+            columns = [
+                self._episode_return,
+                self._episode_length,
+                info["t"],
+                info["loss"],
+                info["metric_stat"],
+                info["best_layer"],
+            ]
+            packed = torch.cat(
+                [info["terminal_obs"][idx], torch.stack([c[idx].float() for c in columns], 1)],
+                dim=1,
+            )
+            ended = packed.cpu().numpy()
+            terminal, (ret, length, t, loss, metric, best) = (
+                ended[:, : self.env.obs_dim],
+                ended[:, self.env.obs_dim :].T,
+            )
             elapsed = round(time.perf_counter() - self._start, 6)
             for j, i in enumerate(rows):
                 infos[i] = {
