@@ -6,6 +6,7 @@ import abc
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -139,3 +140,19 @@ class Task(abc.ABC):
     def metric_interval(self, stats: Tensor) -> list[float] | None:
         """A 95% interval ``[low, high]`` for ``aggregate(stats)``, or ``None`` (default)."""
         return None
+
+    # --- drawing ----------------------------------------------------------------------
+    def render(self, prediction: Tensor, inputs: dict[str, Tensor]) -> np.ndarray | None:
+        """An RGB picture ``(H, W, 3)`` uint8 of one instance's current read-out, or ``None``.
+
+        ``prediction`` is the read-out after the current layer and ``inputs`` the instance's
+        inputs, both for one instance (no batch dimension). It must not use the targets.
+        The default, ``None``, means the task cannot draw: the environments then offer
+        ``render_mode="ansi"`` only. A task that overrides it offers ``"rgb_array"`` too.
+        """
+        return None
+
+    @classmethod
+    def can_render(cls) -> bool:
+        """Whether this task draws its read-outs (it overrides ``render``)."""
+        return cls.render is not Task.render

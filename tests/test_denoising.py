@@ -211,5 +211,32 @@ def test_env_id_passes_both_checkers() -> None:
         predictor_config={"num_layers": 3, "channels": 8, "feature_size": 8},
         device="cpu",
     )
-    gym_check(env.unwrapped, skip_render_check=True)
+    gym_check(env.unwrapped)  # renders every mode the env lists, through gymnasium.make
     sb3_check(env.unwrapped, warn=True)
+
+
+def test_rgb_array_shows_the_noisy_input_and_the_current_image() -> None:
+    import gymnasium
+
+    import l2s_gym.envs  # noqa: F401  (registers the ids)
+
+    env = gymnasium.make(
+        "l2s/Denoising-v1",
+        task_config=TINY,
+        predictor_config={"num_layers": 3, "channels": 8, "feature_size": 8},
+        device="cpu",
+        render_mode="rgb_array",
+    )
+    env.reset(seed=0)
+    env.step(0)
+    frame = env.render()
+    p = TINY["patch_size"]
+    assert frame.shape == (4 * p, 4 * (2 * p + 2), 3) and frame.dtype == np.uint8
+    unwrapped = env.unwrapped
+    instance = unwrapped.batched.instances
+    trace = unwrapped.predictor.trace(instance, unwrapped.task, keep_predictions=True)
+    current = trace.predictions[1][0, 0].clamp(0, 1).numpy()  # after layer 2
+    right = frame[::4, 4 * (p + 2) :: 4, 0].astype(float) / 255
+    np.testing.assert_allclose(right, current, atol=0.5 / 255 + 1e-6)
+    noisy = instance.inputs["noisy"][0, 0].clamp(0, 1).numpy()
+    np.testing.assert_allclose(frame[::4, : 4 * p : 4, 0] / 255, noisy, atol=0.5 / 255 + 1e-6)

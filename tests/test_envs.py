@@ -352,6 +352,97 @@ def test_obs_round_trip_feeds_a_stop_policy(predictor) -> None:
     assert policy(*split_obs(obs, (4,))).shape == (7,)
 
 
+# --- actions and rendering ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", [1, True, np.int64(1), np.bool_(True), np.array([1]), np.array(1)])
+def test_single_env_takes_ints_bools_and_one_element_arrays(task, predictor, stop) -> None:
+    env = StopEnv(task=task, predictor=predictor, beta=BETA)
+    env.reset(seed=0)
+    _, _, terminated, _, info = env.step(stop)
+    assert terminated and info["t"] == 1
+    env.reset()
+    _, _, terminated, _, info = env.step(np.array([False]))
+    assert not terminated and info["t"] == 2
+    vec = StopVectorEnv(2, task=task, predictor=predictor, beta=BETA)
+    vec.reset(seed=0)
+    assert vec.step(np.array([True, False]))[2].tolist() == [True, False]
+
+
+def test_ansi_render_is_one_label_free_line_with_the_policy_stop_probability(
+    task, predictor
+) -> None:
+    policy = StopPolicy(predictor.feature_shape, T)
+    with torch.no_grad():
+        policy.head.weight.normal_()
+    env = gymnasium.make(ENV_ID, task=task, predictor=predictor, render_mode="ansi", policy=policy)
+    obs, _ = env.reset(seed=0)
+    line = env.render()
+    features, t = split_obs(torch.as_tensor(obs[None]), predictor.feature_shape)
+    with torch.no_grad():
+        p = float(torch.sigmoid(policy(features, t))[0])
+    assert line.startswith(f"layer 1/{T}  stop p={p:.3f}  features [")
+    assert "\n" not in line and "loss" not in line
+    assert f"{obs[0]:.4g}" in line
+    done = False
+    while not done:
+        obs, _, done, _, _ = env.step(0)
+    # The observation that ends the episode at layer T: it always stops there.
+    last = env.render()
+    assert last.startswith(f"layer {T}/{T}  stop p=1.000") and last.endswith("(episode over)")
+    env.unwrapped.policy = None
+    env.reset()
+    assert env.render().startswith(f"layer 1/{T}  features [")
+
+
+def test_rgb_array_render_draws_the_current_estimate(task, predictor) -> None:
+    from l2s_gym.tasks.sparse_recovery import stem_image
+
+    env = gymnasium.make(ENV_ID, task=task, predictor=predictor, render_mode="rgb_array")
+    assert env.unwrapped.metadata["render_modes"] == ["ansi", "rgb_array"]
+    env.reset(seed=4)
+    trace = predictor.trace(stream(env.unwrapped.batched, 4, 1), task, keep_predictions=True)
+    for layer in range(T - 1):
+        frame = env.render()
+        assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+        np.testing.assert_array_equal(frame, stem_image(trace.predictions[layer][0].numpy()))
+        _, _, done, _, _ = env.step(0)
+    assert done  # the last frame is the estimate at layer T, where the episode ended
+    np.testing.assert_array_equal(env.render(), stem_image(trace.predictions[T - 1][0].numpy()))
+    frames = StopVectorEnv(3, task=task, predictor=predictor, render_mode="rgb_array")
+    frames.reset(seed=4)
+    assert [f.shape for f in frames.render()] == [frame.shape] * 3
+
+
+def test_render_without_a_mode_warns_and_returns_none(task, predictor) -> None:
+    env = gymnasium.make(ENV_ID, task=task, predictor=predictor)
+    env.reset(seed=0)
+    with pytest.warns(UserWarning, match="without specifying any render mode"):
+        assert env.unwrapped.render() is None
+    vec = StopVectorEnv(2, task=task, predictor=predictor)
+    vec.reset(seed=0)
+    with pytest.warns(UserWarning, match="render mode"):
+        assert vec.render() is None
+    ansi = StopVectorEnv(2, task=task, predictor=predictor, render_mode="ansi")
+    ansi.reset(seed=0)
+    lines = ansi.render()
+    assert len(lines) == 2 and all(line.startswith(f"layer 1/{T}  features") for line in lines)
+
+
+def test_a_task_that_cannot_draw_offers_text_only() -> None:
+    from l2s_gym.testing import ToyTask
+
+    assert not ToyTask.can_render()
+    env = StopEnv(task="toy", device="cpu", render_mode="ansi")
+    assert env.metadata["render_modes"] == ["ansi"]
+    env.reset(seed=0)
+    assert env.render().startswith("layer 1/6  features [")
+    with pytest.raises(ValueError, match="rgb_array.*task 'toy' does not"):
+        StopEnv(task="toy", device="cpu", render_mode="rgb_array")
+    with pytest.raises(ValueError, match="render_mode must be None or one of ansi; got 'human'"):
+        StopEnv(task="toy", device="cpu", render_mode="human")
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 
@@ -368,7 +459,7 @@ def test_bad_actions_are_refused(task, predictor) -> None:
         env.step(torch.tensor([0.0, 1.0, 0.5]))
     single = StopEnv(task=task, predictor=predictor)
     single.reset(seed=0)
-    for bad in (2, -1, 0.5, np.array([0, 1])):
+    for bad in (2, -1, 0.5, np.array([0, 1]), np.array([2]), "1", None):
         with pytest.raises(ValueError, match="action must be 0"):
             single.step(bad)
     vec = StopVectorEnv(3, task=task, predictor=predictor)

@@ -191,5 +191,7 @@ def test_env_id_passes_both_checkers() -> None:
     env = gymnasium.make(
         "l2s/Recognition-v1", predictor_config={"num_layers": 6, "channels": 8}, device="cpu"
     )
-    gym_check(env.unwrapped, skip_render_check=True)
+    gym_check(env.unwrapped)
     sb3_check(env.unwrapped, warn=True)
+    # Recognition draws nothing: text only.
+    assert env.unwrapped.metadata["render_modes"] == ["ansi"]

@@ -227,6 +227,13 @@ class BatchedStopEnv:
         """Episodes finished since construction (reading it synchronises with the device)."""
         return int(self._episodes_done)
 
+    @property
+    def instances(self) -> Batch:
+        """The instances of the ongoing episodes, one per row (inputs, targets, groups)."""
+        if self._batch is None:
+            raise RuntimeError("BatchedStopEnv.instances read before reset()")
+        return self._batch
+
     def current_info(self) -> dict[str, Tensor]:
         """Info tensors ``(N,)`` of the ongoing episodes (keys as in ``step``'s info).
 

@@ -7,24 +7,31 @@ library boundary.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium import spaces
+from gymnasium import logger, spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
 from l2s_gym import registry
 from l2s_gym.config import ComponentSpec, build_dataclass, from_dict
-from l2s_gym.envs.batched import REWARD_MODES, BatchedStopEnv
+from l2s_gym.envs.batched import REWARD_MODES, BatchedStopEnv, split_obs
 from l2s_gym.predictor import LayeredPredictor
-from l2s_gym.task import Task
+from l2s_gym.task import Batch, Task
 
 DEFAULT_BETA = 0.1
+RENDER_FPS = 4
+"""Frames per second a viewer should play the ``rgb_array`` frames at (one per layer)."""
+
+StopLogits = Callable[[Tensor, Tensor], Tensor]
+"""A stop policy for rendering: ``(features (N, *feature_shape), t (N,)) -> stop logits (N,)``
+(a ``StopPolicy``, a learner's model, or any such function)."""
 
 
 def build_components(
@@ -119,6 +126,12 @@ def _check_reward(reward: str) -> None:
         raise ValueError(f"reward must be one of {', '.join(REWARD_MODES)}; got {reward!r}")
 
 
+def render_modes(task: Task) -> list[str]:
+    """The render modes an env over ``task`` offers: ``ansi`` always, ``rgb_array`` when the
+    task draws its read-outs (``Task.render``)."""
+    return ["ansi", "rgb_array"] if task.can_render() else ["ansi"]
+
+
 def _batched_env(
     owner: str,
     render_mode: str | None,
@@ -136,12 +149,20 @@ def _batched_env(
     task_seed: int,
 ) -> BatchedStopEnv:
     """Check the keyword arguments both env classes share and build their batched core."""
-    if render_mode is not None:
-        raise ValueError(f"{owner} renders nothing: render_mode must be None, got {render_mode!r}")
     _check_reward(reward)
     built_task, model, beta_value = build_components(
         task, predictor, checkpoint, task_config, predictor_config, device, beta, task_seed
     )
+    modes = render_modes(built_task)
+    if render_mode is not None and render_mode not in modes:
+        if render_mode == "rgb_array":
+            raise ValueError(
+                f"{owner}: render_mode='rgb_array' needs a task that draws its read-outs "
+                f"(Task.render); task {built_task.name!r} does not, so use 'ansi'"
+            )
+        raise ValueError(
+            f"{owner}: render_mode must be None or one of {', '.join(modes)}; got {render_mode!r}"
+        )
     return BatchedStopEnv(
         model,
         built_task,
@@ -166,6 +187,67 @@ def _to_numpy(x: Tensor) -> np.ndarray:
     return x.detach().cpu().numpy()
 
 
+def _warn_no_render_mode(env: Any) -> None:
+    """Gymnasium's convention for ``render()`` without a render mode: warn, return ``None``."""
+    spec = getattr(env, "spec", None)
+    env_id = spec.id if spec is not None else "l2s/SparseRecovery-v1"
+    logger.warn(
+        "You are calling render method without specifying any render mode. "
+        "You can specify the render_mode at initialization, "
+        f'e.g. gymnasium.make("{env_id}", render_mode="ansi")'
+    )
+
+
+def _features_text(features: np.ndarray, shown: int = 12) -> str:
+    numbers = ", ".join(f"{x:.4g}" for x in features[:shown])
+    if features.size <= shown:
+        return f"features [{numbers}]"
+    return f"features [{numbers}, ...] ({features.size} numbers)"
+
+
+@torch.no_grad()
+def render_lines(
+    env: BatchedStopEnv, obs: np.ndarray, ended: Sequence[bool], policy: StopLogits | None
+) -> list[str]:
+    """One label-free text line per observation row: the layer, the stop probability when a
+    ``policy`` is given (1 at layer ``T``, which always stops), the features."""
+    T, t = env.num_layers, np.rint(obs[:, -1]).astype(int)
+    stop_prob = None
+    if policy is not None:
+        features, layer = split_obs(torch.as_tensor(obs, device=env.device), env.feature_shape)
+        stop_prob = _to_numpy(torch.sigmoid(policy(features, layer)).float())
+    lines = []
+    for i in range(obs.shape[0]):
+        parts = [f"layer {t[i] + 1}/{T}"]
+        if stop_prob is not None:
+            parts.append(f"stop p={1.0 if t[i] == T - 1 else float(stop_prob[i]):.3f}")
+        parts.append(_features_text(obs[i, :-1]))
+        if ended[i]:
+            parts.append("(episode over)")
+        lines.append("  ".join(parts))
+    return lines
+
+
+@torch.no_grad()
+def render_frames(env: BatchedStopEnv, instances: Batch, t: np.ndarray) -> list[np.ndarray]:
+    """Each instance's picture (``Task.render``) after its 0-based layer ``t``.
+
+    The read-outs are recomputed from the inputs: rendering costs up to ``T`` layers per
+    frame, not counted in ``layer_evals``.
+    """
+    predictor, inputs = env.predictor, instances.inputs
+    frames: list[Any] = [None] * len(t)
+    state = predictor.initial_state(inputs)
+    for layer in range(int(t.max()) + 1):
+        state = predictor.layer(layer, state, inputs)
+        rows = np.flatnonzero(t == layer)
+        if rows.size:
+            prediction = predictor.readout(layer, state, inputs)
+            for i in rows:
+                frames[i] = env.task.render(prediction[i], {k: v[i] for k, v in inputs.items()})
+    return frames
+
+
 class StopEnv(gym.Env[np.ndarray, np.int64]):
     """Learning to stop, one instance at a time: walk a frozen predictor's layers, then stop.
 
@@ -178,7 +260,9 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
     RL view of "Learning to Stop While Learning to Predict" (Chen et al., ICML 2020).
 
     ## Action space
-    ``Discrete(2)``: ``0`` continue, ``1`` stop.
+    ``Discrete(2)``: ``0`` continue, ``1`` stop. ``step`` takes a Python or numpy int or
+    bool (``True``: stop), or an array of one of them of shape ``()`` or ``(1,)``; the
+    vector views take ints or bools alike.
 
     ## Observation space
     ``Box((obs_dim,), float32)``: the predictor's policy features after the current layer,
@@ -220,23 +304,37 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
     statistic) at that layer, ``best_layer`` (the oracle's ``argmin_t l_t``, 1-based; known
     only with ``reward="log_oracle"``, else ``-1``), ``layers_computed``.
 
+    ## Rendering
+    ``render_mode="ansi"``: ``render()`` returns one label-free text line for the current
+    observation (after a step that ended the episode: its last one): the layer, the stop
+    probability when a ``policy`` is attached (``policy=`` or the ``policy`` attribute: a
+    function of ``(features, t)`` giving stop logits, e.g. a ``StopPolicy``), and the
+    features. ``render_mode="rgb_array"``, offered when the task draws its read-outs
+    (``Task.render``; sparse recovery: a stem plot of the estimate, denoising: the noisy
+    input and the current image): an ``(H, W, 3)`` uint8 frame of the current read-out,
+    recomputed from the instance's inputs (not counted in ``layer_evals``).
+    ``metadata["render_modes"]`` lists the modes of this env's task. Without a render mode,
+    ``render()`` warns and returns ``None``, as Gymnasium's own envs do.
+
     ## Arguments (all through ``gymnasium.make``)
     ``task`` (bound by the registered id; or a ``Task`` instance), ``predictor`` (a
     ``LayeredPredictor``) or ``checkpoint`` (a predictor ``best.pt`` written by ``l2s``),
     ``task_config`` and ``predictor_config`` (dicts of config parameters when the env builds
     them), ``reward``, ``beta`` (default: the checkpoint's, else 0.1), ``cost``,
-    ``device`` (``"auto"``: CUDA when present), ``seed``, ``task_seed``.
+    ``device`` (``"auto"``: CUDA when present), ``seed``, ``task_seed``, ``render_mode``,
+    ``policy`` (for ``ansi`` rendering only; it never acts).
     See ``build_components`` for how they combine.
 
     ## Version history
     - v1: continuing into layer ``T`` ends the episode in that step (v0 asked one more
       decision at layer ``T`` and ignored it); ``cost=lambda``, a price per layer in units
       of the loss (with the predictor's relative layer costs), replaces ``layer_cost``;
-      ``num_layers = 1`` is refused.
+      ``num_layers = 1`` is refused; ``render_mode`` ``"ansi"`` and ``"rgb_array"``; bool
+      actions.
     - v0: first version.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": ["ansi", "rgb_array"], "render_fps": RENDER_FPS}
 
     def __init__(
         self,
@@ -252,6 +350,7 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
         seed: int = 0,
         task_seed: int = 0,
         render_mode: str | None = None,
+        policy: StopLogits | None = None,
     ) -> None:
         self.batched = _batched_env(
             "StopEnv",
@@ -274,12 +373,17 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
             self.batched.predictor,
             self.batched.beta,
         )
-        self.render_mode = None
+        self.metadata = {**type(self).metadata, "render_modes": render_modes(self.task)}
+        self.render_mode = render_mode
+        self.policy = policy
+        """Stop logits of ``(features, t)`` shown by ``ansi`` rendering (never acts)."""
         self.observation_space = _obs_space(self.batched.obs_dim, self.batched.num_layers)
         self.action_space = spaces.Discrete(2)
         self._episode_over = True
         self._next_obs: np.ndarray | None = None  # the fresh instance after an autoreset
         self._next_info: dict[str, Any] = {}
+        # What render() shows: the last observation returned, its instance, episode over.
+        self._shown: tuple[np.ndarray, Batch, bool] | None = None
 
     @staticmethod
     def _info(info: dict[str, Tensor]) -> dict[str, Any]:
@@ -303,6 +407,7 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
             info = self._info(self.batched.current_info())
         self._next_obs = None
         self._episode_over = False
+        self._shown = (obs, self.batched.instances, False)
         return obs, info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -312,19 +417,14 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
                 "call reset() first"
             )
         a = np.asarray(action)
-        if (
-            a.shape not in ((), (1,))
-            or not np.issubdtype(a.dtype, np.integer)
-            or int(a)
-            not in (
-                0,
-                1,
-            )
-        ):
+        integral = np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_
+        if a.shape not in ((), (1,)) or not integral or int(a.reshape(())) not in (0, 1):
             raise ValueError(
-                f"action must be 0 (continue) or 1 (stop), a Python or numpy int; got {action!r}"
+                "action must be 0 (continue) or 1 (stop): a Python or numpy int or bool "
+                f"(True: stop), or an array of shape () or (1,) of one; got {action!r}"
             )
-        actions = torch.tensor([int(a)], dtype=torch.bool, device=self.batched.device)
+        actions = torch.tensor([bool(a.reshape(()))], device=self.batched.device)
+        episode = self.batched.instances
         obs, reward, done, info = self.batched.step(actions)
         terminated = bool(done[0])
         out_info = self._info(info)
@@ -333,9 +433,24 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
             self._next_obs = _to_numpy(obs[0])
             self._next_info = self._info(self.batched.current_info())
             obs_out = _to_numpy(info["terminal_obs"][0])
+            self._shown = (obs_out, episode, True)
         else:
             obs_out = _to_numpy(obs[0])
+            self._shown = (obs_out, self.batched.instances, False)
         return obs_out, float(reward[0]), terminated, False, out_info
+
+    def render(self) -> str | np.ndarray | None:
+        """The current observation as text (``ansi``) or a picture (``rgb_array``); see the
+        class docstring. Without a render mode: a warning and ``None``."""
+        if self.render_mode is None:
+            _warn_no_render_mode(self)
+            return None
+        if self._shown is None:
+            raise RuntimeError("StopEnv.render called before the first reset()")
+        obs, instance, ended = self._shown
+        if self.render_mode == "ansi":
+            return render_lines(self.batched, obs[None], [ended], self.policy)[0]
+        return render_frames(self.batched, instance, np.rint(obs[None, -1]).astype(int))[0]
 
     @property
     def layer_evals(self) -> int:
@@ -349,7 +464,7 @@ class StopVectorEnv(VectorEnv):
     The native vector twin of ``StopEnv`` (as ``CartPoleVectorEnv`` is of ``CartPoleEnv``):
     one batched layer step per env step over a ``BatchedStopEnv``, numpy only at the
     boundary. Spaces, rewards and episode end are those of ``StopEnv``; actions are an
-    int array ``(num_envs,)`` of 0/1 (``MultiDiscrete``).
+    int array ``(num_envs,)`` of 0/1 (``MultiDiscrete``), or bools (``True``: stop).
 
     Autoreset: ``AutoresetMode.SAME_STEP`` (in ``metadata``). A row that ends returns the
     first observation of its next episode; as Gymnasium 1.x's same-step vector envs do,
@@ -361,13 +476,20 @@ class StopVectorEnv(VectorEnv):
 
     Arguments: those of ``StopEnv`` plus ``num_envs``. ``reset(seed=s)`` restarts the
     instance stream: row ``i``'s first episode is then the single env's ``i``-th episode.
+    ``render()`` gives ``StopEnv``'s text line (``ansi``) or picture (``rgb_array``) of each
+    row's current observation, as a tuple (a row that just ended shows its next episode).
 
     ## Version history
-    - v1: as ``StopEnv``'s v1 (episodes end on arriving at layer ``T``; ``cost``).
+    - v1: as ``StopEnv``'s v1 (episodes end on arriving at layer ``T``; ``cost``;
+      ``render_mode``).
     - v0: first version.
     """
 
-    metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
+    metadata: dict[str, Any] = {
+        "render_modes": ["ansi", "rgb_array"],
+        "render_fps": RENDER_FPS,
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+    }
 
     def __init__(
         self,
@@ -384,6 +506,7 @@ class StopVectorEnv(VectorEnv):
         seed: int = 0,
         task_seed: int = 0,
         render_mode: str | None = None,
+        policy: StopLogits | None = None,
     ) -> None:
         self.batched = _batched_env(
             "StopVectorEnv",
@@ -407,7 +530,11 @@ class StopVectorEnv(VectorEnv):
             self.batched.beta,
         )
         self.num_envs = num_envs
-        self.render_mode = None
+        self.metadata = {**type(self).metadata, "render_modes": render_modes(self.task)}
+        self.render_mode = render_mode
+        self.policy = policy
+        """Stop logits of ``(features, t)`` shown by ``ansi`` rendering (never acts)."""
+        self._obs: np.ndarray | None = None
         self.single_observation_space = _obs_space(self.batched.obs_dim, self.batched.num_layers)
         self.single_action_space = spaces.Discrete(2)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -431,8 +558,8 @@ class StopVectorEnv(VectorEnv):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        obs = self.batched.reset(seed=seed)
-        return _to_numpy(obs), self._infos(self.batched.current_info())
+        self._obs = _to_numpy(self.batched.reset(seed=seed))
+        return self._obs, self._infos(self.batched.current_info())
 
     def step(
         self, actions: Any
@@ -444,6 +571,7 @@ class StopVectorEnv(VectorEnv):
             torch.from_numpy(a.astype(np.int64, copy=False))
         )
         obs_np, done_np = _to_numpy(obs), _to_numpy(done)
+        self._obs = obs_np
         infos = self._infos(info)
         if done_np.any():
             final_obs = np.full(self.num_envs, None, dtype=object)
@@ -466,10 +594,33 @@ class StopVectorEnv(VectorEnv):
             infos,
         )
 
+    def render(self) -> tuple[Any, ...] | None:
+        """Each row's current observation as text or picture (see ``StopEnv``), as a tuple."""
+        if self.render_mode is None:
+            _warn_no_render_mode(self)
+            return None
+        if self._obs is None:
+            raise RuntimeError("StopVectorEnv.render called before the first reset()")
+        if self.render_mode == "ansi":
+            ended = [False] * self.num_envs
+            return tuple(render_lines(self.batched, self._obs, ended, self.policy))
+        t = np.rint(self._obs[:, -1]).astype(int)
+        return tuple(render_frames(self.batched, self.batched.instances, t))
+
     @property
     def layer_evals(self) -> int:
         """Layer computations so far (see ``BatchedStopEnv.layer_evals``)."""
         return self.batched.layer_evals
 
 
-__all__ = ["DEFAULT_BETA", "StopEnv", "StopVectorEnv", "build_components"]
+__all__ = [
+    "DEFAULT_BETA",
+    "RENDER_FPS",
+    "StopEnv",
+    "StopLogits",
+    "StopVectorEnv",
+    "build_components",
+    "render_frames",
+    "render_lines",
+    "render_modes",
+]

@@ -267,3 +267,12 @@ class DenoisingTask(Task):
     def metric_stat(self, prediction: Tensor, targets: Tensor) -> Tensor:
         mse = (prediction - targets).pow(2).flatten(1).mean(1)
         return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+    def render(self, prediction: Tensor, inputs: dict[str, Tensor]) -> np.ndarray:
+        """The noisy input (left) and the current estimate (right), grey, 4x enlarged."""
+        pair = [inputs["noisy"][0], prediction[0]]
+        grey = [np.clip(im.detach().float().cpu().numpy(), 0.0, 1.0) for im in pair]
+        gap = np.ones((grey[0].shape[0], 2))
+        picture = np.concatenate([grey[0], gap, grey[1]], axis=1)
+        picture = np.kron(picture, np.ones((4, 4)))
+        return np.repeat(np.rint(255 * picture).astype(np.uint8)[:, :, None], 3, axis=2)

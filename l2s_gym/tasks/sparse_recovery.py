@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -56,6 +57,23 @@ def make_matrix(m: int, n: int, condition_number: float, generator: torch.Genera
         s = torch.logspace(0, -math.log10(condition_number), k, device=a.device)
         a = u @ torch.diag(s) @ vh
     return a / a.norm(dim=0, keepdim=True)
+
+
+def stem_image(values: np.ndarray, height: int = 121, min_width: int = 256) -> np.ndarray:
+    """``(height, W, 3)`` uint8 stem plot of a vector, each entry ``W // len(values)`` wide."""
+    n = len(values)
+    width = max(1, -(-min_width // n))  # pixels per entry
+    scale = float(np.abs(values).max()) or 1.0
+    half = height // 2
+    reach = np.rint(np.clip(values / scale, -1, 1) * half).astype(int)
+    rows = np.arange(height)[:, None]  # row 0 at the top; the axis at row ``half``
+    up = (rows < half) & (rows >= half - reach[None, :])
+    down = (rows > half) & (rows <= half - reach[None, :])
+    bars = np.repeat(up | down, width, axis=1)
+    image = np.full((height, n * width, 3), 255, dtype=np.uint8)
+    image[half] = 160
+    image[bars] = (31, 119, 180)
+    return image
 
 
 @register_task("sparse_recovery", SparseRecoveryConfig)
@@ -125,3 +143,8 @@ class SparseRecoveryTask(Task):
     def fixed_data(self) -> dict[str, Tensor]:
         """The sensing matrix: a LISTA trained on one ``A`` is wrong for another."""
         return {"A": self.A}
+
+    def render(self, prediction: Tensor, inputs: dict[str, Tensor]) -> np.ndarray:
+        """A stem plot of the current estimate ``x_t``: one bar per entry, up or down from the
+        middle line, scaled by its largest magnitude (blue bars on white, grey axis)."""
+        return stem_image(prediction.detach().float().cpu().numpy())
