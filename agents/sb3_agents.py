@@ -9,23 +9,29 @@ a StopPolicy, and ``copy_actor_to_stop_policy`` writes its weights into one: tha
 StopPolicy is what is validated, checkpointed (``best.pt`` loads with ``make_policy``, as
 every learner's does) and returned. ``SB3StopModel`` reads the same logits straight from
 SB3's action distribution. The head's bias starts at stop-logit ``-1``, as the
-StopPolicy's does.
+StopPolicy's does. ``policy_kwargs`` belong to the learner, never to the config.
 
-The objective and its SB3 knobs (``cfg.rl``): rewards from the env (``reward``,
-``layer_cost``, scale ``1 / beta``), ``gamma``, ``ent_coef = entropy_coef`` with advantages
-left unnormalised, so that the entropy bonus weighs the same against the rewards as in
-REINFORCE. SB3's bonus is the usual per-step one: it rewards the entropy of each decision
-taken, not the entropy of the decisions the current one makes reachable (REINFORCE keeps
-that term, see ``l2s_gym.agents.reinforce``); the two agree on the optimum's form only
-approximately. PPO: ``ppo_lr``, ``n_steps = rollout_steps``, ``ppo_epochs``,
-``ppo_minibatch``; A2C: ``a2c_lr``, ``n_steps = a2c_steps``. The rest are SB3's defaults.
-The reward temperature follows ``rl.beta_anneal_from`` / ``anneal_fraction``, set before
-each rollout (``l2s_gym.learner.anneal_env_beta``; ``charts/target_beta``).
+Hyper-parameters: the config blocks ``rl.ppo`` and ``rl.a2c`` hold PPO's and A2C's
+constructor arguments, as rl-zoo3's hyper-parameter files write them (merged with
+``configs/hyperparams/<algorithm>.yml`` and the library's defaults by the config loader;
+see ``l2s_gym.config.RLConfig``). ``lin_<value>`` (for ``learning_rate``, ``clip_range``,
+``clip_range_vf``) falls linearly from ``value`` to 0 as the layer budget is spent.
+PPO's ``batch_size`` is capped at ``n_steps * num_envs``. The library's defaults
+(``l2s_gym.config.SB3_DEFAULTS``): ``gamma`` 1 and ``ent_coef`` 1 with advantages left
+unnormalised, so that the entropy bonus weighs against the rewards (losses in units of
+``beta``) as in the paper's objective and in REINFORCE. SB3's bonus is the usual per-step
+one: it rewards the entropy of each decision taken, not the entropy of the decisions the
+current one makes reachable (REINFORCE keeps that term, see ``l2s_gym.agents.reinforce``);
+the two agree on the optimum's form only approximately. The env asks no decision at the
+last layer, so no entropy or gradient is spent on a decision without effect.
 
-Training stops once the env has computed ``cfg.rl.layer_budget`` layers (``env.layer_evals``,
-not SB3's timestep count): the rollout that crosses the budget is still learned from.
-``ValidationCallback`` runs the shared ``Validator`` every ``val_every`` rollouts and at
-the end; the best checkpoint (of the StopPolicy copy) is restored and returned.
+Training is a ``CallbackList`` of small callbacks (``l2s_gym.agents.sb3_callbacks``): the
+shared ``Validator`` every ``rl.val_every`` rollouts and at the end, a stop once the env
+has computed ``cfg.rl.layer_budget`` layers (``env.layer_evals``, not SB3's timestep count;
+the rollout that crosses the budget is still learned from), the reward temperature of
+``rl.beta_anneal_from`` / ``anneal_fraction`` before each rollout
+(``l2s_gym.learner.anneal_env_beta``; ``charts/target_beta``), and a progress bar over
+layer evaluations. The best checkpoint (of the StopPolicy copy) is restored and returned.
 TensorBoard: SB3's own tags (``train/...``, ``rollout/ep_rew_mean``, x axis: timesteps)
 and the shared validation tags (x axis: updates) land in the same run folder.
 
@@ -38,17 +44,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from l2s_gym.build import make_policy
+from l2s_gym.config import SB3_SCHEDULES, sb3_arguments
 from l2s_gym.envs.batched import make_obs, split_obs
-from l2s_gym.learner import (
-    LearnerContext,
-    LearnerResult,
-    Validator,
-    anneal_env_beta,
-    make_rl_env,
-)
+from l2s_gym.learner import LearnerContext, LearnerResult, Validator, make_rl_env
 from l2s_gym.policy import StopPolicy, position_encoding
 from l2s_gym.registry import register_learner
 
@@ -140,6 +140,36 @@ def copy_actor_to_stop_policy(sb3_policy: nn.Module, stop_policy: StopPolicy) ->
     return stop_policy
 
 
+class LayerBudgetSchedule:
+    """rl-zoo3's ``lin_<value>`` over the layer budget: ``value * (1 - layer_evals / budget)``.
+
+    SB3 passes its own progress (in timesteps, which do not bind here); this schedule reads
+    the env's layer evaluations instead, so that it reaches 0 where training stops.
+    """
+
+    def __init__(self, initial: float, venv: Any, budget: int) -> None:
+        self.initial = initial
+        self.venv = venv
+        self.budget = budget
+
+    def __call__(self, progress_remaining: float) -> float:
+        return self.initial * max(0.0, 1.0 - self.venv.layer_evals / self.budget)
+
+
+def sb3_kwargs(algorithm: Algorithm, ctx: LearnerContext, venv: Any) -> dict[str, Any]:
+    """The config block ``rl.<algorithm>`` as SB3 keyword arguments (schedules built, the
+    minibatch capped at the rollout's size)."""
+    rl = ctx.cfg.rl
+    kwargs = sb3_arguments(algorithm, getattr(rl, algorithm))
+    for key in SB3_SCHEDULES:
+        value = kwargs.get(key)
+        if isinstance(value, str) and value.startswith("lin_"):
+            kwargs[key] = LayerBudgetSchedule(float(value[len("lin_") :]), venv, rl.layer_budget)
+    if algorithm == "ppo":
+        kwargs["batch_size"] = min(kwargs["batch_size"], kwargs["n_steps"] * venv.num_envs)
+    return kwargs
+
+
 def make_model(
     algorithm: Algorithm, ctx: LearnerContext, venv: Any, seed: int
 ) -> OnPolicyAlgorithm:
@@ -147,7 +177,7 @@ def make_model(
     from stable_baselines3 import A2C, PPO
 
     cfg, predictor = ctx.cfg, ctx.predictor
-    rl, width = cfg.rl, [cfg.policy.hidden] * cfg.policy.depth
+    width = [cfg.policy.hidden] * cfg.policy.depth
     policy_kwargs = {
         "features_extractor_class": stop_features_extractor_class(),
         "features_extractor_kwargs": {
@@ -159,93 +189,38 @@ def make_model(
         "net_arch": {"pi": width, "vf": width},
         "activation_fn": nn.Tanh,
     }
-    common: dict[str, Any] = {
-        "gamma": rl.gamma,
-        "ent_coef": rl.entropy_coef,
-        "normalize_advantage": False,
-        "policy_kwargs": policy_kwargs,
-        "device": predictor.device,
-        "seed": seed,
-        "verbose": 0,
-    }
-    if algorithm == "ppo":
-        model = PPO(
-            "MlpPolicy",
-            venv,
-            n_steps=rl.rollout_steps,
-            batch_size=min(rl.ppo_minibatch, rl.rollout_steps * venv.num_envs),
-            n_epochs=rl.ppo_epochs,
-            learning_rate=rl.ppo_lr,
-            **common,
-        )
-    else:
-        model = A2C("MlpPolicy", venv, n_steps=rl.a2c_steps, learning_rate=rl.a2c_lr, **common)
+    cls = PPO if algorithm == "ppo" else A2C
+    model = cls(
+        "MlpPolicy",
+        venv,
+        policy_kwargs=policy_kwargs,
+        device=predictor.device,
+        seed=seed,
+        verbose=0,
+        **sb3_kwargs(algorithm, ctx, venv),
+    )
     with torch.no_grad():
         # Start patient, as the StopPolicy does: stop logit -1 everywhere.
         model.policy.action_net.bias.copy_(torch.tensor([0.0, -1.0]))
     return model
 
 
-def validation_callback(
-    validator: Validator,
-    venv: Any,
-    sb3_policy: nn.Module,
-    stop_policy: StopPolicy,
-    budget: int,
-    val_every: int,
-    bar: Any,
-) -> Any:
-    """An SB3 callback: shared validation every ``val_every`` rollouts; stop at ``budget``.
-
-    Each validation first copies the actor into ``stop_policy`` (the Validator's module).
-    """
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    class ValidationCallback(BaseCallback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.updates = 0
-            self.budget_spent = False
-            self.last_evals = 0
-            self.validated_at = -1
-
-        def _on_rollout_start(self) -> None:
-            # The previous rollout's update has been applied by now.
-            if self.updates and self.updates % val_every == 0:
-                self.validate()
-            beta = anneal_env_beta(validator.ctx, venv.env)
-            validator.writer.add_scalar("charts/target_beta", beta, self.updates + 1)
-
-        def _on_step(self) -> bool:
-            evals = venv.layer_evals
-            bar.update(evals - self.last_evals)
-            self.last_evals = evals
-            return not self.budget_spent
-
-        def _on_rollout_end(self) -> None:
-            self.updates += 1  # SB3 trains on this rollout right after
-            self.budget_spent = venv.layer_evals >= budget
-
-        def validate(self) -> None:
-            if self.validated_at == self.updates:
-                return
-            self.validated_at = self.updates
-            copy_actor_to_stop_policy(sb3_policy, stop_policy)
-            metric = validator(stop_policy, self.updates, venv.layer_evals)
-            bar.set_postfix(val=f"{metric:.4g}", best=f"{validator.best_metric:.4g}")
-
-    return ValidationCallback()
-
-
 def train_sb3(ctx: LearnerContext, algorithm: Algorithm) -> LearnerResult:
     """Train PPO or A2C on a ``StopVecEnv`` over the frozen ``ctx.predictor``."""
+    from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.logger import configure
 
+    from l2s_gym.agents.sb3_callbacks import (
+        LayerBudgetCallback,
+        LayerProgressBarCallback,
+        TemperatureScheduleCallback,
+        ValidationCallback,
+    )
     from l2s_gym.envs.sb3_vec import StopVecEnv
 
     cfg, task, predictor = ctx.cfg, ctx.task, ctx.predictor
     rl = cfg.rl
-    label = "PPO" if algorithm == "ppo" else "A2C"
+    budget = rl.layer_budget
     offset = 50_000 if algorithm == "ppo" else 60_000
     env = make_rl_env(ctx, stream=offset)
     venv = StopVecEnv(env)
@@ -255,28 +230,29 @@ def train_sb3(ctx: LearnerContext, algorithm: Algorithm) -> LearnerResult:
     stop_policy = make_policy(cfg, predictor)
     validator = Validator(ctx, stop_policy, algorithm)
     model.set_logger(configure(str(ctx.run_dir / "tb"), ["tensorboard"]))
-    bar = tqdm(
-        total=rl.layer_budget,
-        desc=label,
-        unit="layer",
-        unit_scale=True,
-        disable=not ctx.progress,
-        leave=False,
-        dynamic_ncols=True,
+    validation = ValidationCallback(
+        validator,
+        lambda sb3_policy: copy_actor_to_stop_policy(sb3_policy, stop_policy),
+        venv,
+        rl.val_every,
     )
-    callback = validation_callback(
-        validator, venv, model.policy, stop_policy, rl.layer_budget, rl.val_every, bar
+    callbacks = CallbackList(
+        [
+            validation,
+            TemperatureScheduleCallback(ctx, venv, validator),
+            LayerBudgetCallback(venv, budget),
+            LayerProgressBarCallback(
+                venv, budget, algorithm.upper(), validator, disable=not ctx.progress
+            ),
+        ]
     )
-    callback.validate()
-    # Timesteps never bind: the callback stops at the layer budget (each step costs >= 1 layer).
-    model.learn(total_timesteps=rl.layer_budget + 1, callback=callback)
-    callback.validate()
-    bar.close()
+    # Timesteps never bind: the budget callback stops first (each step costs >= 1 layer).
+    model.learn(total_timesteps=budget + 1, callback=callbacks)
     model.logger.close()
     return validator.finish(
         stop_policy,
         env.layer_evals,
-        updates=callback.updates,
+        updates=validation.updates,
         episodes=env.episodes_done,
         timesteps=model.num_timesteps,
     )

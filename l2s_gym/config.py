@@ -108,9 +108,64 @@ class ImitationConfig:
         _check_anneal(self, path)
 
 
+SB3_ALGORITHMS = {"ppo": "PPO", "a2c": "A2C"}
+"""The stable-baselines3 learners: config block name -> SB3 class name."""
+
+SB3_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ppo": {
+        "learning_rate": 3e-3,
+        "n_steps": 64,
+        "batch_size": 4096,
+        "n_epochs": 4,
+        "gamma": 1.0,
+        "ent_coef": 1.0,
+        "normalize_advantage": False,
+    },
+    "a2c": {
+        "learning_rate": 1e-3,
+        "n_steps": 8,
+        "gamma": 1.0,
+        "ent_coef": 1.0,
+        "normalize_advantage": False,
+    },
+}
+"""The library's defaults for PPO's and A2C's constructor arguments; SB3's own defaults for
+the rest. ``gamma`` 1 is the paper's undiscounted objective (episodes last at most ``T``
+steps); ``ent_coef`` 1 with unnormalised advantages weighs the entropy bonus against the
+rewards (losses in units of ``beta``) as the max-entropy objective does."""
+
+SB3_OWNED = {
+    "policy": "the learner's MlpPolicy",
+    "env": "the learner's StopVecEnv",
+    "policy_kwargs": "the StopPolicy-shaped actor; size it with policy.hidden and policy.depth",
+    "device": "the predictor's device",
+    "seed": "derived from the run's seed",
+    "verbose": "the learner's progress bar and TensorBoard",
+    "tensorboard_log": "the learner's run folder",
+    "_init_setup_model": "always true",
+}
+"""SB3 constructor arguments the learner sets; a config block may not."""
+
+SB3_SCHEDULES = ("learning_rate", "clip_range", "clip_range_vf")
+"""Arguments that take rl-zoo3's ``lin_<value>``: from ``value`` linearly down to 0 over the
+layer budget."""
+
+REINFORCE_KEYS = ("lr", "rollout_steps", "entropy_coef", "gamma")
+"""The ``rl`` keys only REINFORCE reads: what ``hyperparams/reinforce.yml`` may set."""
+
+
 @dataclass
 class RLConfig:
-    """Policy-gradient baselines trained on the environment (same objective, sampled)."""
+    """Policy-gradient baselines trained on the environment (same objective, sampled).
+
+    REINFORCE reads the flat keys; PPO and A2C read their own blocks ``ppo`` and ``a2c``,
+    mappings of their stable-baselines3 constructor arguments as rl-zoo3's hyper-parameter
+    files write them (``learning_rate: lin_3e-3``, ``n_steps``, ``gae_lambda``, ...).
+    Per task, ``configs/hyperparams/<algorithm>.yml`` (``ppo``, ``a2c``, ``reinforce``)
+    holds tuned values; a value comes from, lowest first: the library's defaults
+    (``SB3_DEFAULTS``, the dataclass defaults), the file's entry for the task, the
+    experiment config, ``--set``. ``l2s_gym.config.with_hyperparams`` merges them.
+    """
 
     reward: Literal["terminal_loss", "log_oracle", "improvement"] = "log_oracle"
     layer_cost: float = 0.0
@@ -121,25 +176,22 @@ class RLConfig:
     """Layer evaluations each RL agent may consume in training."""
     lr: float = 3e-3
     """REINFORCE's Adam learning rate."""
-    ppo_lr: float = 3e-3
-    """PPO's Adam learning rate."""
-    a2c_lr: float = 1e-3
-    """A2C's RMSprop learning rate."""
     val_every: int = 20
     """Validate every this many updates."""
     entropy_coef: float = 1.0
     """Coefficient ``c`` of REINFORCE's entropy bonus ``c * H(q)``; the rewards are in units of
     ``1 / beta``, so 1.0 is the paper's objective ``E_q[l_t] - beta H(q)``."""
     gamma: float = 1.0
-    """Discount per layer (1.0: the paper's undiscounted objective; episodes last <= T)."""
+    """REINFORCE's discount per layer (1.0: the paper's undiscounted objective)."""
     rollout_steps: int = 64
-    """Env steps per instance between updates: REINFORCE's window, PPO's ``n_steps``."""
-    a2c_steps: int = 8
-    """A2C's ``n_steps``: env steps per instance between updates (it bootstraps)."""
-    ppo_epochs: int = 4
-    """PPO's passes over each rollout."""
-    ppo_minibatch: int = 4096
-    """PPO's minibatch size (decisions per gradient step)."""
+    """REINFORCE's window: episodes starting in its first this many env steps are used."""
+    ppo: Any = field(default_factory=dict)
+    """PPO's constructor arguments (``stable_baselines3.PPO``), a mapping: e.g.
+    ``{learning_rate: lin_3e-3, n_steps: 64, batch_size: 4096, n_epochs: 4, gae_lambda:
+    0.95, clip_range: 0.2}``. Keys are checked against PPO's signature; ``batch_size`` is
+    capped at ``n_steps * num_envs``. Missing keys: ``SB3_DEFAULTS``, then SB3's."""
+    a2c: Any = field(default_factory=dict)
+    """A2C's constructor arguments (``stable_baselines3.A2C``), as ``ppo``."""
     beta_anneal_from: float = 1.0
     """Continuation, as ``imitation.beta_anneal_from``: the env's reward temperature starts
     at this multiple of beta and falls geometrically to beta over the first
@@ -147,24 +199,145 @@ class RLConfig:
     anneal_fraction: float = 0.5
 
     def validate(self, path: str) -> None:
-        _positive(
-            self,
-            path,
-            "num_envs",
-            "layer_budget",
-            "lr",
-            "ppo_lr",
-            "a2c_lr",
-            "val_every",
-            "rollout_steps",
-            "a2c_steps",
-            "ppo_epochs",
-            "ppo_minibatch",
-        )
+        _positive(self, path, "num_envs", "layer_budget", "lr", "val_every", "rollout_steps")
         _non_negative(self, path, "layer_cost", "entropy_coef")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"{path}.gamma: must be in (0, 1], got {self.gamma!r}")
         _check_anneal(self, path)
+        for algorithm in SB3_ALGORITHMS:
+            block = check_sb3_arguments(algorithm, getattr(self, algorithm), f"{path}.{algorithm}")
+            setattr(self, algorithm, sb3_arguments(algorithm, block))
+
+
+def sb3_signature(algorithm: str) -> dict[str, Any]:
+    """The constructor arguments of SB3's ``algorithm`` a config may set, with SB3's defaults."""
+    import inspect
+
+    import stable_baselines3
+
+    cls = getattr(stable_baselines3, SB3_ALGORITHMS[algorithm])
+    return {
+        name: param.default
+        for name, param in inspect.signature(cls.__init__).parameters.items()
+        if name != "self" and name not in SB3_OWNED
+    }
+
+
+def sb3_arguments(algorithm: str, block: dict[str, Any]) -> dict[str, Any]:
+    """``block`` over the library's defaults: the arguments the learner passes to SB3."""
+    return {**SB3_DEFAULTS[algorithm], **block}
+
+
+def _finite(value: Any, where: str) -> float:
+    """A finite float from a number or a string ``float()`` reads (YAML leaves ``3e-4`` a string)."""
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return number
+
+
+def _sb3_value(value: Any, default: Any, key: str, where: str) -> Any:
+    if key in SB3_SCHEDULES and isinstance(value, str) and value.startswith("lin_"):
+        _finite(value[len("lin_") :], where)
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise ConfigError(f"{where}: expected an int, got {value!r}")
+        return int(value)
+    if isinstance(default, float) or key in ("clip_range_vf", "target_kl"):
+        if value is None and default is None:
+            return None
+        return _finite(value, where)
+    return value
+
+
+def check_sb3_arguments(algorithm: str, block: Any, path: str) -> dict[str, Any]:
+    """Validate a mapping of SB3 ``algorithm``'s constructor arguments; returns it normalised.
+
+    Unknown names (with a did-you-mean), arguments the learner owns and values of the wrong
+    type raise ``ConfigError`` naming ``path.<key>``.
+    """
+    name = SB3_ALGORITHMS[algorithm]
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: expected a mapping of {name}'s arguments, got {block!r}")
+    if not block:
+        return {}
+    signature = sb3_signature(algorithm)
+    out = {}
+    for key, value in block.items():
+        where = f"{path}.{key}"
+        if key in SB3_OWNED:
+            raise ConfigError(f"{where}: set by the learner ({SB3_OWNED[key]})")
+        if key not in signature:
+            raise ConfigError(
+                f"{where}: not an argument of stable_baselines3.{name}"
+                f"{_suggest(str(key), list(signature))}"
+            )
+        out[key] = _sb3_value(value, signature[key], key, where)
+    return out
+
+
+def hyperparams_path(algorithm: str) -> Path | None:
+    """``configs/hyperparams/<algorithm>.yml`` (next to the bundled configs), if present."""
+    here = Path(__file__).resolve().parent
+    for folder in (here.parent / "configs", here / "configs"):
+        path = folder / "hyperparams" / f"{algorithm}.yml"
+        if path.is_file():
+            return path
+    return None
+
+
+def hyperparams_entry(algorithm: str, task: str) -> dict[str, Any]:
+    """The entry for ``task`` in ``hyperparams/<algorithm>.yml`` (empty if none), validated."""
+    path = hyperparams_path(algorithm)
+    if path is None:
+        return {}
+    where = f"hyperparams/{algorithm}.yml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({exc.__class__.__name__})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of task names")
+    entry = data.get(task) or {}
+    if algorithm in SB3_ALGORITHMS:
+        return check_sb3_arguments(algorithm, entry, f"{where}: {task}")
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: {task}: expected a mapping, got {entry!r}")
+    for key in entry:
+        if key not in REINFORCE_KEYS:
+            raise ConfigError(
+                f"{where}: {task}.{key}: not a REINFORCE key (one of {', '.join(REINFORCE_KEYS)})"
+                f"{_suggest(str(key), list(REINFORCE_KEYS))}"
+            )
+    return dict(entry)
+
+
+def with_hyperparams(task: str, rl: Any) -> Any:
+    """The raw ``rl`` mapping over the hyper-parameter files' entries for ``task``.
+
+    REINFORCE's flat keys and each SB3 block take the file's value where the config sets
+    none; the library's defaults fill the rest when the section is built.
+    """
+    if rl is None:
+        rl = {}
+    if not isinstance(rl, dict):
+        return rl  # build_dataclass reports it
+    merged = {**hyperparams_entry("reinforce", task), **rl}
+    for algorithm in SB3_ALGORITHMS:
+        block = rl.get(algorithm)
+        if block is None or isinstance(block, dict):
+            merged[algorithm] = {**hyperparams_entry(algorithm, task), **(block or {})}
+    return merged
 
 
 @dataclass
@@ -485,6 +658,7 @@ def from_dict(data: Any) -> ExperimentConfig:
             f"predictor.name: {predictor.name!r} works on task {pred_entry.task!r}, "
             f"not {task.name!r}"
         )
+    data["rl"] = with_hyperparams(task.name, data.get("rl"))
     cfg = build_dataclass(ExperimentConfig, data, "")
     cfg.task = task
     cfg.predictor = predictor

@@ -195,7 +195,13 @@ def test_compare_runs_every_learner(tmp_path) -> None:  # noqa: ANN001
     """All five learners, RL included, on the tiny config (deselected by default)."""
     cfg = _config()
     cfg["compare"]["learners"] = ["reverse_kl", "forward_kl", "reinforce", "ppo", "a2c"]
-    cfg["rl"] = {"num_envs": 32, "layer_budget": 4000, "rollout_steps": 8, "val_every": 2}
+    cfg["rl"] = {
+        "num_envs": 32,
+        "layer_budget": 4000,
+        "rollout_steps": 8,
+        "ppo": {"n_steps": 8},
+        "val_every": 2,
+    }
     exp = run_compare(from_dict(cfg), tmp_path, progress=False, log=lambda *a: None)
     rows = json.loads((exp / "results.json").read_text())["rows"]
     learners = {r.get("learner") for r in rows if r["kind"] == "learner"}

@@ -34,7 +34,7 @@ task: {name: toy, num_layers: 6, val_size: 256, test_size: 256}
 predictor: {name: toy_counter, num_layers: 6}
 policy: {hidden: 32, depth: 2}
 rl: {num_envs: 64, layer_budget: 30000, lr: 0.01, val_every: 10, reward: terminal_loss,
-     rollout_steps: 16, a2c_steps: 8, ppo_minibatch: 512}
+     rollout_steps: 16, ppo: {n_steps: 16, batch_size: 512}, a2c: {n_steps: 8}}
 """
 
 
@@ -108,6 +108,42 @@ def test_stop_policy_copy_has_the_sb3_actor_logits(tmp_path: Path) -> None:
     features = ctx.val_trace.features[:50]
     expected = SB3StopModel(model.policy).trace_logits(features)
     torch.testing.assert_close(policy.trace_logits(features), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sb3_model_takes_the_config_block(tmp_path: Path) -> None:
+    from l2s_gym.agents.sb3_agents import make_model
+    from l2s_gym.envs.sb3_vec import StopVecEnv
+
+    block = {
+        "n_steps": 4,
+        "batch_size": 10_000,
+        "n_epochs": 2,
+        "gae_lambda": 0.9,
+        "clip_range": "lin_0.2",
+        "learning_rate": "lin_1e-3",
+        "max_grad_norm": 0.7,
+    }
+    ctx = toy_context(tmp_path, ppo=block)
+    venv = StopVecEnv(BatchedStopEnv(ctx.predictor, ctx.task, 8, beta=ctx.cfg.beta))
+    model = make_model("ppo", ctx, venv, seed=0)
+    assert (model.n_steps, model.n_epochs, model.gae_lambda, model.max_grad_norm) == (
+        4,
+        2,
+        0.9,
+        0.7,
+    )
+    assert model.batch_size == 4 * 8  # capped at one rollout
+    assert (model.gamma, model.ent_coef, model.normalize_advantage) == (1.0, 1.0, False)
+    # lin_ schedules fall with the layer budget spent, not with SB3's timesteps.
+    assert model.clip_range(1.0) == pytest.approx(0.2)
+    assert model.lr_schedule(1.0) == pytest.approx(1e-3)
+    venv.env.layer_evals = ctx.cfg.rl.layer_budget * 3 // 4
+    assert model.clip_range(1.0) == pytest.approx(0.05)
+    assert model.lr_schedule(1.0) == pytest.approx(2.5e-4)
+    # The actor is the learner's StopPolicy-shaped network, whatever the block says.
+    assert model.policy.net_arch == {"pi": [32, 32], "vf": [32, 32]}
+    a2c = make_model("a2c", toy_context(tmp_path, a2c={"n_steps": 3, "vf_coef": 0.1}), venv, 0)
+    assert (a2c.n_steps, a2c.vf_coef, a2c.gamma) == (3, 0.1, 1.0)
 
 
 def test_stop_vec_env_protocol_and_terminal_observation(tmp_path: Path) -> None:
@@ -266,7 +302,7 @@ def test_rl_continuation_anneals_the_env_beta_to_beta(
         seen.append(original(ctx, env))
         return seen[-1]
 
-    module = "l2s_gym.agents.reinforce" if name == "reinforce" else "l2s_gym.agents.sb3_agents"
+    module = "l2s_gym.agents.reinforce" if name == "reinforce" else "l2s_gym.agents.sb3_callbacks"
     monkeypatch.setattr(f"{module}.anneal_env_beta", spy)
     ctx = toy_context(tmp_path, layer_budget=8000, beta_anneal_from=10.0, anneal_fraction=0.5)
     registry.LEARNERS[name](ctx)
