@@ -256,7 +256,12 @@ def run(
     while not terminated:
         obs, reward, terminated, _, info = env.step(1 if obs[-1] >= 2 else 0)
         steps += 1
-    results["env_episode"] = {"decisions": steps, "reward": float(reward), "t": info["t"]}
+    results["env_episode"] = {
+        "decisions": steps,
+        "reward": float(reward),
+        "t": info["t"],
+        "loss": info["loss"],
+    }
     env.close()
     return results
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -54,19 +53,18 @@ def test_learned_stop_rules_use_fewer_layers_where_the_oracle_does(results: dict
     # Noise makes gradient descent semi-convergent: the oracle stops early on noisy instances.
     assert oracle["avg_layers"] < T - 1
     for learned in (imitation, reinforce):
-        assert math.isfinite(learned["metric"])
-        assert learned["avg_layers"] < T
-        assert learned["layer_evals"] > 0 and learned["train_wall_time_s"] > 0
-    # Lower error is better here; the imitation learner beats running every layer.
-    assert imitation["metric"] < full["metric"]
-    # And nobody beats the label-using bound.
-    assert oracle["metric"] <= min(imitation["metric"], reinforce["metric"]) + 1e-9
+        # Fewer layers than running them all, and a better answer: a stop rule that works.
+        assert learned["avg_layers"] < T - 1
+        assert learned["metric"] < full["metric"]
+        # Nobody beats the label-using bound.
+        assert oracle["metric"] <= learned["metric"] + 1e-9
 
 
 def test_example_env_episode_through_gymnasium_make(results: dict) -> None:
     episode = results["env_episode"]
     assert episode["decisions"] == 3 and episode["t"] == 3  # the "stop at layer 3" rule
-    assert math.isfinite(episode["reward"]) and episode["reward"] <= 0
+    # The stop reward is the loss at layer 3 in units of beta (the checkpoint's, 0.01).
+    assert episode["reward"] == pytest.approx(-episode["loss"] / 0.01, rel=1e-6)
 
 
 def test_table_lists_every_row(results: dict) -> None:
