@@ -81,24 +81,24 @@ class LeastSquaresTask(Task):
         super().__init__(seed, device)
         self.cfg = cfg
         self.group_names = [f"{s:g}" for s in cfg.noise_levels]
-        gen = self.generator(0)
-        u, _ = torch.linalg.qr(torch.randn(cfg.m, cfg.n, generator=gen, device=self.device))
-        v, _ = torch.linalg.qr(torch.randn(cfg.n, cfg.n, generator=gen, device=self.device))
-        self.singular_values = torch.logspace(
-            0, -math.log10(cfg.condition_number), cfg.n, device=self.device
-        )
-        self.A = u @ torch.diag(self.singular_values) @ v.T
-        self.V = v
+        # Fixed data are drawn on the CPU and then moved: the same A on every device.
+        gen = self.generator(0, device="cpu")
+        u, _ = torch.linalg.qr(torch.randn(cfg.m, cfg.n, generator=gen))
+        v, _ = torch.linalg.qr(torch.randn(cfg.n, cfg.n, generator=gen))
+        singular_values = torch.logspace(0, -math.log10(cfg.condition_number), cfg.n)
+        self.A = (u @ torch.diag(singular_values) @ v.T).to(self.device)
+        self.V = v.to(self.device)
+        self.singular_values = singular_values.to(self.device)
         self._noise = torch.tensor(cfg.noise_levels, device=self.device)
 
     def _draw(self, groups: Tensor, gen: torch.Generator) -> Batch:
-        b, dev = groups.shape[0], self.device
+        b, dev = groups.shape[0], gen.device  # computed where the generator draws
         # A smooth x* (Picard condition): its weight on small singular directions is small.
-        coeffs = torch.randn(b, self.cfg.n, generator=gen, device=dev) * self.singular_values
-        x = coeffs @ self.V.T
-        clean = x @ self.A.T
+        coeffs = torch.randn(b, self.cfg.n, generator=gen, device=dev)
+        x = (coeffs * self.singular_values.to(dev)) @ self.V.to(dev).T
+        clean = x @ self.A.to(dev).T
         noise = torch.randn(b, self.cfg.m, generator=gen, device=dev)
-        scale = self._noise[groups] * clean.norm(dim=1) / noise.norm(dim=1)
+        scale = self._noise.to(dev)[groups] * clean.norm(dim=1) / noise.norm(dim=1)
         y = clean + scale.unsqueeze(1) * noise
         # The solver is told the noise energy (as the discrepancy principle assumes).
         noise_energy = (scale * noise.norm(dim=1)).pow(2)
@@ -106,14 +106,16 @@ class LeastSquaresTask(Task):
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         n_groups = len(self.cfg.noise_levels)
-        groups = torch.randint(n_groups, (batch_size,), generator=generator, device=self.device)
+        groups = torch.randint(
+            n_groups, (batch_size,), generator=generator, device=generator.device
+        )
         return self._draw(groups, generator)
 
     def make_eval_set(self, split: str) -> Batch:
         size = self.cfg.val_size if split == "val" else self.cfg.test_size
-        gen = self.generator(1 if split == "val" else 2)
-        groups = torch.arange(size, device=self.device) % len(self.cfg.noise_levels)
-        return self._draw(groups, gen)
+        gen = self.generator(1 if split == "val" else 2, device="cpu")
+        groups = torch.arange(size) % len(self.cfg.noise_levels)
+        return self._draw(groups, gen).to(self.device)
 
     def loss(self, prediction: Tensor, targets: Tensor) -> Tensor:
         return (prediction - targets).pow(2).sum(1) / targets.pow(2).sum(1).clamp(min=1e-12)

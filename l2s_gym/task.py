@@ -75,7 +75,11 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def make_eval_set(self, split: str) -> Batch:
-        """Build the fixed validation (``"val"``) or test (``"test"``) set, seeded."""
+        """Build the fixed validation (``"val"``) or test (``"test"``) set, seeded.
+
+        Draw it with ``self.generator(offset, device="cpu")`` and move it to ``self.device``:
+        the same set on every device.
+        """
 
     def eval_set(self, split: str) -> Batch:
         """The fixed, seeded ``"val"`` or ``"test"`` set (built once, then cached)."""
@@ -118,9 +122,15 @@ class Task(abc.ABC):
         """The seed of random stream ``offset``: distinct streams never share instances."""
         return self.seed * 1_000_003 + offset
 
-    def generator(self, offset: int) -> torch.Generator:
-        """A generator on the task's device seeded with ``stream_seed(offset)``."""
-        gen = torch.Generator(device=self.device)
+    def generator(self, offset: int, device: torch.device | str | None = None) -> torch.Generator:
+        """A generator seeded with ``stream_seed(offset)``, on ``device`` (default: the task's).
+
+        Fixed data (a task's matrices, its validation and test sets) are drawn with
+        ``device="cpu"`` and then moved to the task's device, so that they are the same on
+        every device (CPU and CUDA generators give different numbers for one seed);
+        training streams may use the task's device.
+        """
+        gen = torch.Generator(device=self.device if device is None else device)
         gen.manual_seed(self.stream_seed(offset))
         return gen
 

@@ -49,8 +49,8 @@ class ToyTask(Task):
 
     def _draw(self, n: int, gen: torch.Generator) -> Batch:
         T = self.cfg.num_layers
-        best = torch.randint(1, T + 1, (n,), generator=gen, device=self.device)
-        noise = torch.randn(n, generator=gen, device=self.device) * self.cfg.feature_noise
+        best = torch.randint(1, T + 1, (n,), generator=gen, device=gen.device)
+        noise = torch.randn(n, generator=gen, device=gen.device) * self.cfg.feature_noise
         hint = best.float() / T + noise
         groups = (best > (T + 1) // 2).long()
         return Batch({"hint": hint.unsqueeze(1)}, best.float(), groups)
@@ -60,7 +60,8 @@ class ToyTask(Task):
 
     def make_eval_set(self, split: str) -> Batch:
         size = self.cfg.val_size if split == "val" else self.cfg.test_size
-        return self._draw(size, self.generator(1 if split == "val" else 2))
+        gen = self.generator(1 if split == "val" else 2, device="cpu")
+        return self._draw(size, gen).to(self.device)
 
     def loss(self, prediction: Tensor, targets: Tensor) -> Tensor:
         return ((prediction - targets) / self.cfg.num_layers) ** 2

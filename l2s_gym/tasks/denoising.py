@@ -224,8 +224,9 @@ class DenoisingTask(Task):
         return {s: [named[i][1] for i in sorted(ix)] for s, ix in idx.items()}
 
     def _noisy(self, clean: Tensor, groups: Tensor, generator: torch.Generator) -> Batch:
-        sigma = self._sigma[groups].view(-1, 1, 1, 1)
-        noise = torch.randn(clean.shape, generator=generator, device=self.device)
+        """``clean`` plus noise of the levels ``groups``, all on the generator's device."""
+        sigma = self._sigma.to(generator.device)[groups].view(-1, 1, 1, 1)
+        noise = torch.randn(clean.shape, generator=generator, device=generator.device)
         return Batch({"noisy": clean + sigma * noise}, clean, groups)
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
@@ -244,22 +245,20 @@ class DenoisingTask(Task):
         return self._noisy(clean, self._train_groups[which], generator)
 
     def make_eval_set(self, split: str) -> Batch:
-        gen = self.generator(1 if split == "val" else 2)
-        pool = self.patches[split]
-        dev = self.device
+        # Drawn on the CPU, then moved: the same set on every device.
+        gen = self.generator(1 if split == "val" else 2, device="cpu")
+        pool = self.patches[split].cpu()
         if split == "val":
-            idx = torch.randint(pool.shape[0], (self.cfg.val_size,), generator=gen, device=dev)
-            which = torch.randint(
-                len(self._train_groups), (self.cfg.val_size,), generator=gen, device=dev
-            )
-            return self._noisy(pool[idx], self._train_groups[which], gen)
+            idx = torch.randint(pool.shape[0], (self.cfg.val_size,), generator=gen)
+            which = torch.randint(len(self._train_groups), (self.cfg.val_size,), generator=gen)
+            return self._noisy(pool[idx], self._train_groups.cpu()[which], gen).to(self.device)
         n = self.cfg.test_patches
-        perm = torch.randperm(pool.shape[0], generator=gen, device=dev)
+        perm = torch.randperm(pool.shape[0], generator=gen)
         # Fewer distinct patches than asked: repeat them (with fresh noise).
         idx = perm.repeat(math.ceil(n / pool.shape[0]))[:n]
         clean = pool[idx].repeat(len(self._test_groups), 1, 1, 1)
-        groups = self._test_groups.repeat_interleave(n)
-        return self._noisy(clean, groups, gen)
+        groups = self._test_groups.cpu().repeat_interleave(n)
+        return self._noisy(clean, groups, gen).to(self.device)
 
     def loss(self, prediction: Tensor, targets: Tensor) -> Tensor:
         return self.cfg.loss_scale * (prediction - targets).pow(2).flatten(1).mean(1)

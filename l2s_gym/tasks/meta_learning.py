@@ -119,15 +119,16 @@ class MetaLearningTask(Task):
 
     def _uniform(self, shape: tuple[int, ...], lo_hi: list[float], gen: torch.Generator) -> Tensor:
         lo, hi = lo_hi
-        return lo + (hi - lo) * torch.rand(shape, generator=gen, device=self.device)
+        return lo + (hi - lo) * torch.rand(shape, generator=gen, device=gen.device)
 
     def _draw(self, k: Tensor, gen: torch.Generator) -> Batch:
+        """Tasks with ``k`` support points each, drawn on the generator's device."""
         cfg, b = self.cfg, k.shape[0]
         amp = self._uniform((b, 1, 1), cfg.amplitude, gen)
         phase = self._uniform((b, 1, 1), cfg.phase, gen)
         support_x = self._uniform((b, cfg.pool_size, 1), cfg.x_range, gen)
         query_x = self._uniform((b, cfg.query_size, 1), cfg.x_range, gen)
-        slots = torch.arange(cfg.pool_size, device=self.device)
+        slots = torch.arange(cfg.pool_size, device=gen.device)
         mask = (slots.unsqueeze(0) < k.unsqueeze(1)).float()
         # Padding is zeroed so nothing about the unused points can leak into features.
         support_y = amp * torch.sin(support_x - phase) * mask.unsqueeze(-1)
@@ -140,25 +141,26 @@ class MetaLearningTask(Task):
             "k": k,
             "query_x": query_x,
         }
-        return Batch(inputs, query_y, self._group_of_k[k])
+        return Batch(inputs, query_y, self._group_of_k.to(gen.device)[k])
 
     def _draw_k(self, n: int, gen: torch.Generator) -> Tensor:
         return torch.randint(
-            self.cfg.k_min, self.cfg.k_max + 1, (n,), generator=gen, device=self.device
+            self.cfg.k_min, self.cfg.k_max + 1, (n,), generator=gen, device=gen.device
         )
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         return self._draw(self._draw_k(batch_size, generator), generator)
 
     def make_eval_set(self, split: str) -> Batch:
-        gen = self.generator(1 if split == "val" else 2)
+        # Drawn on the CPU, then moved: the same set on every device.
+        gen = self.generator(1 if split == "val" else 2, device="cpu")
         if split == "val":
             k = self._draw_k(self.cfg.val_size, gen)
         else:
-            k = torch.arange(
-                self.cfg.k_min, self.cfg.k_max + 1, device=self.device
-            ).repeat_interleave(self.cfg.test_tasks_per_k)
-        return self._draw(k, gen)
+            k = torch.arange(self.cfg.k_min, self.cfg.k_max + 1).repeat_interleave(
+                self.cfg.test_tasks_per_k
+            )
+        return self._draw(k, gen).to(self.device)
 
     def loss(self, prediction: Tensor, targets: Tensor) -> Tensor:
         return (prediction - targets).pow(2).mean(dim=1)

@@ -97,39 +97,40 @@ class SparseRecoveryTask(Task):
         super().__init__(seed, device)
         self.cfg = cfg
         self.group_names = [f"{s:g} dB" for s in cfg.snr_db]
-        self.A = make_matrix(cfg.m, cfg.n, cfg.condition_number, self.generator(0))
+        # Drawn on the CPU, then moved: the same matrix on every device.
+        fixed = self.generator(0, device="cpu")
+        self.A = make_matrix(cfg.m, cfg.n, cfg.condition_number, fixed).to(self.device)
         self.kappa = float(torch.linalg.cond(self.A.cpu()))
         self._snr = torch.tensor(cfg.snr_db, dtype=torch.float32, device=self.device)
         self._energy = cfg.n * cfg.p
 
     def _draw(self, groups: Tensor, generator: torch.Generator) -> Batch:
+        """Instances of SNR ``groups``, drawn and computed on the generator's device."""
         b, (m, n) = groups.shape[0], self.A.shape
-        dev = self.device
+        dev = generator.device
         support = torch.rand(b, n, generator=generator, device=dev) < self.cfg.p
         x = torch.randn(b, n, generator=generator, device=dev) * support
-        clean = x @ self.A.T
-        snr = self._snr[groups]
+        clean = x @ self.A.to(dev).T
+        snr = self._snr.to(dev)[groups]
         sigma = torch.sqrt(clean.pow(2).sum(1) / (m * 10 ** (snr / 10)))
         y = clean + sigma.unsqueeze(1) * torch.randn(b, m, generator=generator, device=dev)
         return Batch({"y": y}, x, groups)
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         groups = torch.randint(
-            len(self.cfg.snr_db), (batch_size,), generator=generator, device=self.device
+            len(self.cfg.snr_db), (batch_size,), generator=generator, device=generator.device
         )
         return self._draw(groups, generator)
 
     def make_eval_set(self, split: str) -> Batch:
-        gen = self.generator(1 if split == "val" else 2)
+        gen = self.generator(1 if split == "val" else 2, device="cpu")
         if split == "val":
-            groups = torch.randint(
-                len(self.cfg.snr_db), (self.cfg.val_size,), generator=gen, device=self.device
-            )
+            groups = torch.randint(len(self.cfg.snr_db), (self.cfg.val_size,), generator=gen)
         else:
-            groups = torch.arange(len(self.cfg.snr_db), device=self.device).repeat_interleave(
+            groups = torch.arange(len(self.cfg.snr_db)).repeat_interleave(
                 self.cfg.test_size_per_snr
             )
-        return self._draw(groups, gen)
+        return self._draw(groups, gen).to(self.device)
 
     def loss(self, prediction: Tensor, targets: Tensor) -> Tensor:
         return (prediction - targets).pow(2).sum(1) / self._energy
