@@ -248,7 +248,6 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
         dynamic_ncols=True,
     )
     while env.layer_evals < rl.layer_budget:
-        evals_before = env.layer_evals
         w.add_scalar("charts/target_beta", anneal_env_beta(ctx, env), update + 1)
         policy.eval()
         rollout, obs = collect_rollout(env, policy, obs, rl.rollout_steps, generator)
@@ -285,7 +284,7 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
             "charts/episode_layers", float(rollout.layers[episodes].float().mean()), update
         )
         w.add_scalar("charts/used_fraction", float(rollout.counted.float().mean()), update)
-        bar.update(env.layer_evals - evals_before)
+        bar.update(min(env.layer_evals, rl.layer_budget) - bar.n)  # never past the total
         if update % rl.val_every == 0 or env.layer_evals >= rl.layer_budget:
             metric = validator(policy, update, env.layer_evals)
             bar.set_postfix(val=f"{metric:.4g}", best=f"{validator.best_metric:.4g}")
