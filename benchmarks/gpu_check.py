@@ -56,7 +56,7 @@ PIPELINE = {
         "imitation.steps=10", "imitation.batch_size=32", "imitation.val_every=5",
         "compare.learners=[reverse_kl, reinforce, ppo]", "compare.eval_batch_size=256",
         "compare.layer_budget=6000", "rl.num_envs=64", "rl.val_every=2", "rl.rollout_steps=8",
-        "rl.ppo_minibatch=256",
+        "rl.ppo.n_steps=8", "rl.ppo.batch_size=256",
     ],
 }  # fmt: skip
 ENV_SIZES = {"cuda": [1024, 4096, 16384, 65536], "cpu": [64, 1024, 4096]}

@@ -47,9 +47,7 @@ def fixed_data(task: Task) -> dict[str, torch.Tensor]:
         batch = task.eval_set(split)
         out |= {f"{split}.{k}": v for k, v in batch.inputs.items()}
         out[f"{split}.targets"], out[f"{split}.groups"] = batch.targets, batch.groups
-    if isinstance(task, SparseRecoveryTask):
-        out["A"] = task.A
-    return out
+    return out | task.fixed_data()
 
 
 @pytest.mark.parametrize("name", sorted(CPU_SUMS))
@@ -87,6 +85,7 @@ def test_generator_defaults_to_the_task_device_for_training_streams() -> None:
     assert task.generator(5, device="cpu").initial_seed() == task.stream_seed(5)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_fixed_data_are_the_same_on_cuda(name: str) -> None:
