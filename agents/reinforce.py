@@ -46,11 +46,11 @@ takes at most ``T - 1`` decisions, so at most ``T - 2`` more steps). Whether an 
 counts is decided before it begins, so the chosen episodes are plain on-policy samples
 (choosing the episodes that *ended* in a fixed window would favour short ones). The
 layers computed by episodes that do not count (in flight at a window's start, or begun in
-its tail) are wasted, and are counted: the budget ``cfg.rl.layer_budget`` is on
+its tail) are wasted, and are counted: the budget ``compare.layer_budget`` (every learner's) is on
 ``env.layer_evals``, every layer the env computed.
 
 Hyper-parameters (``cfg.rl``, documented in ``l2s_gym.config.RLConfig``): ``reward``,
-``num_envs``, ``layer_budget``, ``lr``, ``val_every`` (in updates), ``entropy_coef``
+``num_envs``, ``lr``, ``val_every`` (in updates), ``entropy_coef``
 (``c``), ``gamma``, ``rollout_steps``; ``cfg.beta`` sets the reward scale and ``ctx.cost``
 the price of a layer; ``beta_anneal_from`` / ``anneal_fraction`` start the temperature
 hotter (the continuation imitation has, see ``l2s_gym.learner.anneal_env_beta``;
@@ -239,7 +239,7 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
     obs = env.reset()
     update = 0
     bar = tqdm(
-        total=rl.layer_budget,
+        total=ctx.layer_budget,
         desc="REINFORCE",
         unit="layer",
         unit_scale=True,
@@ -247,7 +247,7 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
         leave=False,
         dynamic_ncols=True,
     )
-    while env.layer_evals < rl.layer_budget:
+    while env.layer_evals < ctx.layer_budget:
         w.add_scalar("charts/target_beta", anneal_env_beta(ctx, env), update + 1)
         policy.eval()
         rollout, obs = collect_rollout(env, policy, obs, rl.rollout_steps, generator)
@@ -284,8 +284,8 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
             "charts/episode_layers", float(rollout.layers[episodes].float().mean()), update
         )
         w.add_scalar("charts/used_fraction", float(rollout.counted.float().mean()), update)
-        bar.update(min(env.layer_evals, rl.layer_budget) - bar.n)  # never past the total
-        if update % rl.val_every == 0 or env.layer_evals >= rl.layer_budget:
+        bar.update(min(env.layer_evals, ctx.layer_budget) - bar.n)  # never past the total
+        if update % rl.val_every == 0 or env.layer_evals >= ctx.layer_budget:
             metric = validator(policy, update, env.layer_evals)
             bar.set_postfix(val=f"{metric:.4g}", best=f"{validator.best_metric:.4g}")
     bar.close()

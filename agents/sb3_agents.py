@@ -27,7 +27,7 @@ last layer, so no entropy or gradient is spent on a decision without effect.
 
 Training is a ``CallbackList`` of small callbacks (``l2s_gym.agents.sb3_callbacks``): the
 shared ``Validator`` every ``rl.val_every`` rollouts and at the end, a stop once the env
-has computed ``cfg.rl.layer_budget`` layers (``env.layer_evals``, not SB3's timestep count;
+has computed ``compare.layer_budget`` layers (``env.layer_evals``, not SB3's timestep count;
 the rollout that crosses the budget is still learned from), the reward temperature of
 ``rl.beta_anneal_from`` / ``anneal_fraction`` before each rollout
 (``l2s_gym.learner.anneal_env_beta``; ``charts/target_beta``), and a progress bar over
@@ -164,7 +164,7 @@ def sb3_kwargs(algorithm: Algorithm, ctx: LearnerContext, venv: Any) -> dict[str
     for key in SB3_SCHEDULES:
         value = kwargs.get(key)
         if isinstance(value, str) and value.startswith("lin_"):
-            kwargs[key] = LayerBudgetSchedule(float(value[len("lin_") :]), venv, rl.layer_budget)
+            kwargs[key] = LayerBudgetSchedule(float(value[len("lin_") :]), venv, ctx.layer_budget)
     if algorithm == "ppo":
         kwargs["batch_size"] = min(kwargs["batch_size"], kwargs["n_steps"] * venv.num_envs)
     return kwargs
@@ -220,7 +220,7 @@ def train_sb3(ctx: LearnerContext, algorithm: Algorithm) -> LearnerResult:
 
     cfg, task, predictor = ctx.cfg, ctx.task, ctx.predictor
     rl = cfg.rl
-    budget = rl.layer_budget
+    budget = ctx.layer_budget
     offset = 50_000 if algorithm == "ppo" else 60_000
     env = make_rl_env(ctx, stream=offset)
     venv = StopVecEnv(env)

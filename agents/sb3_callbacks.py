@@ -17,12 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 from tqdm.auto import tqdm
 
 from l2s_gym.envs.sb3_vec import StopVecEnv
 from l2s_gym.learner import LearnerContext, Validator, anneal_env_beta
+from l2s_gym.runs import check_finite
 
 
 class ValidationCallback(BaseCallback):
@@ -70,11 +72,21 @@ class ValidationCallback(BaseCallback):
         self.validate()
 
     def validate(self) -> None:
-        """Validate the current actor (once per update count)."""
+        """Validate the current actor (once per update count); stop on diverged weights."""
         if self._validated_at == self.updates:
             return
         self._validated_at = self.updates
-        self.validator(self.stop_model(self.model.policy), self.updates, self.venv.layer_evals)
+        policy = self.model.policy
+        # The divergence guard every learner has: NaN, inf or exploding actor/critic weights.
+        check_finite(
+            torch.zeros(()),
+            self.validator.learner.upper(),
+            f"update {self.updates}",
+            self.validator.best_path,
+            self.validator.writer,
+            module=policy,
+        )
+        self.validator(self.stop_model(policy), self.updates, self.venv.layer_evals)
 
 
 class LayerBudgetCallback(BaseCallback):

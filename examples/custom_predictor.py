@@ -219,8 +219,9 @@ TINY = [
     "imitation.steps=80",
     "imitation.batch_size=128",
     "imitation.val_every=20",
+    "imitation.buffer_size=2048",
     "rl.num_envs=64",
-    "rl.layer_budget=40000",
+    "compare.layer_budget=40000",
     "rl.val_every=5",
     "rl.rollout_steps=16",
 ]

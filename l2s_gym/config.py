@@ -168,12 +168,10 @@ class RLConfig:
     """
 
     reward: Literal["terminal_loss", "log_oracle", "improvement"] = "log_oracle"
-    layer_cost: float = 0.0
-    """Reward subtracted per layer computed (0: the paper's objective)."""
     num_envs: int = 256
-    """Instances advanced together by the batched environment."""
-    layer_budget: int = 2_000_000
-    """Layer evaluations each RL agent may consume in training."""
+    """Instances advanced together by the batched environment. (The layer budget is
+    ``compare.layer_budget``, the same for every learner; the price of a layer is the
+    top-level ``cost`` or a frontier's.)"""
     lr: float = 3e-3
     """REINFORCE's Adam learning rate."""
     val_every: int = 20
@@ -195,12 +193,12 @@ class RLConfig:
     beta_anneal_from: float = 1.0
     """Continuation, as ``imitation.beta_anneal_from``: the env's reward temperature starts
     at this multiple of beta and falls geometrically to beta over the first
-    ``anneal_fraction`` of ``layer_budget`` (1.0: off)."""
+    ``anneal_fraction`` of ``compare.layer_budget`` (1.0: off)."""
     anneal_fraction: float = 0.5
 
     def validate(self, path: str) -> None:
-        _positive(self, path, "num_envs", "layer_budget", "lr", "val_every", "rollout_steps")
-        _non_negative(self, path, "layer_cost", "entropy_coef")
+        _positive(self, path, "num_envs", "lr", "val_every", "rollout_steps")
+        _non_negative(self, path, "entropy_coef")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"{path}.gamma: must be in (0, 1], got {self.gamma!r}")
         _check_anneal(self, path)

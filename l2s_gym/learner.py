@@ -119,7 +119,7 @@ def anneal_env_beta(ctx: LearnerContext, env: BatchedStopEnv) -> float:
     the env has computed so far; return it. With the default 1.0 it stays ``cfg.beta``."""
     rl = ctx.cfg.rl
     env.beta = annealed_beta(
-        ctx.cfg.beta, rl.beta_anneal_from, rl.anneal_fraction, env.layer_evals / rl.layer_budget
+        ctx.cfg.beta, rl.beta_anneal_from, rl.anneal_fraction, env.layer_evals / ctx.layer_budget
     )
     return env.beta
 

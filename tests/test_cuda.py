@@ -32,7 +32,7 @@ pytestmark = [
 ]
 
 # Small RL budgets: every learner runs, in seconds.
-RL_TINY = ["rl.num_envs=32", "rl.layer_budget=4000", "rl.val_every=2", "rl.rollout_steps=8",
+RL_TINY = ["rl.num_envs=32", "compare.layer_budget=4000", "rl.val_every=2", "rl.rollout_steps=8",
            "rl.ppo.n_steps=8", "rl.ppo.batch_size=64", "rl.a2c.n_steps=4"]  # fmt: skip
 
 

@@ -195,9 +195,9 @@ def test_compare_runs_every_learner(tmp_path) -> None:  # noqa: ANN001
     """All five learners, RL included, on the tiny config (deselected by default)."""
     cfg = _config()
     cfg["compare"]["learners"] = ["reverse_kl", "forward_kl", "reinforce", "ppo", "a2c"]
+    cfg["compare"]["layer_budget"] = 4000
     cfg["rl"] = {
         "num_envs": 32,
-        "layer_budget": 4000,
         "rollout_steps": 8,
         "ppo": {"n_steps": 8},
         "val_every": 2,

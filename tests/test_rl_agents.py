@@ -33,14 +33,17 @@ beta: 0.05
 task: {name: toy, num_layers: 6, val_size: 256, test_size: 256}
 predictor: {name: toy_counter, num_layers: 6}
 policy: {hidden: 32, depth: 2}
-rl: {num_envs: 64, layer_budget: 30000, lr: 0.01, val_every: 10, reward: terminal_loss,
+compare: {layer_budget: 30000}
+rl: {num_envs: 64, lr: 0.01, val_every: 10, reward: terminal_loss,
      rollout_steps: 16, ppo: {n_steps: 16, batch_size: 512}, a2c: {n_steps: 8}}
 """
 
 
-def toy_context(tmp_path: Path, **rl: object) -> LearnerContext:
+def toy_context(tmp_path: Path, layer_budget: int | None = None, **rl: object) -> LearnerContext:
     data = yaml.safe_load(TOY)
     data["rl"].update(rl)
+    if layer_budget is not None:
+        data["compare"]["layer_budget"] = layer_budget
     cfg = from_dict(data)
     task = make_task(cfg.task, cfg.seed, "cpu")
     predictor = make_predictor(cfg.predictor, task, seed=0).requires_grad_(False)
@@ -66,7 +69,7 @@ def test_reinforce_learns_the_known_best_layer(tmp_path: Path) -> None:
     assert untrained_rate(ctx) < 0.3
     result = registry.LEARNERS["reinforce"](ctx)
     assert exact_stop_rate(ctx, result.model) >= 0.9
-    assert result.layer_evals >= ctx.cfg.rl.layer_budget
+    assert result.layer_evals >= ctx.layer_budget
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
@@ -145,7 +148,7 @@ def test_sb3_model_takes_the_config_block(tmp_path: Path) -> None:
     # lin_ schedules fall with the layer budget spent, not with SB3's timesteps.
     assert model.clip_range(1.0) == pytest.approx(0.2)
     assert model.lr_schedule(1.0) == pytest.approx(1e-3)
-    venv.env.layer_evals = ctx.cfg.rl.layer_budget * 3 // 4
+    venv.env.layer_evals = ctx.layer_budget * 3 // 4
     assert model.clip_range(1.0) == pytest.approx(0.05)
     assert model.lr_schedule(1.0) == pytest.approx(2.5e-4)
     # The actor is the learner's StopPolicy-shaped network, whatever the block says.
@@ -318,3 +321,12 @@ def test_rl_continuation_anneals_the_env_beta_to_beta(
     assert 9 * beta < seen[0] <= 10 * beta
     assert all(later <= earlier + 1e-12 for earlier, later in itertools.pairwise(seen))
     assert seen[-1] == pytest.approx(beta)
+
+
+@pytest.mark.parametrize("name", ["ppo", "a2c"])
+def test_sb3_learners_stop_on_divergence(tmp_path: Path, name: str) -> None:
+    from l2s_gym.runs import TrainingDiverged
+
+    ctx = toy_context(tmp_path, layer_budget=8_000, **{name: {"learning_rate": 1e9}})
+    with pytest.raises(TrainingDiverged, match="diverged|loss became"):
+        registry.LEARNERS[name](ctx)
