@@ -518,3 +518,35 @@ def test_predict_on_a_real_family(tmp_path, sparse_tiny_config) -> None:  # noqa
     assert summary["stop_agreement"] == 1.0
     assert summary["metric"] == pytest.approx(summary["trace_metric"], abs=1e-4)
     assert 1 <= summary["avg_layers"] < summary["num_layers"]
+
+
+def test_speedup_benchmark_runs_and_writes_its_rows(tmp_path, toy_config) -> None:  # noqa: ANN001
+    """benchmarks/early_exit_speedup.py end to end, on the toy config (seconds)."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "early_exit_speedup.py"
+    spec = importlib.util.spec_from_file_location("early_exit_speedup", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up by name
+    spec.loader.exec_module(bench)
+    out = tmp_path / "speed.json"
+    argv = ["--out", str(out), "--quick", "--threads", "1", "--configs", str(toy_config)]
+    argv += ["--batch-sizes", "1", "16", "--instances-b1", "3", "--import", "l2s_gym.testing"]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["threads"] == 1 and result["device"] == "cpu"
+    rows = result["rows"]
+    assert {r["batch"] for r in rows} == {1, 16}
+    for row in rows:
+        for key in ("family", "batch", "cost", "avg_layers", "ideal_speedup", "measured_speedup"):
+            assert key in row
+        assert 1 <= row["avg_layers"] <= 6
+        assert row["ideal_speedup"] == pytest.approx(6 / row["avg_layers"], rel=1e-3)
+        assert row["measured_speedup"] > 0 and row["runner_parts_ms"]["layer"] > 0
+    # Costs spread the depth: the highest price stops earliest.
+    costs = result["families"][str(toy_config)]["costs"]
+    assert costs == sorted(costs, reverse=True) and len(costs) >= 2
