@@ -22,7 +22,9 @@ Each row: ``family``, ``batch``, ``cost``, ``avg_layers``, ``ideal_speedup``
 ``ideal_speedup_layer_time`` (the speed-up if the runner cost exactly the layers it
 computes, each weighed by its measured time in the full-depth pass: below ``T /
 avg_layers`` where early layers are the expensive ones), ``full_ms`` / ``runner_ms``
-(medians, per batch), ``repeats``, ``readout`` (the rule chosen on validation) and
+(medians, per batch), ``measured_speedup_cpu_time`` (the same ratio in CPU time of the
+process: with one thread, what other processes on a busy machine do not distort),
+``repeats``, ``readout`` (the rule chosen on validation) and
 ``runner_parts_ms`` (where the runner's time goes: ``layer``, ``readout``, ``features``,
 ``policy``, ``decide``, ``compact``; from a separate profiled run).
 
@@ -59,6 +61,7 @@ from l2s_gym import build, registry
 from l2s_gym.config import find_config, load_config
 from l2s_gym.learner import LearnerContext
 from l2s_gym.predictor import LayeredPredictor, Trace
+from l2s_gym.rules import PAPER_RULE, ReadoutRule
 from l2s_gym.runner import StopRunner, run_full_depth
 from l2s_gym.stopping import cost_adjusted_losses, cumulative_costs
 from l2s_gym.task import Task
@@ -91,14 +94,18 @@ class Budget:
 BUDGETS = {
     "sparse_recovery": Budget(30, 256, 40, 256, 1000, {1: 5, 64: 7, 1024: 5}),
     "denoising": Budget(
-        8, 32, 12, 16, 64, {1: 3, 64: 3, 1024: 1}, instances_b1=16, stage1_task=("patch_size=16",)
+        60, 16, 12, 16, 64, {1: 3, 64: 3, 1024: 1}, instances_b1=16, stage1_task=("patch_size=16",)
     ),
-    "recognition": Budget(40, 32, 20, 64, None, {1: 5, 64: 7, 1024: 5}),
-    "meta_learning": Budget(5, 64, 20, 64, 512, {1: 5, 64: 7, 1024: 5}),
+    "recognition": Budget(40, 32, 60, 64, None, {1: 5, 64: 7, 1024: 5}),
+    "meta_learning": Budget(0, 64, 40, 64, 512, {1: 5, 64: 7, 1024: 5}),
 }
 QUICK = Budget(3, 16, 4, 32, 64, {1: 1, 64: 1, 1024: 1}, instances_b1=4)
 COST_TARGETS = (0.25, 0.5, 0.75)
-"""Costs are chosen so that the oracle's average depth is these fractions of T."""
+"""Costs are chosen so that the oracle's average depth is these fractions of its depth at
+price 0 (see ``choose_costs``)."""
+NEVER = "never"
+"""The reference row: a policy that never stops (logit -50), i.e. the runner's overhead at
+full depth; not a frontier point and not one of the costs."""
 
 
 def sync(device: torch.device) -> None:
@@ -112,13 +119,15 @@ def oracle_depth(trace: Trace, cost: float, cum: torch.Tensor) -> float:
 
 
 def choose_costs(trace: Trace, cum: torch.Tensor, targets: tuple[float, ...]) -> list[float]:
-    """For each target fraction of ``T``, the price whose oracle depth on ``trace`` is
-    nearest it (bisection in log price; the oracle's depth does not grow with the price)."""
-    T = trace.num_layers
+    """For each target fraction, the price whose oracle depth on ``trace`` is nearest that
+    fraction of the oracle's depth at price 0 (``T`` for a converged predictor; less for
+    a briefly trained one whose deep layers are no better yet). Bisection in log price:
+    the oracle's depth does not grow with the price."""
+    deepest = oracle_depth(trace, 0.0, cum)
     spread = float((trace.losses.max(1).values - trace.losses.min(1).values).mean()) or 1.0
     costs = []
     for frac in targets:
-        want = max(1.0, frac * T)
+        want = max(1.0, frac * deepest)
         lo, hi = math.log(spread * 1e-6), math.log(spread * 10)
         for _ in range(40):
             mid = (lo + hi) / 2
@@ -137,51 +146,54 @@ def take(task: Task, n: int) -> dict[str, torch.Tensor]:
     return {k: v[index] for k, v in test.inputs.items()}
 
 
-def layer_times(predictor: LayeredPredictor, inputs: dict[str, torch.Tensor]) -> list[float]:
-    """Wall time of each layer (and of the final read-out, added to the last) at full depth."""
+def layer_times(
+    predictor: LayeredPredictor, chunks: list[dict[str, torch.Tensor]], repeats: int
+) -> list[float]:
+    """Wall time of each layer at full depth over ``chunks`` (the final read-out added to the
+    last layer), the median of ``repeats`` passes after a warm-up pass."""
     device = predictor.device
-    times = []
+    T = predictor.num_layers
+    passes = []
     with torch.inference_mode():
-        sync(device)
-        start = time.perf_counter()
-        state = predictor.initial_state(inputs)
-        for t in range(predictor.num_layers):
-            state = predictor.layer(t, state, inputs)
-            if t == predictor.num_layers - 1:
-                predictor.readout(t, state, inputs)
-            sync(device)
-            now = time.perf_counter()
-            times.append(now - start)
-            start = now
-    return times
+        for _ in range(repeats + 1):
+            times = [0.0] * T
+            for inputs in chunks:
+                sync(device)
+                start = time.perf_counter()
+                state = predictor.initial_state(inputs)
+                for t in range(T):
+                    state = predictor.layer(t, state, inputs)
+                    if t == T - 1:
+                        predictor.readout(t, state, inputs)
+                    sync(device)
+                    now = time.perf_counter()
+                    times[t] += now - start
+                    start = now
+            passes.append(times)
+    return [statistics.median(p[t] for p in passes[1:]) for t in range(T)]
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
+    """Wall time and CPU time (this process, all threads) of ``fn()``."""
     sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def bench_family(
-    name: str, args: argparse.Namespace, budget: Budget, log: Callable[[str], None]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    device = torch.device(args.device)
-    overrides = [
-        f"device={args.device}",
-        f"imitation.steps={budget.imitation_steps}",
-        f"imitation.batch_size={budget.imitation_batch}",
-        f"imitation.val_every={max(1, budget.imitation_steps // 2)}",
-        f"stage1.steps={max(1, budget.stage1_steps)}",
-        f"stage1.batch_size={budget.stage1_batch}",
-        f"stage1.val_every={max(1, budget.stage1_steps)}",
-    ]
-    if budget.val_size is not None:
-        overrides.append(f"task.val_size={budget.val_size}")
-    cfg = load_config(find_config(name), overrides)
-    task = build.make_task(cfg.task, cfg.seed, device)
-    predictor = build.make_predictor(cfg.predictor, task, seed=cfg.seed)
+def train_family(
+    name: str,
+    cfg: Any,
+    task: Task,
+    predictor: LayeredPredictor,
+    budget: Budget,
+    overrides: list[str],
+    runners: dict[float, StopRunner],
+    log: Callable[[str], None],
+) -> list[float]:
+    """Short stage 1, the costs, a reverse-KL policy at each (into ``runners``)."""
+    device = predictor.device
     T = predictor.num_layers
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,7 +216,6 @@ def bench_family(
             f"[{time.perf_counter() - started:.0f}s]"
         )
         learner = registry.LEARNERS["reverse_kl"]
-        runners: dict[float, StopRunner] = {}
         for cost in costs:
             run_dir = Path(tmp) / f"cost-{cost:g}"
             ctx = LearnerContext(
@@ -212,7 +223,57 @@ def bench_family(
             )
             result = learner(ctx)
             runners[cost] = StopRunner(predictor, result.model, result.readout)  # type: ignore[arg-type]
-        log(f"{name}: policies trained [{time.perf_counter() - started:.0f}s]")
+    return costs
+
+
+def bench_family(
+    name: str, args: argparse.Namespace, budget: Budget, log: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    device = torch.device(args.device)
+    overrides = [
+        f"device={args.device}",
+        f"imitation.steps={budget.imitation_steps}",
+        f"imitation.batch_size={budget.imitation_batch}",
+        f"imitation.val_every={max(1, budget.imitation_steps // 2)}",
+        "imitation.lr=0.01",  # brief training: a larger step than the configs' 1e-3
+        f"stage1.steps={max(1, budget.stage1_steps)}",
+        f"stage1.batch_size={budget.stage1_batch}",
+        f"stage1.val_every={max(1, budget.stage1_steps)}",
+    ]
+    if budget.val_size is not None:
+        overrides.append(f"task.val_size={budget.val_size}")
+    cfg = load_config(find_config(name), overrides)
+    task = build.make_task(cfg.task, cfg.seed, device)
+    predictor = build.make_predictor(cfg.predictor, task, seed=cfg.seed)
+    T = predictor.num_layers
+    started = time.perf_counter()
+    cache = Path(args.cache or ".") / f"{Path(name).stem}{'-quick' if args.quick else ''}.pt"
+    runners: dict[Any, StopRunner] = {}
+    if args.cache and cache.is_file():
+        saved = torch.load(cache, map_location=device, weights_only=False)
+        predictor.load_state_dict(saved["predictor"])
+        predictor.eval().requires_grad_(False)
+        costs = saved["costs"]
+        for cost, (state, readout) in saved["policies"].items():
+            policy = build.make_policy(cfg, predictor)
+            policy.load_state_dict(state)
+            runners[cost] = StopRunner(predictor, policy, ReadoutRule.from_dict(readout))
+        log(f"{name}: T={T}, predictor and policies at costs {costs} from {cache}")
+    else:
+        costs = train_family(name, cfg, task, predictor, budget, overrides, runners, log)
+        if args.cache:
+            policies = {c: (r.policy.state_dict(), r.rule.to_dict()) for c, r in runners.items()}
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(
+                {"predictor": predictor.state_dict(), "costs": costs, "policies": policies},
+                cache,
+            )
+    never = build.make_policy(cfg, predictor)
+    with torch.no_grad():
+        never.head.weight.zero_()
+        never.head.bias.fill_(-50.0)
+    runners[NEVER] = StopRunner(predictor, never, PAPER_RULE)  # type: ignore[index]
+    log(f"{name}: ready [{time.perf_counter() - started:.0f}s]")
     rows = []
     for batch in args.batch_sizes:
         repeats = budget.repeats.get(batch, 3)
@@ -227,11 +288,11 @@ def bench_family(
         # round (the smaller batches ran the same code first), and the runner's parts are
         # timed within its one run (on a CPU the lap clock costs microseconds a layer).
         single = repeats == 1 and device.type == "cpu" and batch > 1
-        profiles: dict[float, dict[str, float]] = {c: {} for c in runners}
+        profiles: dict[Any, dict[str, float]] = {c: {} for c in runners}
         fns: dict[Any, Callable[[], Any]] = {
             "full": lambda ch=chunks: [run_full_depth(predictor, c) for c in ch]
         }
-        outputs: dict[float, list[Any]] = {}
+        outputs: dict[Any, list[Any]] = {}
         for cost, runner in runners.items():
             parts = profiles[cost] if single else None
 
@@ -240,15 +301,18 @@ def bench_family(
 
             fns[cost] = run
         samples: dict[Any, list[float]] = {k: [] for k in fns}
+        cpu_samples: dict[Any, list[float]] = {k: [] for k in fns}
         for round_ in range(0 if single else -1, repeats):  # round -1: warm-up
             for key, fn in fns.items():
-                elapsed = timed(fn, device)
+                elapsed, cpu = timed(fn, device)
                 if round_ >= 0:
                     samples[key].append(elapsed)
+                    cpu_samples[key].append(cpu)
         full_s = statistics.median(samples["full"]) / per
-        probe = take(task, min(batch, 256)) if batch > 1 else take(task, 1)
-        per_layer = layer_times(predictor, probe)
-        per_layer = [max(x, 1e-9) for x in per_layer]
+        full_cpu = statistics.median(cpu_samples["full"]) / per
+        # Relative layer costs (batch 1: over the same instances; else on up to 256).
+        probe = chunks if batch == 1 else [take(task, min(batch, 256))]
+        per_layer = layer_times(predictor, probe, max(1, min(repeats, 3)))
         cum_time = torch.tensor(per_layer, dtype=torch.float64).cumsum(0)
         for cost, runner in runners.items():
             parts = profiles[cost]
@@ -258,6 +322,7 @@ def bench_family(
             stop = torch.cat([o.stop for o in outputs[cost]]).cpu()
             avg = float((stop + 1).double().mean())
             runner_s = statistics.median(samples[cost]) / per
+            runner_cpu = statistics.median(cpu_samples[cost]) / per
             ideal_time = float(cum_time[-1] / cum_time[stop].mean())
             rows.append(
                 {
@@ -271,6 +336,7 @@ def bench_family(
                     "num_layers": T,
                     "full_ms": round(full_s * 1e3, 3),
                     "runner_ms": round(runner_s * 1e3, 3),
+                    "measured_speedup_cpu_time": round(full_cpu / runner_cpu, 3),
                     "repeats": repeats,
                     "readout": runner.rule.label,
                     "runner_parts_ms": {k: round(v / per * 1e3, 3) for k, v in parts.items()},
@@ -278,7 +344,7 @@ def bench_family(
             )
             r = rows[-1]
             log(
-                f"  {name} batch {batch:>4} cost {cost:<8g} layers {avg:5.2f}/{T} "
+                f"  {name} batch {batch:>4} cost {cost!s:<8} layers {avg:5.2f}/{T} "
                 f"ideal {r['ideal_speedup']:.2f}x (layer time {ideal_time:.2f}x) measured "
                 f"{r['measured_speedup']:.2f}x  full {r['full_ms']:.2f} ms runner "
                 f"{r['runner_ms']:.2f} ms [{time.perf_counter() - started:.0f}s]"
@@ -288,10 +354,7 @@ def bench_family(
         "costs": costs,
         "stage1_steps": budget.stage1_steps,
         "imitation_steps": budget.imitation_steps,
-        "layer_time_ms_at_batch": {
-            "batch": min(max(args.batch_sizes), 256),
-            "ms": [round(x * 1e3, 3) for x in per_layer],
-        },
+        "layer_time_ms": [round(x * 1e3, 3) for x in per_layer] if rows else [],
         "seconds": round(time.perf_counter() - started, 1),
     }
     return rows, info
@@ -305,7 +368,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [head]
     for r in rows:
         lines.append(
-            f"| {r['family']} | {r['batch']} | {r['cost']:g} | {r['avg_layers']:.2f} / "
+            f"| {r['family']} | {r['batch']} | {r['cost']} | {r['avg_layers']:.2f} / "
             f"{r['num_layers']} | {r['ideal_speedup']:.2f}x | {r['ideal_speedup_layer_time']:.2f}x "
             f"| {r['measured_speedup']:.2f}x | {r['measured_speedup'] / r['ideal_speedup']:.0%} "
             f"| {r['full_ms']:.2f} | {r['runner_ms']:.2f} |"
@@ -325,9 +388,20 @@ def main(argv: list[str] | None = None) -> int:
         default=list(BUDGETS),
         help="configs to run (default: the four paper-scale families)",
     )
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 1024])
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="*",
+        default=[1, 64, 1024],
+        help="default 1 64 1024 (none: train and --cache only)",
+    )
     parser.add_argument(
         "--instances-b1", type=int, default=None, help="instances at batch 1 (default 32)"
+    )
+    parser.add_argument(
+        "--cache",
+        help="folder for the trained predictors and policies: reused when there (to rerun "
+        "the timing alone)",
     )
     parser.add_argument("--import", dest="imports", action="append", default=[])
     args = parser.parse_args(argv)
