@@ -13,6 +13,7 @@ from l2s_gym import predictors, tasks  # noqa: F401  (registration side effects)
 from l2s_gym.policy import StopPolicy
 from l2s_gym.predictor import LayeredPredictor, Trace
 from l2s_gym.rules import ReadoutRule
+from l2s_gym.runner import RunnerOutput, StopRunner
 from l2s_gym.task import Batch, Task
 
 try:
@@ -24,6 +25,8 @@ __all__ = [
     "Batch",
     "LayeredPredictor",
     "ReadoutRule",
+    "RunnerOutput",
+    "StopRunner",
     "StopPolicy",
     "Task",
     "Trace",

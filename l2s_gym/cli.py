@@ -303,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictor", required=True, help="predictor checkpoint (best.pt)")
     p.add_argument("--policy", action="append", help="policy checkpoint(s) (best.pt), repeatable")
     p.set_defaults(fn=cmd_evaluate)
+    add_predict_parser(sub)
     return parser
 
 
@@ -339,6 +340,43 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("l2s: interrupted; checkpoints written so far are kept", file=sys.stderr)
         return 130
+
+
+def add_predict_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
+    p = sub.add_parser(
+        "predict", help="early exit: run a run folder's predictor and stop policy, timed"
+    )
+    _common(p)
+    p.add_argument("--run", required=True, help="a run folder (runs/<experiment>/<run-id>)")
+    p.add_argument("--learner", required=True, help="the learner whose policy to run")
+    p.add_argument("--cost", type=float, help="which cost-<c> policy (default: the only one)")
+    p.add_argument("--seed", type=int, help="which seed-<s> folder (default: the config's)")
+    p.add_argument("--out", help="FILE.pt for predictions and stop layers (+ FILE.json)")
+    p.add_argument("--batch-size", type=int, help="default: compare.eval_batch_size")
+    p.add_argument(
+        "--input",
+        help="a .pt dict of input tensors to run instead of the test set (any task: the "
+        "keys and per-instance shapes of its test inputs)",
+    )
+    p.set_defaults(fn=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from l2s_gym.runner import format_summary, predict_run
+
+    cfg = _config(args)
+    summary = predict_run(
+        cfg,
+        args.run,
+        args.learner,
+        cost=args.cost,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        out=args.out,
+        input_file=args.input,
+    )
+    print(format_summary(summary))
+    return 0
 
 
 if __name__ == "__main__":

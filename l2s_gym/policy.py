@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -62,6 +63,8 @@ class StopPolicy(nn.Module):
         # Start undecided-but-patient: a small negative bias means "continue" at first.
         nn.init.zeros_(self.head.weight)
         nn.init.constant_(self.head.bias, -1.0)
+        # Position encodings per (device, dtype), for ``layer_logits`` (not saved).
+        self._positions: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     def hidden_features(self, features: Tensor, t: Tensor) -> Tensor:
         """The last hidden layer for ``features`` ``(N, *feature_shape)`` at layers ``t`` ``(N,)``."""
@@ -72,6 +75,36 @@ class StopPolicy(nn.Module):
     def forward(self, features: Tensor, t: Tensor) -> Tensor:
         """Stop logits ``(N,)`` for features ``(N, *feature_shape)`` at layers ``t`` ``(N,)``."""
         return self.head(self.hidden_features(features, t)).squeeze(-1)
+
+    def layer_logits(self, features: Tensor, t: int) -> Tensor:
+        """``forward(features, t)`` for ``N`` instances all at the one layer ``t`` (an int).
+
+        The inference path of ``l2s_gym.runner.StopRunner``, for a policy in eval mode
+        without gradients: the position encodings of the ``T`` layers are computed once per
+        device and dtype, the same way ``forward`` computes them, and the MLP runs as its
+        plain ``linear``/``tanh`` calls (no module dispatch, activations in place), so the
+        logits are ``forward``'s bit for bit (the tests check it) at a fraction of the
+        per-call overhead that dominates at small batches.
+        """
+        if isinstance(self.encoder, nn.Flatten):
+            z = features.flatten(1)
+        else:
+            z = self.encoder(features)
+        key = (z.device, z.dtype)
+        table = self._positions.get(key)
+        if table is None:
+            layers = torch.arange(self.num_layers, device=z.device)
+            table = position_encoding(layers, self.num_layers, self.pos_dim).to(z.dtype)
+            self._positions[key] = table
+        h = torch.cat([z, table[t].expand(z.shape[0], table.shape[1])], dim=-1)
+        for module in self.body:
+            if isinstance(module, nn.Linear):
+                h = F.linear(h, module.weight, module.bias)
+            elif isinstance(module, nn.Tanh):
+                h = h.tanh_()
+            else:
+                h = module(h)
+        return F.linear(h, self.head.weight, self.head.bias).squeeze(-1)
 
     def trace_logits(self, features: Tensor) -> Tensor:
         """Stop logits ``(B, T)`` for a trace's features ``(B, T, *feature_shape)``."""

@@ -21,11 +21,17 @@ def soft_threshold(x: Tensor, theta: Tensor) -> Tensor:
 class _SparseFeatures(LayeredPredictor):
     """Shared state handling and label-free policy features for sparse-recovery predictors.
 
-    The state is ``{"x": x_t, "dx": x_t - x_{t-1}}``. The policy sees five numbers:
-    the log relative residual ``||y - A x_t||^2 / ||y||^2`` (which tracks the noise
-    level), the log relative update ``||dx||^2 / ||x_t||^2`` (convergence), the
-    fraction of non-zero entries, the log measurement energy, and the log ratio of the
-    residual before and after the last layer (whether that layer still helped).
+    The state is ``{"x": x_t, "dx": x_t - x_{t-1}, "r": y - A x_t, "r_prev": y - A x_{t-1}}``.
+    The residual is computed once per layer, in the layer (``_advance``), and shared: the
+    policy features need it after every layer, and the next ISTA or LISTA-CP layer starts
+    from it (before, the features recomputed it with two more products by ``A``, which
+    doubled the cost of a LISTA-CP layer whenever the policy ran).
+
+    The policy sees five numbers: the log relative residual ``||y - A x_t||^2 / ||y||^2``
+    (which tracks the noise level), the log relative update ``||dx||^2 / ||x_t||^2``
+    (convergence), the fraction of non-zero entries, the log measurement energy, and the
+    log ratio of the residual before and after the last layer (whether that layer still
+    helped).
     """
 
     feature_shape = (5,)
@@ -34,7 +40,12 @@ class _SparseFeatures(LayeredPredictor):
     def initial_state(self, inputs: dict[str, Tensor]) -> State:
         y = inputs["y"]
         zeros = y.new_zeros(y.shape[0], self.A.shape[1])
-        return {"x": zeros, "dx": zeros}
+        # x_0 = 0, so its residual y - A x_0 is y itself (exactly: A 0 = 0).
+        return {"x": zeros, "dx": zeros, "r": y, "r_prev": y}
+
+    def _advance(self, x: Tensor, new: Tensor, r: Tensor, y: Tensor) -> State:
+        """The state after a layer took ``x`` (residual ``r``) to ``new``."""
+        return {"x": new, "dx": new - x, "r": y - new @ self.A.T, "r_prev": r}
 
     def readout(self, t: int, state: State, inputs: dict[str, Tensor]) -> Tensor:
         return state["x"]  # type: ignore[index]
@@ -50,11 +61,11 @@ class _SparseFeatures(LayeredPredictor):
     ) -> Tensor:
         y, x, dx = inputs["y"], state["x"], state["dx"]  # type: ignore[index]
         y2 = y.pow(2).sum(1)
-        r = y - x @ self.A.T
-        resid = r.pow(2).sum(1) / (y2 + 1e-12)
-        resid_before = (r + dx @ self.A.T).pow(2).sum(1) / (y2 + 1e-12)
+        resid = state["r"].pow(2).sum(1) / (y2 + 1e-12)  # type: ignore[index]
+        resid_before = state["r_prev"].pow(2).sum(1) / (y2 + 1e-12)  # type: ignore[index]
         update = dx.pow(2).sum(1) / (x.pow(2).sum(1) + 1e-12)
-        nonzero = (x != 0).float().mean(1)
+        # |sign(x)| summed: the count of non-zeros, as (x != 0).float().mean(1) but 5x faster.
+        nonzero = x.sign().abs_().sum(1) / x.shape[1]
         energy = y2 / y.shape[1]
         return torch.stack(
             [
@@ -93,14 +104,15 @@ class ISTA(_SparseFeatures):
         self.register_buffer("A", task.A.clone())
         self.L = float(torch.linalg.matrix_norm(task.A.cpu(), ord=2) ** 2)
 
-    def _ista(self, x: Tensor, y: Tensor) -> Tensor:
-        grad = (x @ self.A.T - y) @ self.A
+    def _ista(self, x: Tensor, misfit: Tensor) -> Tensor:
+        """One ISTA step from ``x`` whose misfit ``A x - y`` is given."""
+        grad = misfit @ self.A
         return soft_threshold(x - grad / self.L, torch.tensor(self.lam / self.L))
 
     def layer(self, t: int, state: State, inputs: dict[str, Tensor]) -> State:
-        x = state["x"]  # type: ignore[index]
-        new = self._ista(x, inputs["y"])
-        return {"x": new, "dx": new - x}
+        x, r = state["x"], state["r"]  # type: ignore[index]
+        # -r is A x - y exactly (IEEE subtraction is antisymmetric).
+        return self._advance(x, self._ista(x, -r), r, inputs["y"])
 
 
 @register_predictor("fista", IterativeConfig, task="sparse_recovery")
@@ -116,11 +128,11 @@ class FISTA(ISTA):
         return state
 
     def layer(self, t: int, state: State, inputs: dict[str, Tensor]) -> State:
-        x, z, s = state["x"], state["z"], state["s"]  # type: ignore[index]
-        new = self._ista(z, inputs["y"])
+        x, z, s, y = state["x"], state["z"], state["s"], inputs["y"]  # type: ignore[index]
+        new = self._ista(z, z @ self.A.T - y)
         s_next = (1 + torch.sqrt(1 + 4 * s * s)) / 2
         z_next = new + ((s - 1) / s_next).unsqueeze(1) * (new - x)
-        return {"x": new, "dx": new - x, "z": z_next, "s": s_next}
+        return {**self._advance(x, new, state["r"], y), "z": z_next, "s": s_next}  # type: ignore[index]
 
 
 @dataclass
@@ -163,13 +175,13 @@ class LISTA(_SparseFeatures):
         self.theta = nn.Parameter(torch.full((T,), cfg.lam / L, device=a.device))
 
     def layer(self, t: int, state: State, inputs: dict[str, Tensor]) -> State:
-        x, y = state["x"], inputs["y"]  # type: ignore[index]
+        x, r, y = state["x"], state["r"], inputs["y"]  # type: ignore[index]
         if self.weights == "full":
             pre = y @ self.W1[t].T + x @ self.W2[t].T
         else:
-            pre = x + (y - x @ self.A.T) @ self.W[t]
+            pre = x + r @ self.W[t]
         new = soft_threshold(pre, self.theta[t])
-        return {"x": new, "dx": new - x}
+        return self._advance(x, new, r, y)
 
 
 @register_baselines("sparse_recovery")

@@ -1,0 +1,457 @@
+"""Early exit, measured: wall-clock time of ``l2s_gym.StopRunner`` against the full-depth predictor.
+
+For each family at the paper-scale predictor sizes (``configs/<family>.yaml``) the script
+trains the predictor briefly (this is about time, not quality), picks a few layer prices
+``lambda`` whose oracle depth on a validation trace spreads over the depth (a quarter,
+half and three quarters of ``T``), trains a stop policy at each with the reverse-KL
+imitation learner (briefly), and times on test instances, at batch sizes 1, 64 and 1024:
+
+- the full-depth predictor: its ``layer`` calls and the last ``readout``, nothing else
+  (``l2s_gym.runner.run_full_depth``);
+- the runner at each cost: the same layers for the instances still going, the read-out
+  and the policy after each layer, compaction of the stopped instances.
+
+Both run under ``torch.inference_mode`` with the same threads on the same instances;
+the repeats are interleaved (full, runner at each cost, full, ...) so that a busy machine
+slows both alike; the first round is a warm-up and is not timed; times are medians.
+Batch 1 runs ``--instances-b1`` instances one after the other (their own stop layers) and
+reports the time per instance.
+
+Each row: ``family``, ``batch``, ``cost``, ``avg_layers``, ``ideal_speedup``
+(``T / avg_layers``), ``measured_speedup`` (full-depth time / runner time), and:
+``ideal_speedup_layer_time`` (the speed-up if the runner cost exactly the layers it
+computes, each weighed by its measured time in the full-depth pass: below ``T /
+avg_layers`` where early layers are the expensive ones), ``full_ms`` / ``runner_ms``
+(medians, per batch), ``measured_speedup_cpu_time`` (the same ratio in CPU time of the
+process: with one thread, what other processes on a busy machine do not distort),
+``repeats``, ``readout`` (the rule chosen on validation) and
+``runner_parts_ms`` (where the runner's time goes: ``layer``, ``readout``, ``features``,
+``policy``, ``decide``, ``compact``; from a separate profiled run).
+
+Usage::
+
+    python benchmarks/early_exit_speedup.py --out early_exit.json            # CPU, 2 threads
+    python benchmarks/early_exit_speedup.py --out early_exit_gpu.json --device cuda
+    python benchmarks/early_exit_speedup.py --out q.json --quick             # smoke run
+
+On CPU it uses 2 threads (``--threads``) and runs in under 10 minutes; the paper-scale
+DnCNN (20 layers of 64 channels on 40x40 patches) at batch 1024 takes tens of seconds per
+full pass on 2 cores, so it runs once (no repeat) there, as the output says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from l2s_gym import build, registry
+from l2s_gym.config import find_config, load_config
+from l2s_gym.learner import LearnerContext
+from l2s_gym.predictor import LayeredPredictor, Trace
+from l2s_gym.rules import PAPER_RULE, ReadoutRule
+from l2s_gym.runner import StopRunner, run_full_depth
+from l2s_gym.stopping import cost_adjusted_losses, cumulative_costs
+from l2s_gym.task import Task
+from l2s_gym.training import train_predictor
+
+
+@dataclass
+class Budget:
+    """How much each family trains and how often each batch size is timed."""
+
+    stage1_steps: int
+    stage1_batch: int
+    imitation_steps: int
+    imitation_batch: int
+    val_size: int | None
+    """Validation instances (for stage 1's checks and the learner's validation trace)."""
+    repeats: dict[int, int]
+    """Timed repeats per batch size, after one untimed warm-up round (none where 1: the
+    smaller batches ran the same code first)."""
+    instances_b1: int = 32
+    """Instances run one at a time for batch size 1."""
+    stage1_task: tuple[str, ...] = ()
+    """Overrides of the task for stage 1 only (e.g. smaller denoising patches)."""
+
+
+# CPU seconds per step at these sizes (2 threads): sparse recovery ~0.3 (stage 1, batch
+# 256), recognition ~0.5 (batch 32), meta learning ~3.5 (second-order, batch 64) and 0.6
+# per imitation trace, denoising ~7 on 40x40 patches (hence stage 1 on 16x16 crops: the
+# DnCNN is fully convolutional) and ~2.3 per imitation trace of 16 patches.
+BUDGETS = {
+    "sparse_recovery": Budget(30, 256, 40, 256, 1000, {1: 5, 64: 7, 1024: 5}),
+    "denoising": Budget(
+        60, 16, 12, 16, 64, {1: 3, 64: 3, 1024: 1}, instances_b1=16, stage1_task=("patch_size=16",)
+    ),
+    "recognition": Budget(40, 32, 60, 64, None, {1: 5, 64: 7, 1024: 5}),
+    "meta_learning": Budget(0, 64, 40, 64, 512, {1: 5, 64: 7, 1024: 5}),
+}
+QUICK = Budget(3, 16, 4, 32, 64, {1: 1, 64: 1, 1024: 1}, instances_b1=4)
+COST_TARGETS = (0.25, 0.5, 0.75)
+"""Costs are chosen so that the oracle's average depth is these fractions of its depth at
+price 0 (see ``choose_costs``)."""
+NEVER = "never"
+"""The reference row: a policy that never stops (logit -50), i.e. the runner's overhead at
+full depth; not a frontier point and not one of the costs."""
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def oracle_depth(trace: Trace, cost: float, cum: torch.Tensor) -> float:
+    stop = cost_adjusted_losses(trace.losses, cost, cum).argmin(dim=1)
+    return float((stop + 1).double().mean())
+
+
+def choose_costs(trace: Trace, cum: torch.Tensor, targets: tuple[float, ...]) -> list[float]:
+    """For each target fraction, the price whose oracle depth on ``trace`` is nearest that
+    fraction of the oracle's depth at price 0 (``T`` for a converged predictor; less for
+    a briefly trained one whose deep layers are no better yet). Bisection in log price:
+    the oracle's depth does not grow with the price."""
+    deepest = oracle_depth(trace, 0.0, cum)
+    spread = float((trace.losses.max(1).values - trace.losses.min(1).values).mean()) or 1.0
+    costs = []
+    for frac in targets:
+        want = max(1.0, frac * deepest)
+        lo, hi = math.log(spread * 1e-6), math.log(spread * 10)
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if oracle_depth(trace, math.exp(mid), cum) > want:
+                lo = mid
+            else:
+                hi = mid
+        costs.append(float(f"{math.exp(hi):.3g}"))
+    return sorted(set(costs), reverse=True)
+
+
+def take(task: Task, n: int) -> dict[str, torch.Tensor]:
+    """The first ``n`` test instances (repeated if the test set is smaller)."""
+    test = task.eval_set("test")
+    index = torch.arange(n, device=task.device) % len(test)
+    return {k: v[index] for k, v in test.inputs.items()}
+
+
+def layer_times(
+    predictor: LayeredPredictor, chunks: list[dict[str, torch.Tensor]], repeats: int
+) -> list[float]:
+    """Wall time of each layer at full depth over ``chunks`` (the final read-out added to the
+    last layer), the median of ``repeats`` passes after a warm-up pass."""
+    device = predictor.device
+    T = predictor.num_layers
+    passes = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            times = [0.0] * T
+            for inputs in chunks:
+                sync(device)
+                start = time.perf_counter()
+                state = predictor.initial_state(inputs)
+                for t in range(T):
+                    state = predictor.layer(t, state, inputs)
+                    if t == T - 1:
+                        predictor.readout(t, state, inputs)
+                    sync(device)
+                    now = time.perf_counter()
+                    times[t] += now - start
+                    start = now
+            passes.append(times)
+    return [statistics.median(p[t] for p in passes[1:]) for t in range(T)]
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
+    """Wall time and CPU time (this process, all threads) of ``fn()``."""
+    sync(device)
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    sync(device)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def train_family(
+    name: str,
+    cfg: Any,
+    task: Task,
+    predictor: LayeredPredictor,
+    budget: Budget,
+    overrides: list[str],
+    runners: dict[float, StopRunner],
+    log: Callable[[str], None],
+) -> list[float]:
+    """Short stage 1, the costs, a reverse-KL policy at each (into ``runners``)."""
+    device = predictor.device
+    T = predictor.num_layers
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if budget.stage1_steps > 0:
+            stage1_cfg = load_config(
+                find_config(name), overrides + [f"task.{o}" for o in budget.stage1_task]
+            )
+            stage1_task = build.make_task(stage1_cfg.task, cfg.seed, device)
+            train_predictor(
+                predictor, stage1_task, cfg.stage1, "oracle", cfg.beta, Path(tmp) / "stage1",
+                cfg.seed, None, progress=False,
+            )  # fmt: skip
+        predictor.eval().requires_grad_(False)
+        val = predictor.trace_eval(task.eval_set("val"), task, 256)
+        cum = cumulative_costs(T, predictor.layer_costs(), device)
+        costs = choose_costs(val, cum, COST_TARGETS)
+        log(
+            f"{name}: T={T}, stage 1 {budget.stage1_steps} steps; costs {costs} "
+            f"(oracle depth {[round(oracle_depth(val, c, cum), 1) for c in costs]}) "
+            f"[{time.perf_counter() - started:.0f}s]"
+        )
+        learner = registry.LEARNERS["reverse_kl"]
+        for cost in costs:
+            run_dir = Path(tmp) / f"cost-{cost:g}"
+            ctx = LearnerContext(
+                cfg, task, predictor, val, run_dir, cfg.seed, progress=False, cost=cost
+            )
+            result = learner(ctx)
+            runners[cost] = StopRunner(predictor, result.model, result.readout)  # type: ignore[arg-type]
+    return costs
+
+
+def bench_family(
+    name: str, args: argparse.Namespace, budget: Budget, log: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    device = torch.device(args.device)
+    overrides = [
+        f"device={args.device}",
+        f"imitation.steps={budget.imitation_steps}",
+        f"imitation.batch_size={budget.imitation_batch}",
+        f"imitation.val_every={max(1, budget.imitation_steps // 2)}",
+        "imitation.lr=0.01",  # brief training: a larger step than the configs' 1e-3
+        f"stage1.steps={max(1, budget.stage1_steps)}",
+        f"stage1.batch_size={budget.stage1_batch}",
+        f"stage1.val_every={max(1, budget.stage1_steps)}",
+    ]
+    if budget.val_size is not None:
+        overrides.append(f"task.val_size={budget.val_size}")
+    cfg = load_config(find_config(name), overrides)
+    task = build.make_task(cfg.task, cfg.seed, device)
+    predictor = build.make_predictor(cfg.predictor, task, seed=cfg.seed)
+    T = predictor.num_layers
+    started = time.perf_counter()
+    cache = Path(args.cache or ".") / f"{Path(name).stem}{'-quick' if args.quick else ''}.pt"
+    runners: dict[Any, StopRunner] = {}
+    if args.cache and cache.is_file():
+        saved = torch.load(cache, map_location=device, weights_only=False)
+        predictor.load_state_dict(saved["predictor"])
+        predictor.eval().requires_grad_(False)
+        costs = saved["costs"]
+        for cost, (state, readout) in saved["policies"].items():
+            policy = build.make_policy(cfg, predictor)
+            policy.load_state_dict(state)
+            runners[cost] = StopRunner(predictor, policy, ReadoutRule.from_dict(readout))
+        log(f"{name}: T={T}, predictor and policies at costs {costs} from {cache}")
+    else:
+        costs = train_family(name, cfg, task, predictor, budget, overrides, runners, log)
+        if args.cache:
+            policies = {c: (r.policy.state_dict(), r.rule.to_dict()) for c, r in runners.items()}
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(
+                {"predictor": predictor.state_dict(), "costs": costs, "policies": policies},
+                cache,
+            )
+    never = build.make_policy(cfg, predictor)
+    with torch.no_grad():
+        never.head.weight.zero_()
+        never.head.bias.fill_(-50.0)
+    runners[NEVER] = StopRunner(predictor, never, PAPER_RULE)  # type: ignore[index]
+    log(f"{name}: ready [{time.perf_counter() - started:.0f}s]")
+    rows = []
+    for batch in args.batch_sizes:
+        repeats = budget.repeats.get(batch, 3)
+        if batch == 1:
+            count = args.instances_b1 or budget.instances_b1
+            first = take(task, count)
+            chunks = [{k: v[i : i + 1] for k, v in first.items()} for i in range(count)]
+        else:
+            chunks = [take(task, batch)]
+        per = len(chunks)
+        # One expensive repeat (the paper-scale DnCNN at batch 1024 on a CPU): no warm-up
+        # round (the smaller batches ran the same code first), and the runner's parts are
+        # timed within its one run (on a CPU the lap clock costs microseconds a layer).
+        single = repeats == 1 and device.type == "cpu" and batch > 1
+        profiles: dict[Any, dict[str, float]] = {c: {} for c in runners}
+        fns: dict[Any, Callable[[], Any]] = {
+            "full": lambda ch=chunks: [run_full_depth(predictor, c) for c in ch]
+        }
+        outputs: dict[Any, list[Any]] = {}
+        for cost, runner in runners.items():
+            parts = profiles[cost] if single else None
+
+            def run(cost=cost, r=runner, p=parts, ch=chunks, out=outputs) -> None:  # noqa: ANN001
+                out[cost] = [r(c, profile=p) for c in ch]
+
+            fns[cost] = run
+        samples: dict[Any, list[float]] = {k: [] for k in fns}
+        cpu_samples: dict[Any, list[float]] = {k: [] for k in fns}
+        for round_ in range(0 if single else -1, repeats):  # round -1: warm-up
+            for key, fn in fns.items():
+                elapsed, cpu = timed(fn, device)
+                if round_ >= 0:
+                    samples[key].append(elapsed)
+                    cpu_samples[key].append(cpu)
+        full_s = statistics.median(samples["full"]) / per
+        full_cpu = statistics.median(cpu_samples["full"]) / per
+        # Relative layer costs (batch 1: over the same instances; else on up to 256).
+        probe = chunks if batch == 1 else [take(task, min(batch, 256))]
+        per_layer = layer_times(predictor, probe, max(1, min(repeats, 3)))
+        cum_time = torch.tensor(per_layer, dtype=torch.float64).cumsum(0)
+        for cost, runner in runners.items():
+            parts = profiles[cost]
+            if not single:  # a separate, profiled run: the timed ones were not disturbed
+                for c in chunks:
+                    runner(c, profile=parts)
+            stop = torch.cat([o.stop for o in outputs[cost]]).cpu()
+            avg = float((stop + 1).double().mean())
+            runner_s = statistics.median(samples[cost]) / per
+            runner_cpu = statistics.median(cpu_samples[cost]) / per
+            ideal_time = float(cum_time[-1] / cum_time[stop].mean())
+            rows.append(
+                {
+                    "family": name,
+                    "batch": batch,
+                    "cost": cost,
+                    "avg_layers": round(avg, 3),
+                    "ideal_speedup": round(T / avg, 3),
+                    "measured_speedup": round(full_s / runner_s, 3),
+                    "ideal_speedup_layer_time": round(ideal_time, 3),
+                    "num_layers": T,
+                    "full_ms": round(full_s * 1e3, 3),
+                    "runner_ms": round(runner_s * 1e3, 3),
+                    "measured_speedup_cpu_time": round(full_cpu / runner_cpu, 3),
+                    "repeats": repeats,
+                    "readout": runner.rule.label,
+                    "runner_parts_ms": {k: round(v / per * 1e3, 3) for k, v in parts.items()},
+                }
+            )
+            r = rows[-1]
+            log(
+                f"  {name} batch {batch:>4} cost {cost!s:<8} layers {avg:5.2f}/{T} "
+                f"ideal {r['ideal_speedup']:.2f}x (layer time {ideal_time:.2f}x) measured "
+                f"{r['measured_speedup']:.2f}x  full {r['full_ms']:.2f} ms runner "
+                f"{r['runner_ms']:.2f} ms [{time.perf_counter() - started:.0f}s]"
+            )
+    info = {
+        "num_layers": T,
+        "costs": costs,
+        "stage1_steps": budget.stage1_steps,
+        "imitation_steps": budget.imitation_steps,
+        "layer_time_ms": [round(x * 1e3, 3) for x in per_layer] if rows else [],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return rows, info
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| family | batch | cost | avg layers | ideal T/avg | ideal (layer time) | measured "
+        "| measured / ideal | full ms | runner ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['family']} | {r['batch']} | {r['cost']} | {r['avg_layers']:.2f} / "
+            f"{r['num_layers']} | {r['ideal_speedup']:.2f}x | {r['ideal_speedup_layer_time']:.2f}x "
+            f"| {r['measured_speedup']:.2f}x | {r['measured_speedup'] / r['ideal_speedup']:.0%} "
+            f"| {r['full_ms']:.2f} | {r['runner_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="JSON file for the rows")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--quick", action="store_true", help="minimal training and repeats")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=list(BUDGETS),
+        help="configs to run (default: the four paper-scale families)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="*",
+        default=[1, 64, 1024],
+        help="default 1 64 1024 (none: train and --cache only)",
+    )
+    parser.add_argument(
+        "--instances-b1", type=int, default=None, help="instances at batch 1 (default 32)"
+    )
+    parser.add_argument(
+        "--cache",
+        help="folder for the trained predictors and policies: reused when there (to rerun "
+        "the timing alone)",
+    )
+    parser.add_argument("--import", dest="imports", action="append", default=[])
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: PyTorch sees no CUDA device")
+    torch.set_num_threads(args.threads)
+    for spec in args.imports:
+        registry.import_module_or_file(spec)
+    registry.load_plugins()
+    started = time.perf_counter()
+    # Other processes on the machine slow the timings (the repeats interleave the runner
+    # and the baseline so that both are slowed alike); the load says how busy it was.
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log(
+        f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"load average {load_at_start}"
+    )
+    rows, families = [], {}
+    for name in args.configs:
+        budget = QUICK if args.quick else BUDGETS.get(name, QUICK)
+        family_rows, families[name] = bench_family(name, args, budget, log)
+        rows += family_rows
+    result = {
+        "command": "python benchmarks/early_exit_speedup.py " + " ".join(argv or sys.argv[1:]),
+        "device": args.device,
+        "device_name": (
+            torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
+        ),
+        "threads": torch.get_num_threads(),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "families": families,
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(rows))
+    print(
+        f"\n{args.device}, {result['threads']} threads, {result['wall_s']:.0f} s, load average "
+        f"{load_at_start} at the start; rows in {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,467 @@
+"""Early exit: run a trained stop policy and compute only the layers it keeps.
+
+Evaluation (``l2s_gym.evaluation``) runs all ``T`` layers and reads each instance's stop
+layer out of the trace afterwards; its "average layers" is a count. ``StopRunner`` is the
+deployed form: it runs a batch layer by layer, asks the policy after each layer, and
+drops the instances that stopped, so layer ``t + 1`` runs only on the instances still
+going. Its stop layers are the trace's (same predictor, same policy, same read-out rule:
+``tests/test_runner.py`` checks it on every family).
+
+``predict_run`` loads a run folder's predictor and policy and runs the test set (or a
+user's batch) through the runner, timing it against the full-depth predictor.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from l2s_gym.config import ConfigError, ExperimentConfig
+from l2s_gym.policy import StopPolicy
+from l2s_gym.predictor import LayeredPredictor, State, map_state
+from l2s_gym.rules import PAPER_RULE, ReadoutRule
+from l2s_gym.task import Batch, Task
+
+
+@dataclass
+class RunnerOutput:
+    """What ``StopRunner`` returns for a batch of ``B`` instances.
+
+    Attributes:
+        predictions: ``(B, *prediction_shape)``, each instance's read-out at its stop layer.
+        stop: ``(B,)`` long, the **0-based** stop index, as everywhere in the library
+            (``l2s_gym.rules``, ``l2s_gym.evaluation``): ``0`` stops after layer 1, so the
+            instance computed ``stop + 1`` layers (``layers``).
+        stop_probabilities: ``(B, T)`` when asked for: ``pi_t``, the policy's probability of
+            stopping at each layer the instance reached (``1`` at the last layer, which
+            always stops), ``NaN`` at the layers it never reached; else ``None``.
+    """
+
+    predictions: Tensor
+    stop: Tensor
+    stop_probabilities: Tensor | None = None
+
+    @property
+    def layers(self) -> Tensor:
+        """``(B,)`` layers computed per instance (``stop + 1``, 1-based)."""
+        return self.stop + 1
+
+    @property
+    def avg_layers(self) -> float:
+        """Mean layers computed per instance (reading it synchronises with the device)."""
+        return float(self.layers.double().mean()) if self.stop.numel() else math.nan
+
+
+def _inputs_of(batch: Batch | dict[str, Tensor]) -> dict[str, Tensor]:
+    return batch.inputs if isinstance(batch, Batch) else dict(batch)
+
+
+def _batch_size(inputs: dict[str, Tensor]) -> int:
+    sizes = {int(v.shape[0]) for v in inputs.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"inputs disagree on the batch size: {sorted(sizes)}")
+    return sizes.pop()
+
+
+class _Laps:
+    """Wall time per part of the runner's loop, for ``StopRunner(..., profile=dict)``."""
+
+    def __init__(self, parts: dict[str, float], device: torch.device) -> None:
+        self.parts, self.device = parts, device
+        self.last = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def __call__(self, part: str) -> None:
+        now = self._now()
+        self.parts[part] = self.parts.get(part, 0.0) + now - self.last
+        self.last = now
+
+
+class StopRunner:
+    """Run a frozen predictor with early exit: each instance stops where its policy says.
+
+    After layer ``t`` the runner computes the policy features of the instances still
+    active (``predictor.policy_features``), their stop logits (``policy.layer_logits``,
+    which is ``policy.forward`` with the position encodings cached) and applies ``rule``
+    causally (``ReadoutRule.stop_now``; for ``sample``, a Bernoulli draw with ``pi_t``
+    from ``generator``). Instances that stop keep the read-out of layer ``t``; the others
+    are compacted (state and inputs indexed by the rows still going) and only they run
+    layer ``t + 1``. The last layer always stops, without asking the policy.
+
+    No labels, no trace. Host synchronisation: one per layer (the number of instances
+    that stopped, needed to size the compaction), none per instance. Everything runs
+    under ``torch.inference_mode``; both modules are put in eval mode (BatchNorm uses its
+    running statistics, so an instance's computation does not depend on its batch).
+
+    Args:
+        predictor: the trained ``LayeredPredictor``.
+        policy: its trained ``StopPolicy``.
+        rule: the read-out chosen on validation (a policy checkpoint's ``readout``:
+            ``ReadoutRule.from_dict(ckpt["readout"])``); default the paper's rule.
+        generator: random stream of the ``sample`` rule (on the predictor's device).
+    """
+
+    def __init__(
+        self,
+        predictor: LayeredPredictor,
+        policy: StopPolicy,
+        rule: ReadoutRule = PAPER_RULE,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if policy.num_layers != predictor.num_layers:
+            raise ValueError(
+                f"the policy was built for {policy.num_layers} layers, "
+                f"the predictor has {predictor.num_layers}"
+            )
+        self.predictor = predictor.eval()
+        self.policy = policy.eval()
+        self.rule = rule
+        self.generator = generator
+        self.num_layers = int(predictor.num_layers)
+
+    def _decide(self, logit: Tensor, log_survival: Tensor) -> tuple[Tensor, Tensor]:
+        if self.rule.kind == "sample":
+            draw = torch.rand(
+                logit.shape, generator=self.generator, device=logit.device, dtype=logit.dtype
+            )
+            return draw < torch.sigmoid(logit), log_survival
+        return self.rule.stop_now(logit, log_survival)
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        batch: Batch | dict[str, Tensor],
+        return_probabilities: bool = False,
+        profile: dict[str, float] | None = None,
+    ) -> RunnerOutput:
+        """Run ``batch`` (a ``Batch`` or its inputs dict) with early exit.
+
+        ``profile``: a dict to which the wall time (seconds) of each part of the loop is
+        added: ``layer``, ``readout`` (what the full-depth predictor computes too, though it
+        reads out only once), ``features``, ``policy``, ``decide`` (the rule and the
+        layer's host synchronisation) and ``compact`` (writing out the stopped instances,
+        indexing the others). On a GPU it synchronises after each part, which costs time
+        of its own: profile separately from timing.
+        """
+        device = self.predictor.device
+        lap = _Laps(profile, device) if profile is not None else None
+        inputs = {k: v.to(device) for k, v in _inputs_of(batch).items()}
+        n = _batch_size(inputs)
+        T = self.num_layers
+        stop_out = torch.full((n,), T - 1, dtype=torch.long, device=device)
+        probs = torch.full((n, T), math.nan, device=device) if return_probabilities else None
+        pred_out: Tensor | None = None
+        active = torch.arange(n, device=device)
+        log_survival = torch.zeros(n, device=device)
+        state: State = self.predictor.initial_state(inputs)
+        if lap:
+            lap("layer")
+        for t in range(T):
+            state = self.predictor.layer(t, state, inputs)
+            if lap:
+                lap("layer")
+            pred = self.predictor.readout(t, state, inputs)
+            if lap:
+                lap("readout")
+            if pred_out is None:
+                pred_out = pred.new_empty((n, *pred.shape[1:]))
+            if t == T - 1:
+                pred_out.index_copy_(0, active, pred)
+                if probs is not None:
+                    probs[:, t].index_fill_(0, active, 1.0)
+                if lap:
+                    lap("compact")
+                break
+            features = self.predictor.policy_features(t, state, inputs, pred)
+            if lap:
+                lap("features")
+            logit = self.policy.layer_logits(features, t)
+            if probs is not None:
+                probs[:, t].index_copy_(0, active, torch.sigmoid(logit).to(probs.dtype))
+            if lap:
+                lap("policy")
+            stop, log_survival = self._decide(logit, log_survival)
+            # The one synchronisation of the layer: how many instances stopped.
+            num_stop = int(stop.sum())
+            if lap:
+                lap("decide")
+            if num_stop == 0:
+                continue
+            if num_stop == stop.shape[0]:
+                pred_out.index_copy_(0, active, pred)
+                stop_out.index_fill_(0, active, t)
+                if lap:
+                    lap("compact")
+                break
+            # Rows that continue first, then rows that stop, each in their original order.
+            order = torch.argsort(stop.to(torch.uint8), stable=True)
+            keep, done = order[: stop.shape[0] - num_stop], order[stop.shape[0] - num_stop :]
+            stopped = active.index_select(0, done)
+            pred_out.index_copy_(0, stopped, pred.index_select(0, done))
+            stop_out.index_fill_(0, stopped, t)
+            # index_select, not x[keep]: the same rows, several times faster on a CPU.
+            active = active.index_select(0, keep)
+            log_survival = log_survival.index_select(0, keep)
+            state = map_state(lambda x, i=keep: x.index_select(0, i), state)
+            inputs = {k: v.index_select(0, keep) for k, v in inputs.items()}
+            if lap:
+                lap("compact")
+        assert pred_out is not None
+        return RunnerOutput(pred_out, stop_out, probs)
+
+
+@torch.inference_mode()
+def run_full_depth(predictor: LayeredPredictor, batch: Batch | dict[str, Tensor]) -> Tensor:
+    """The baseline early exit is measured against: all ``T`` layers, then the last read-out.
+
+    The same predictor's ``layer`` calls and final ``readout``, no policy, no features,
+    under the same ``torch.inference_mode`` as ``StopRunner``.
+    """
+    predictor.eval()
+    inputs = {k: v.to(predictor.device) for k, v in _inputs_of(batch).items()}
+    state = predictor.initial_state(inputs)
+    for t in range(predictor.num_layers):
+        state = predictor.layer(t, state, inputs)
+    return predictor.readout(predictor.num_layers - 1, state, inputs)
+
+
+# --- a run folder's stop model on the test set (``l2s predict``) -----------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _one_folder(parent: Path, prefix: str, wanted: str | None, flag: str) -> Path:
+    """``parent/<prefix><wanted>``, or the only ``<prefix>*`` folder when ``wanted`` is None."""
+    if wanted is not None:
+        folder = parent / f"{prefix}{wanted}"
+        if folder.is_dir():
+            return folder
+    found = sorted(p.name for p in parent.glob(f"{prefix}*") if p.is_dir())
+    if wanted is None and len(found) == 1:
+        return parent / found[0]
+    what = f"no {parent / f'{prefix}{wanted}'}" if wanted is not None else f"{flag} is needed"
+    raise FileNotFoundError(f"{what}; {parent} holds: {', '.join(found) or 'nothing'}")
+
+
+def load_run_stop_model(
+    cfg: ExperimentConfig,
+    run_dir: str | Path,
+    learner: str,
+    cost: float | None = None,
+    seed: int | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Task, LayeredPredictor, StopPolicy, ReadoutRule, dict[str, Any]]:
+    """A run folder's oracle-trained predictor and ``learner``'s policy at ``cost``.
+
+    Reads ``seed-<s>/stage1/predictor-oracle/best.pt`` and
+    ``seed-<s>/<learner>/cost-<c>/best.pt`` (``cost=None``: the only cost folder there);
+    the read-out is the policy checkpoint's ``readout`` (the rule chosen on validation).
+    Returns the task, predictor, policy, rule and ``{"seed", "cost", "predictor",
+    "policy"}`` (the seed, the cost and the two checkpoint paths).
+    """
+    from l2s_gym.build import make_policy, make_predictor, make_task, resolve_device
+    from l2s_gym.runs import load_checkpoint
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    seed = cfg.seed if seed is None else int(seed)
+    seed_dir = _one_folder(run_dir, "seed-", str(seed), "--seed")
+    learner_dir = seed_dir / learner
+    if not learner_dir.is_dir():
+        known = sorted(p.name for p in seed_dir.iterdir() if p.is_dir() and p.name != "stage1")
+        raise FileNotFoundError(
+            f"no learner folder {learner_dir}; {seed_dir} holds: {', '.join(known) or 'nothing'}"
+        )
+    cost_dir = _one_folder(learner_dir, "cost-", None if cost is None else f"{cost:g}", "--cost")
+    dev = resolve_device(cfg.device) if device is None else torch.device(device)
+    task = make_task(cfg.task, seed, dev)
+    predictor = make_predictor(cfg.predictor, task)
+    predictor_path = seed_dir / "stage1" / "predictor-oracle" / "best.pt"
+    predictor.load_state_dict(load_checkpoint(predictor_path, "predictor")["state_dict"])
+    predictor.eval().requires_grad_(False)
+    policy_path = cost_dir / "best.pt"
+    state = load_checkpoint(policy_path, "policy")
+    policy = make_policy(cfg, predictor)
+    policy.load_state_dict(state["state_dict"])
+    policy.eval().requires_grad_(False)
+    rule = ReadoutRule.from_dict(state.get("readout") or PAPER_RULE.to_dict())
+    info = {
+        "seed": seed,
+        "cost": float(state.get("cost", float(cost_dir.name.removeprefix("cost-")))),
+        "predictor": str(predictor_path),
+        "policy": str(policy_path),
+    }
+    return task, predictor, policy, rule, info
+
+
+def load_input_file(path: str | Path, task: Task) -> dict[str, Tensor]:
+    """A user's batch: a ``.pt`` dict of input tensors shaped like the task's test inputs.
+
+    Every task takes one (the runner needs only inputs): the keys must be those of the
+    task's test inputs and each tensor's per-instance shape (all but the first dimension)
+    theirs, e.g. ``{"y": (N, m)}`` for sparse recovery, ``{"noisy": (N, 1, P, P)}`` for
+    denoising, ``{"image": (N, 1, S, S)}`` for recognition, and the five support/query
+    tensors of the meta-learning tasks.
+    """
+    data = torch.load(Path(path), map_location="cpu", weights_only=True)
+    like = task.eval_set("test").inputs
+    if not isinstance(data, dict) or set(data) != set(like):
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(
+            f"--input {path}: expected a dict of tensors with keys {sorted(like)}, got {got}"
+        )
+    for key, ref in like.items():
+        value = data[key]
+        if not isinstance(value, Tensor) or value.shape[1:] != ref.shape[1:]:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ConfigError(
+                f"--input {path}: {key!r} must be (N, {', '.join(map(str, ref.shape[1:]))}), "
+                f"got {shape}"
+            )
+    _batch_size(data)
+    return {k: v.to(device=task.device, dtype=like[k].dtype) for k, v in data.items()}
+
+
+def predict_run(
+    cfg: ExperimentConfig,
+    run_dir: str | Path,
+    learner: str,
+    *,
+    cost: float | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    out: str | Path | None = None,
+    input_file: str | Path | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Run a run folder's stop model with early exit on the test set (or ``input_file``).
+
+    Batches of ``batch_size`` (default ``cfg.compare.eval_batch_size``) go through the
+    ``StopRunner`` and, for the timing, through the full-depth predictor
+    (``run_full_depth``); the first batch runs once untimed first (warm-up). On the test
+    set the runner's predictions are scored with the task's metric next to the
+    trace-based evaluation's (``evaluate_stop_model``'s way: full trace, then the rule on
+    the policy's logits), which they must equal.
+
+    ``out`` (``FILE.pt``): the tensors ``predictions``, ``stop`` (0-based) and ``layers``
+    (1-based), and the summary as ``FILE.json``. Returns the summary.
+    """
+    from l2s_gym.evaluation import stop_logits, stop_summary
+
+    task, predictor, policy, rule, info = load_run_stop_model(
+        cfg, run_dir, learner, cost, seed, device
+    )
+    if input_file is not None:
+        inputs, test = load_input_file(input_file, task), None
+    else:
+        test = task.eval_set("test")
+        inputs = test.inputs
+    n = _batch_size(inputs)
+    size = int(batch_size or cfg.compare.eval_batch_size)
+    if size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {size}")
+    runner = StopRunner(predictor, policy, rule)
+    dev = predictor.device
+    chunks = [{k: v[i : i + size] for k, v in inputs.items()} for i in range(0, n, size)]
+    if chunks:  # warm-up: first-call allocations and kernel choices are not timed
+        runner(chunks[0])
+        run_full_depth(predictor, chunks[0])
+    preds, stops = [], []
+    runner_s = full_s = 0.0
+    for chunk in chunks:
+        _sync(dev)
+        start = time.perf_counter()
+        result = runner(chunk)
+        _sync(dev)
+        runner_s += time.perf_counter() - start
+        start = time.perf_counter()
+        run_full_depth(predictor, chunk)
+        _sync(dev)
+        full_s += time.perf_counter() - start
+        preds.append(result.predictions)
+        stops.append(result.stop)
+    T = predictor.num_layers
+    stop = torch.cat(stops) if stops else torch.zeros(0, dtype=torch.long, device=dev)
+    predictions = torch.cat(preds) if preds else torch.zeros(0, device=dev)
+    avg_layers = float((stop + 1).double().mean()) if n else math.nan
+    summary: dict[str, Any] = {
+        "experiment": cfg.experiment,
+        "run": str(run_dir),
+        "learner": learner,
+        **info,
+        "readout": rule.to_dict(),
+        "readout_label": rule.label,
+        "data": str(input_file) if input_file is not None else "test set",
+        "instances": n,
+        "num_layers": T,
+        "avg_layers": avg_layers,
+        "histogram": torch.bincount(stop.cpu(), minlength=T).tolist(),
+        "batch_size": size,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "runner_s": runner_s,
+        "full_depth_s": full_s,
+        "measured_speedup": full_s / runner_s if runner_s > 0 else math.nan,
+        "ideal_speedup": T / avg_layers if n else math.nan,
+    }
+    if test is not None:
+        stats = task.metric_stat(predictions, test.targets)
+        trace = predictor.trace_eval(test, task, size)
+        trace_stop = rule.stop(stop_logits(policy, trace))
+        traced = stop_summary(task, trace, trace_stop)
+        summary.update(
+            {
+                "metric_name": task.metric_name,
+                "metric": task.aggregate(stats),
+                "trace_metric": traced["metric"],
+                "trace_avg_layers": traced["avg_layers"],
+                "stop_agreement": float((trace_stop == stop).double().mean()),
+            }
+        )
+    if out is not None:
+        from l2s_gym.runs import save_checkpoint, write_json
+
+        out = Path(out)
+        pt = out if out.suffix == ".pt" else out.with_name(out.name + ".pt")
+        save_checkpoint(
+            pt,
+            {"predictions": predictions.cpu(), "stop": stop.cpu(), "layers": (stop + 1).cpu()},
+        )
+        write_json(pt.with_suffix(".json"), summary)
+        summary["files"] = [str(pt), str(pt.with_suffix(".json"))]
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    lines = [
+        f"{summary['learner']} (cost {summary['cost']:g}, seed {summary['seed']}, "
+        f"read-out: {summary['readout_label']}) on {summary['data']}: "
+        f"{summary['instances']} instances",
+        f"average layers {summary['avg_layers']:.2f} of {summary['num_layers']} "
+        f"(ideal speed-up {summary['ideal_speedup']:.2f}x)",
+        f"wall time: runner {summary['runner_s'] * 1e3:.1f} ms, full depth "
+        f"{summary['full_depth_s'] * 1e3:.1f} ms, measured speed-up "
+        f"{summary['measured_speedup']:.2f}x (batch {summary['batch_size']}, "
+        f"{summary['device']}, {summary['threads']} threads)",
+    ]
+    if "metric" in summary:
+        lines.append(
+            f"{summary['metric_name']}: {summary['metric']:.4f} (trace-based evaluation "
+            f"{summary['trace_metric']:.4f}; stop layers agree on "
+            f"{100 * summary['stop_agreement']:.1f}% of instances)"
+        )
+    lines += summary.get("files", [])
+    return "\n".join(lines)
