@@ -166,9 +166,11 @@ def test_feature_groups_select_the_policy_input(task) -> None:
     assert SDN(SDNConfig(num_layers=4, features=["input"]), task).feature_shape == (3,)
 
 
-def test_instances_at_different_exits_share_a_batch(task, sdn) -> None:
+@pytest.mark.parametrize("widen", [False, True])
+def test_instances_at_different_exits_share_a_batch(task, widen) -> None:
     """``forward_step`` with mixed layers equals the layer-by-layer pass (fixed state shape)."""
-    sdn.eval()
+    torch.manual_seed(0)
+    sdn = SDN(SDNConfig(num_layers=6, channels=8, widen=widen), task).eval()
     batch = task.eval_set("val").select(slice(0, 6))
     states, preds, feats = [sdn.initial_state(batch.inputs)], [], []
     for t in range(sdn.num_layers):
@@ -312,3 +314,11 @@ def test_env_id_passes_both_checkers() -> None:
     )
     gym_check(env.unwrapped, skip_render_check=True)
     sb3_check(env.unwrapped, warn=True)
+
+
+def test_widened_sdn_doubles_channels_after_pooling(task) -> None:
+    model = SDN(SDNConfig(num_layers=6, channels=4, widen=True), task)
+    assert model.sides == [8, 4, 4, 2, 2, 2] and model.widths == [4, 4, 8, 8, 16, 16]
+    assert model.initial_state(task.eval_set("val").inputs)["map"].shape[1:] == (16, 8, 8)
+    narrow = SDN(SDNConfig(num_layers=6, channels=4), task)
+    assert narrow.widths == [4] * 6 and narrow.channels == 4

@@ -27,6 +27,10 @@ class SDNConfig:
     num_layers: int = 8
     """Blocks (= exits). The issue asks for at least 6."""
     channels: int = 32
+    """Channels of the first blocks (after each pooling twice as many with ``widen``)."""
+    widen: bool = False
+    """Double the channels after each pooling (VGG/ResNet style), so that every block
+    costs about the same (a layer count is then a compute count)."""
     pool_size: int = 2
     """Internal classifiers average-pool the block's features to this side."""
     features: list[str] = field(default_factory=lambda: ["exit", "trajectory", "input"])
@@ -52,14 +56,15 @@ class SDN(LayeredPredictor):
     """A CNN of 3x3 conv-BN-ReLU blocks with an internal classifier after each.
 
     The feature map is halved (max-pooling) after the blocks at one and two thirds of
-    the depth while it is at least 4 pixels wide. Internal classifier ``t``: average-pool
+    the depth while it is at least 4 pixels wide; with ``widen`` the blocks after a
+    pooling have twice the channels. Internal classifier ``t``: average-pool
     to ``pool_size`` square, flatten, one linear layer to the class logits (SDN's
     internal classifiers also reduce to a fixed size before one linear layer).
 
     The state is a dict of tensors with one shape at every layer, so that instances at
-    different exits share a batch (``forward_step``): ``"map"`` ``(B, channels, S, S)``,
-    the block's feature map (the input and the pooled maps zero-padded, top-left
-    corner); ``"logits"`` ``(B, K)``, the exit's class logits, computed with the block
+    different exits share a batch (``forward_step``): ``"map"`` ``(B, C, S, S)``, the
+    block's feature map (``C`` the widest block's channels; the input, the narrower and
+    the pooled maps zero-padded, first channels, top-left corner); ``"logits"`` ``(B, K)``, the exit's class logits, computed with the block
     (``readout`` only reads them); ``"prev"`` ``(B, K)``, the previous exit's logits;
     ``"run"`` ``(B,)``, how many consecutive earlier exits predicted the same class as
     this one (PABEE's patience counter); ``"peak"`` ``(B,)``, the highest max-probability
@@ -93,27 +98,37 @@ class SDN(LayeredPredictor):
         self.num_classes = k
         pool_after = {max(cfg.num_layers // 3, 1) - 1, max(2 * cfg.num_layers // 3, 1) - 1}
         blocks = []
-        in_ch = 1
-        self.channels, self.image_size = c, side
+        in_ch, out_ch = 1, c
+        self.image_size = side
         self.sides: list[int] = []
         """Side of the feature map after each block."""
+        self.widths: list[int] = []
+        """Channels of the feature map after each block."""
         for t in range(cfg.num_layers):
             layers: list[nn.Module] = [
-                nn.Conv2d(in_ch, c, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c),
+                nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_ch),
                 nn.ReLU(),
             ]
+            in_ch = out_ch
             if t in pool_after and side >= 4:
                 layers.append(nn.MaxPool2d(2))
                 side //= 2
+                if cfg.widen:
+                    out_ch *= 2
             self.sides.append(side)
+            self.widths.append(in_ch)
             blocks.append(nn.Sequential(*layers))
-            in_ch = c
         self.blocks = nn.ModuleList(blocks)
+        self.channels = max(self.widths)
         p = min(cfg.pool_size, side)
         self.exits = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(p), nn.Flatten(start_dim=1), nn.Linear(c * p * p, k))
-            for _ in range(cfg.num_layers)
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(p),
+                nn.Flatten(start_dim=1),
+                nn.Linear(self.widths[t] * p * p, k),
+            )
+            for t in range(cfg.num_layers)
         )
         size = {"exit": k + 2, "trajectory": TRAJECTORY_FEATURES, "input": INPUT_FEATURES}
         self.feature_shape = (sum(size[g] for g in self.feature_groups),)
@@ -125,7 +140,7 @@ class SDN(LayeredPredictor):
         if t < 0:
             return fmap[:, :1]
         side = self.sides[t]
-        return fmap[:, :, :side, :side]
+        return fmap[:, : self.widths[t], :side, :side]
 
     def _exit(self, t: int, features: Tensor) -> Tensor:
         pool, flatten, linear = self.exits[t]
@@ -158,6 +173,7 @@ class SDN(LayeredPredictor):
         out = self.blocks[t](self._features(t - 1, state["map"]))
         logits = self._exit(t, out)
         pad = self.image_size - out.shape[-1]
+        extra = self.channels - out.shape[1]
         with torch.no_grad():
             same = logits.argmax(dim=1) == state["logits"].argmax(dim=1)
             if t == 0:
@@ -165,7 +181,7 @@ class SDN(LayeredPredictor):
             run = torch.where(same, state["run"] + 1, torch.zeros_like(state["run"]))
             peak = torch.maximum(state["peak"], torch.softmax(logits, dim=1).amax(dim=1))
         return {
-            "map": F.pad(out, (0, pad, 0, pad)) if pad else out,
+            "map": F.pad(out, (0, pad, 0, pad, 0, extra)) if pad or extra else out,
             "logits": logits,
             "prev": state["logits"].detach(),
             "run": run,
