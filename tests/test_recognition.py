@@ -217,6 +217,7 @@ def test_oracle_stage1_loss_falls(task, sdn) -> None:
         ({"test_per_severity": 0}, "task.test_per_severity"),
         ({"_predictor": {"features": ["exit", "labels"]}}, "predictor.features"),
         ({"_predictor": {"features": []}}, "predictor.features"),
+        ({"_predictor": {"pool_after": [0, 3]}}, "predictor.pool_after"),
     ],
 )
 def test_config_errors_name_the_key(task_params, key) -> None:
@@ -322,3 +323,5 @@ def test_widened_sdn_doubles_channels_after_pooling(task) -> None:
     assert model.initial_state(task.eval_set("val").inputs)["map"].shape[1:] == (16, 8, 8)
     narrow = SDN(SDNConfig(num_layers=6, channels=4), task)
     assert narrow.widths == [4] * 6 and narrow.channels == 4
+    early = SDN(SDNConfig(num_layers=6, channels=4, pool_after=[1, 2]), task)
+    assert early.sides == [4, 2, 2, 2, 2, 2]

@@ -33,6 +33,9 @@ class SDNConfig:
     costs about the same (a layer count is then a compute count)."""
     pool_size: int = 2
     """Internal classifiers average-pool the block's features to this side."""
+    pool_after: list[int] = field(default_factory=list)
+    """1-based blocks after which the feature map is halved (max-pooling, while it is at
+    least 4 pixels wide). Empty: after the blocks at one and two thirds of the depth."""
     features: list[str] = field(default_factory=lambda: ["exit", "trajectory", "input"])
     """What the stop policy sees (no labels), any of ``exit`` (this exit's sorted softmax,
     entropy, max probability), ``trajectory`` (agreement with the earlier exits and the
@@ -41,6 +44,11 @@ class SDNConfig:
 
     def validate(self, path: str) -> None:
         positive(self, path, "num_layers", "channels", "pool_size")
+        if any(not 1 <= b <= self.num_layers for b in self.pool_after):
+            raise ConfigError(
+                f"{path}.pool_after: blocks must be in 1..num_layers ({self.num_layers}), "
+                f"got {self.pool_after}"
+            )
         unknown = [f for f in self.features if f not in FEATURE_SETS]
         if unknown or not self.features:
             raise ConfigError(
@@ -56,7 +64,8 @@ class SDN(LayeredPredictor):
     """A CNN of 3x3 conv-BN-ReLU blocks with an internal classifier after each.
 
     The feature map is halved (max-pooling) after the blocks at one and two thirds of
-    the depth while it is at least 4 pixels wide; with ``widen`` the blocks after a
+    the depth (or after the blocks listed in ``pool_after``) while it is at least 4 pixels
+    wide; with ``widen`` the blocks after a
     pooling have twice the channels. Internal classifier ``t``: average-pool
     to ``pool_size`` square, flatten, one linear layer to the class logits (SDN's
     internal classifiers also reduce to a fixed size before one linear layer).
@@ -96,7 +105,10 @@ class SDN(LayeredPredictor):
         self.feature_groups = list(cfg.features)
         c, k, side = cfg.channels, task.num_classes, task.image_size
         self.num_classes = k
-        pool_after = {max(cfg.num_layers // 3, 1) - 1, max(2 * cfg.num_layers // 3, 1) - 1}
+        if cfg.pool_after:
+            pool_after = {b - 1 for b in cfg.pool_after}
+        else:
+            pool_after = {max(cfg.num_layers // 3, 1) - 1, max(2 * cfg.num_layers // 3, 1) - 1}
         blocks = []
         in_ch, out_ch = 1, c
         self.image_size = side
