@@ -12,7 +12,13 @@ import torch
 
 from l2s_gym.build import make_policy
 from l2s_gym.config import ConfigError, from_dict
-from l2s_gym.predictors.dncnn import DnCNN, DnCNNConfig
+from l2s_gym.predictors.dncnn import (
+    NUM_STATS,
+    DnCNN,
+    DnCNNConfig,
+    haar_noise_sigma,
+    noise_statistics,
+)
 from l2s_gym.tasks.denoising import DenoisingConfig, DenoisingTask
 from l2s_gym.training import stage1_loss
 
@@ -56,14 +62,17 @@ def test_psnr_and_loss(task) -> None:
     assert torch.allclose(task.metric_stat(noisy, clean), torch.full((4,), 20.0), atol=1e-3)
     assert torch.allclose(task.loss(noisy, clean), torch.full((4,), 1000 * 0.01), atol=1e-3)
     assert (task.metric_stat(clean, clean) > 90).all()
+    # loss: psnr is minus the metric itself, in dB.
+    in_db = DenoisingTask(DenoisingConfig(**TINY, loss="psnr"), seed=0)
+    assert torch.allclose(in_db.loss(noisy, clean), -in_db.metric_stat(noisy, clean))
 
 
 def test_trace_shapes_features_and_extras(task, dncnn) -> None:
     batch = task.train_batch(6, task.generator(3))
     trace = dncnn.trace(batch, task)
     assert trace.losses.shape == (6, 3) and trace.metric_stats.shape == (6, 3)
-    assert dncnn.feature_shape == (3, 8, 8)
-    assert trace.features.shape == (6, 3, 3, 8, 8)
+    assert dncnn.feature_shape == (3 * 8 * 8 + NUM_STATS,)
+    assert trace.features.shape == (6, 3, 3 * 8 * 8 + NUM_STATS)
     assert trace.extras["change"].shape == (6, 3)
     # Zero-initialised heads: every read-out starts as the noisy input.
     noisy_loss = task.loss(batch.inputs["noisy"], batch.targets)
@@ -75,13 +84,61 @@ def test_trace_shapes_features_and_extras(task, dncnn) -> None:
     assert torch.equal(dncnn.trace(batch, task).features, dncnn.trace(other, task).features)
 
 
-def test_policy_encoder_takes_image_features(dncnn) -> None:
+@pytest.mark.parametrize("features", ["image", "stats", "image+stats"])
+def test_policy_encoder_takes_each_feature_choice(task, features) -> None:
     from l2s_gym.config import ExperimentConfig, PolicyConfig
 
+    torch.manual_seed(0)
+    model = DnCNN(DnCNNConfig(num_layers=3, channels=8, feature_size=8, features=features), task)
+    size = {"image": 3 * 64, "stats": NUM_STATS, "image+stats": 3 * 64 + NUM_STATS}[features]
+    assert model.feature_shape == (size,)
+    trace = model.trace(task.train_batch(4, task.generator(5)), task)
+    assert trace.features.shape == (4, 3, size) and torch.isfinite(trace.features).all()
     cfg = ExperimentConfig(experiment="x", policy=PolicyConfig(hidden=8, depth=1))
-    policy = make_policy(cfg, dncnn, seed=0)
-    logits = policy.trace_logits(torch.randn(5, dncnn.num_layers, *dncnn.feature_shape))
-    assert logits.shape == (5, dncnn.num_layers)
+    policy = make_policy(cfg, model, seed=0)
+    assert policy.trace_logits(trace.features).shape == (4, 3)
+
+
+def test_haar_noise_sigma_estimates_the_noise_level() -> None:
+    gen = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(8, 1, 64, 64)
+    for sigma in (0.05, 0.2):
+        noisy = ramp + sigma * torch.randn(8, 1, 64, 64, generator=gen)
+        estimate = haar_noise_sigma(noisy)
+        assert estimate.shape == (8,)
+        assert torch.allclose(estimate, torch.full((8,), sigma), rtol=0.15)
+    # A smooth image has no noise; odd sizes are cropped to even ones.
+    assert haar_noise_sigma(ramp[..., :31, :31]).max() < 1e-6
+
+
+def test_noise_statistics_see_the_noise_level_and_what_is_left() -> None:
+    gen = torch.Generator().manual_seed(1)
+    clean = torch.rand(4, 1, 1, 1, generator=gen).expand(4, 1, 24, 24)
+    noise = torch.randn(4, 1, 24, 24, generator=gen)
+    low, high = clean + 0.05 * noise, clean + 0.2 * noise
+    # Estimates that removed everything: the predicted noise spreads as the input's noise.
+    s_low = noise_statistics(low, clean, clean - low)
+    s_high = noise_statistics(high, clean, clean - high)
+    assert s_low.shape == (4, NUM_STATS)
+    assert (s_high[:, 0] > s_low[:, 0] + 1).all()  # the input's noise level
+    assert torch.allclose(s_low[:, 2], s_low[:, 0], atol=0.2)  # removed = input's level
+    assert (s_low[:, 1] < s_low[:, 0] - 1).all()  # nothing left in the estimate
+    # An estimate that removed nothing: the noise is all left, nothing predicted.
+    kept = noise_statistics(high, high, torch.zeros_like(high))
+    assert torch.allclose(kept[:, 1], kept[:, 0]) and (kept[:, 2] < kept[:, 0] - 2).all()
+
+
+def test_cumulative_heads_correct_the_previous_estimate(task) -> None:
+    torch.manual_seed(0)
+    cfg = DnCNNConfig(num_layers=3, channels=8, feature_size=8, heads="cumulative")
+    model = DnCNN(cfg, task)
+    batch = task.train_batch(4, task.generator(6))
+    with torch.no_grad():
+        model.heads[0].bias.fill_(0.1)  # only the first head predicts any noise
+        trace = model.trace(batch, task, keep_predictions=True)
+    preds = trace.predictions
+    assert torch.allclose(preds[0], batch.inputs["noisy"] - 0.1)
+    assert torch.allclose(preds[2], preds[0]) and torch.allclose(preds[1], preds[0])
 
 
 def test_oracle_stage1_loss_falls(task, dncnn) -> None:
@@ -121,6 +178,7 @@ def _cfg(**task: object) -> dict:
         ({"test_sigmas": [35, 300]}, "task.test_sigmas"),
         ({"sigma": 25}, "task.sigma"),
         ({"loss_scale": 0}, "task.loss_scale"),
+        ({"loss": "l1"}, "task.loss"),
     ],
 )
 def test_config_errors_name_the_key(task_params, key) -> None:
@@ -129,10 +187,11 @@ def test_config_errors_name_the_key(task_params, key) -> None:
 
 
 def test_predictor_config_errors_name_the_key() -> None:
-    cfg = _cfg()
-    cfg["predictor"]["feature_size"] = 2
-    with pytest.raises(ConfigError, match=r"predictor\.feature_size"):
-        from_dict(cfg)
+    for key, value in (("feature_size", 2), ("features", "pixels"), ("heads", "shared")):
+        cfg = _cfg()
+        cfg["predictor"][key] = value
+        with pytest.raises(ConfigError, match=rf"predictor\.{key}"):
+            from_dict(cfg)
 
 
 def test_data_dir_errors_are_one_line(tmp_path) -> None:

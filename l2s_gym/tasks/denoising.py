@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -129,9 +130,14 @@ class DenoisingConfig:
     """Validation patches (from the validation images, noise levels from ``train_sigmas``)."""
     test_patches: int = 256
     """Clean test patches; the test set holds each of them at every test noise level."""
+    loss: Literal["mse", "psnr"] = "mse"
+    """The per-sample loss. ``mse``: ``loss_scale * MSE`` on a [0, 1] intensity scale (25 dB
+    PSNR is a loss of about 3.2). ``psnr``: minus the patch's PSNR in dB,
+    ``10 log10(MSE)``, the metric itself: the oracle, stage 1 and the layer price are then
+    in dB, and every noise level weighs the same (under ``mse`` a patch at sigma 75 has a
+    loss ~50 times one at sigma 10, so one ``beta`` cannot suit both)."""
     loss_scale: float = 1000.0
-    """The per-sample loss is ``loss_scale * MSE`` on a [0, 1] intensity scale (25 dB PSNR
-    is a loss of about 3.2). ``beta`` must be large enough against the loss gaps between
+    """Scale of the ``mse`` loss. ``beta`` must be large enough against the loss gaps between
     layers (1 to 3 at this scale) or the oracle stage trains only a few layers."""
 
     def validate(self, path: str) -> None:
@@ -156,7 +162,8 @@ class DenoisingTask(Task):
     ``train_sigmas``. Groups are the noise levels of ``train_sigmas`` and ``test_sigmas``
     together; the test set holds ``test_patches`` clean patches at every test level, so
     the levels absent from training (65 and 75 by default) show how the stop rule
-    generalises. Loss: ``loss_scale * MSE``; metric: PSNR averaged over patches.
+    generalises. Loss: ``loss_scale * MSE``, or minus the PSNR (``loss: psnr``); metric:
+    PSNR averaged over patches.
     """
 
     name = "denoising"
@@ -261,7 +268,10 @@ class DenoisingTask(Task):
         return self._noisy(clean, groups, gen).to(self.device)
 
     def loss(self, prediction: Tensor, targets: Tensor) -> Tensor:
-        return self.cfg.loss_scale * (prediction - targets).pow(2).flatten(1).mean(1)
+        mse = (prediction - targets).pow(2).flatten(1).mean(1)
+        if self.cfg.loss == "psnr":
+            return 10.0 * torch.log10(mse.clamp_min(1e-10))
+        return self.cfg.loss_scale * mse
 
     def metric_stat(self, prediction: Tensor, targets: Tensor) -> Tensor:
         mse = (prediction - targets).pow(2).flatten(1).mean(1)
