@@ -74,16 +74,18 @@ class MAML(LayeredPredictor):
     State: a dict holding every MLP parameter with the task batch as leading dimension
     (``"0.weight": (B, 40, 1)``, ...) plus per-task support statistics.
 
-    Policy features (9 per layer, no query labels): log10 support MSE after the step,
+    Policy features (12 per layer, no query labels): log10 support MSE after the step,
     log10 of its ratio to the previous step's and to the initial support MSE, ``K / k_max``,
     ``t / T``, mean and standard deviation of the support labels, log10 of the relative
-    size of the last weight update, and log10 of how far the last step moved the query
-    predictions (mean squared change; it uses the query inputs, never their labels).
+    size of the last weight update, log10 of how far the last step moved the query
+    predictions (mean squared change; it uses the query inputs, never their labels),
+    ``log10 K``, the task's support-noise level ``noise_std`` (an input of the task), and
+    log10 of the support MSE over the noise variance (below 0: the step fits the noise).
     ``extras["change"]`` (the update size) feeds the convergence-threshold heuristic.
     """
 
     display_name = "MAML"
-    feature_shape = (9,)
+    feature_shape = (12,)
 
     def __init__(self, cfg: MamlConfig, task: MetaLearningTask) -> None:
         super().__init__()
@@ -202,17 +204,22 @@ class MAML(LayeredPredictor):
         mean = (y * mask).sum(1) / k
         std = (((y - mean.unsqueeze(1)) * mask).pow(2).sum(1) / k).sqrt()
         eps = 1e-6
+        kk = inputs["k"].to(loss.dtype)
+        noise = inputs["noise_std"].to(loss.dtype)
         return torch.stack(
             [
                 torch.log10(loss + eps),
                 torch.log10((loss + eps) / (prev + eps)),
                 torch.log10((loss + eps) / (init + eps)),
-                inputs["k"].to(loss.dtype) / self.k_max,
+                kk / self.k_max,
                 torch.full_like(loss, (t + 1) / self.num_layers),
                 mean,
                 std,
                 torch.log10(state[_CHANGE] + 1e-12),  # type: ignore[index]
                 torch.log10(state[_QUERY_SHIFT] + 1e-12),  # type: ignore[index]
+                torch.log10(kk.clamp_min(1.0)),
+                noise,
+                torch.log10((loss + eps) / (noise.pow(2) + 0.01)),
             ],
             dim=1,
         )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from l2s_gym.config import ConfigError, positive
+from l2s_gym.config import ConfigError, non_negative, positive
 from l2s_gym.registry import register_task
 from l2s_gym.task import Batch, Task
 
@@ -43,10 +43,22 @@ class MetaLearningConfig:
     """Validation tasks, ``K`` drawn at random."""
     test_tasks_per_k: int = 200
     """Test tasks for every ``K`` in the range (so every K bucket is well populated)."""
+    support_noise: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    """``[low, high]`` of the uniform per-task standard deviation of Gaussian observation
+    noise on the support labels (what the inner steps fit). With noise, a 1- or 2-shot
+    task overfits it with more inner steps while a many-shot task averages it out and
+    keeps improving: the task imbalance. The task's noise level is an input
+    (``noise_std``), as a known measurement precision would be."""
+    query_noise: float = 0.0
+    """Standard deviation of Gaussian noise on the query labels (the targets); 0 scores
+    the adapted model against the clean sinusoid."""
+    num_buckets: int = 3
+    """Groups: ``K`` split into this many contiguous buckets (see ``k_buckets``)."""
 
     def validate(self, path: str) -> None:
         positive(self, path, "k_min", "k_max", "pool_size", "query_size", "val_size")
-        positive(self, path, "test_tasks_per_k")
+        positive(self, path, "test_tasks_per_k", "num_buckets")
+        non_negative(self, path, "query_noise")
         if self.k_min > self.k_max:
             raise ConfigError(
                 f"{path}.k_min: K range is empty (k_min={self.k_min} > k_max={self.k_max})"
@@ -56,7 +68,9 @@ class MetaLearningConfig:
                 f"{path}.k_max: {self.k_max} shots exceed the support pool "
                 f"({path}.pool_size={self.pool_size})"
             )
-        for name in ("amplitude", "phase", "x_range"):
+        if len(self.support_noise) != 2 or min(self.support_noise) < 0:
+            raise ConfigError(f"{path}.support_noise: expected [low, high] with 0 <= low")
+        for name in ("amplitude", "phase", "x_range", "support_noise"):
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
                 raise ConfigError(f"{path}.{name}: expected [low, high] with low <= high")
@@ -88,6 +102,7 @@ class MetaLearningTask(Task):
     - ``support_x``, ``support_y``: ``(B, P, 1)``; entries past ``K`` are padding
     - ``support_mask``: ``(B, P)`` float, 1 on the first ``K`` points
     - ``k``: ``(B,)`` long, the number of shots
+    - ``noise_std``: ``(B,)`` the standard deviation of the task's support-label noise
     - ``query_x``: ``(B, Q, 1)``
 
     Targets: the query labels ``(B, Q)``. Loss and metric: the query MSE of each task;
@@ -109,7 +124,7 @@ class MetaLearningTask(Task):
     ) -> None:
         super().__init__(seed, device)
         self.cfg = cfg = cfg if cfg is not None else MetaLearningConfig()
-        self.buckets = k_buckets(cfg.k_min, cfg.k_max)
+        self.buckets = k_buckets(cfg.k_min, cfg.k_max, cfg.num_buckets)
         self.group_names = [f"K={lo}-{hi}" if lo != hi else f"K={lo}" for lo, hi in self.buckets]
         # K -> bucket index, looked up on the device.
         group_of_k = torch.zeros(cfg.k_max + 1, dtype=torch.long)
@@ -130,15 +145,30 @@ class MetaLearningTask(Task):
         query_x = self._uniform((b, cfg.query_size, 1), cfg.x_range, gen)
         slots = torch.arange(cfg.pool_size, device=gen.device)
         mask = (slots.unsqueeze(0) < k.unsqueeze(1)).float()
-        # Padding is zeroed so nothing about the unused points can leak into features.
-        support_y = amp * torch.sin(support_x - phase) * mask.unsqueeze(-1)
-        support_x = support_x * mask.unsqueeze(-1)
+        support_y = amp * torch.sin(support_x - phase)
         query_y = (amp * torch.sin(query_x - phase)).squeeze(-1)
+        # Noise is drawn only when asked for, so noise-free sets keep their old draws.
+        lo, hi = cfg.support_noise
+        noise_std = torch.full((b,), float(lo), device=self.device)
+        if hi > 0:
+            if hi > lo:
+                noise_std = self._uniform((b,), cfg.support_noise, gen)
+            support_y = support_y + noise_std.view(b, 1, 1) * torch.randn(
+                support_y.shape, generator=gen, device=self.device
+            )
+        if cfg.query_noise > 0:
+            query_y = query_y + cfg.query_noise * torch.randn(
+                query_y.shape, generator=gen, device=self.device
+            )
+        # Padding is zeroed so nothing about the unused points can leak into features.
+        support_y = support_y * mask.unsqueeze(-1)
+        support_x = support_x * mask.unsqueeze(-1)
         inputs = {
             "support_x": support_x,
             "support_y": support_y,
             "support_mask": mask,
             "k": k,
+            "noise_std": noise_std,
             "query_x": query_x,
         }
         return Batch(inputs, query_y, self._group_of_k.to(gen.device)[k])
