@@ -312,8 +312,10 @@ def test_layer_logits_are_forward_bit_for_bit(image: bool) -> None:
     if image:
         from l2s_gym.predictors.dncnn import ImageEncoder
 
-        policy = StopPolicy((3, 8, 8), T, hidden=16, encoder=ImageEncoder(3, 4))
-        features = torch.randn(37, 3, 8, 8)
+        # DnCNN's encoder: a flat vector of a (3, 8, 8) image and 6 statistics.
+        dim = 3 * 8 * 8 + 6
+        policy = StopPolicy((dim,), T, hidden=16, encoder=ImageEncoder((3, 8, 8), 6, 4))
+        features = torch.randn(37, dim)
     else:
         policy = StopPolicy((5,), T, hidden=32, depth=3)
         features = torch.randn(37, 5)
