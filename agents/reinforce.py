@@ -50,7 +50,7 @@ its tail) are wasted, and are counted: the budget ``compare.layer_budget`` (ever
 ``env.layer_evals``, every layer the env computed.
 
 Hyper-parameters (``cfg.rl``, documented in ``l2s_gym.config.RLConfig``): ``reward``,
-``num_envs``, ``lr``, ``val_every`` (in updates), ``entropy_coef``
+``num_envs`` (or its own ``reinforce_num_envs``), ``lr``, ``val_every`` (in updates), ``entropy_coef``
 (``c``), ``gamma``, ``rollout_steps``; ``cfg.beta`` sets the reward scale and ``ctx.cost``
 the price of a layer; ``beta_anneal_from`` / ``anneal_fraction`` start the temperature
 hotter (the continuation imitation has, see ``l2s_gym.learner.anneal_env_beta``;
@@ -227,7 +227,7 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
     cfg, predictor = ctx.cfg, ctx.predictor
     rl = cfg.rl
     T = predictor.num_layers
-    env = make_rl_env(ctx, stream=30_000)
+    env = make_rl_env(ctx, stream=30_000, num_envs=rl.reinforce_num_envs)
     policy = make_policy(cfg, predictor, seed=cfg.seed + 1)
     optimizer = torch.optim.Adam(policy.parameters(), lr=rl.lr)
     generator = torch.Generator(device=env.device)

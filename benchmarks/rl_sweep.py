@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * 8)
     for r in rows:
         if "error" in r:
-            print(f"| {' '.join(r['overrides'])} | {r['error']} | | | | | | {r['wall_time_s']:.0f} |")
+            print(
+                f"| {' '.join(r['overrides'])} | {r['error']} | | | | | | {r['wall_time_s']:.0f} |"
+            )
             continue
         print(
             f"| {' '.join(r['overrides']) or '(defaults)'} | {r['val_objective']:.5g} | "

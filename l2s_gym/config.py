@@ -150,7 +150,7 @@ SB3_SCHEDULES = ("learning_rate", "clip_range", "clip_range_vf")
 """Arguments that take rl-zoo3's ``lin_<value>``: from ``value`` linearly down to 0 over the
 layer budget."""
 
-REINFORCE_KEYS = ("lr", "rollout_steps", "entropy_coef", "gamma")
+REINFORCE_KEYS = ("lr", "rollout_steps", "entropy_coef", "gamma", "reinforce_num_envs")
 """The ``rl`` keys only REINFORCE reads: what ``hyperparams/reinforce.yml`` may set."""
 
 
@@ -183,6 +183,9 @@ class RLConfig:
     """REINFORCE's discount per layer (1.0: the paper's undiscounted objective)."""
     rollout_steps: int = 64
     """REINFORCE's window: episodes starting in its first this many env steps are used."""
+    reinforce_num_envs: int = 0
+    """REINFORCE's own number of environments (0: ``num_envs``). It takes one gradient step
+    per window, so fewer environments give it more updates from the same layer budget."""
     ppo: Any = field(default_factory=dict)
     """PPO's constructor arguments (``stable_baselines3.PPO``), a mapping: e.g.
     ``{learning_rate: lin_3e-3, n_steps: 64, batch_size: 4096, n_epochs: 4, gae_lambda:
@@ -198,6 +201,7 @@ class RLConfig:
 
     def validate(self, path: str) -> None:
         _positive(self, path, "num_envs", "lr", "val_every", "rollout_steps")
+        _non_negative(self, path, "reinforce_num_envs")
         _non_negative(self, path, "entropy_coef")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"{path}.gamma: must be in (0, 1], got {self.gamma!r}")

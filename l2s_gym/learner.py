@@ -96,8 +96,9 @@ class LearnerContext:
         return cost_adjusted_losses(losses, self.cost, self.cum_costs)
 
 
-def make_rl_env(ctx: LearnerContext, stream: int) -> BatchedStopEnv:
-    """The batched training environment an RL learner samples from, sized by ``ctx.cfg.rl``.
+def make_rl_env(ctx: LearnerContext, stream: int, num_envs: int = 0) -> BatchedStopEnv:
+    """The batched training environment an RL learner samples from, sized by ``num_envs``
+    (0: ``ctx.cfg.rl.num_envs``).
 
     ``stream`` picks the task's random stream (see ``Task.stream_seed``), apart from the
     streams of the validation and test sets and of the other learners.
@@ -106,7 +107,7 @@ def make_rl_env(ctx: LearnerContext, stream: int) -> BatchedStopEnv:
     return BatchedStopEnv(
         ctx.predictor,
         ctx.task,
-        rl.num_envs,
+        num_envs or rl.num_envs,
         beta=ctx.cfg.beta,
         reward=rl.reward,
         cost=ctx.cost,

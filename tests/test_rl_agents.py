@@ -330,3 +330,14 @@ def test_sb3_learners_stop_on_divergence(tmp_path: Path, name: str) -> None:
     ctx = toy_context(tmp_path, layer_budget=8_000, **{name: {"learning_rate": 1e9}})
     with pytest.raises(TrainingDiverged, match="diverged|loss became"):
         registry.LEARNERS[name](ctx)
+
+
+def test_reinforce_samples_from_its_own_number_of_envs(tmp_path: Path) -> None:
+    from l2s_gym.learner import make_rl_env
+
+    assert make_rl_env(toy_context(tmp_path), stream=0).num_envs == 64
+    ctx = toy_context(tmp_path, layer_budget=2000, reinforce_num_envs=8)
+    assert make_rl_env(ctx, stream=0, num_envs=ctx.cfg.rl.reinforce_num_envs).num_envs == 8
+    result = registry.LEARNERS["reinforce"](ctx)
+    # 8 envs: an update every ~16-30 steps of 8 rows, so many updates from 2,000 layers.
+    assert result.extra["updates"] >= 5

@@ -169,3 +169,7 @@ def test_merge_order_library_file_config_then_set(
     (folder / "ppo.yml").write_text("")
     with pytest.raises(ConfigError, match=r"reinforce.yml: sparse_recovery.num_envs: not a"):
         from_dict(base())
+
+
+def test_reinforce_env_count_must_not_be_negative() -> None:
+    assert "rl.reinforce_num_envs: must be" in error_of(base(reinforce_num_envs=-1))
