@@ -175,7 +175,14 @@ def first_difference(
 
 
 def check_resume_config(saved: dict[str, Any], current: dict[str, Any], folder: Path) -> None:
-    """Refuse to resume ``folder`` under a config that computes something else."""
+    """Refuse to resume ``folder`` under a config that computes something else.
+
+    The saved config is read through today's schema first, so a key added to the library
+    since the run began compares as its default rather than as missing."""
+    try:
+        saved = from_dict(json.loads(json.dumps(saved))).to_dict()
+    except ConfigError:
+        pass  # a key since removed or renamed: compare the raw dicts, which names it
     key = first_difference(saved, current, ignore=PLAN_KEYS + RUNTIME_KEYS)
     if key is not None:
         fs, fc = _flatten(saved), _flatten(current)

@@ -245,3 +245,18 @@ def test_check_finite_catches_diverged_parameters(tmp_path, value):
     with pytest.raises(TrainingDiverged, match="x parameters diverged at step 2"):
         check_finite(torch.tensor(1.0), "x", "step 2", None, Closable(), module=module)
     assert closed == [True]
+
+
+def test_resume_takes_a_key_added_since_the_run_as_its_default(tmp_path) -> None:
+    from l2s_gym.config import ConfigError, from_dict
+    from l2s_gym.trials import check_resume_config
+
+    cfg = from_dict(
+        {"experiment": "x", "task": {"name": "sparse_recovery", "m": 8, "n": 16},
+         "predictor": {"name": "lista", "num_layers": 4}}
+    ).to_dict()  # fmt: skip
+    older = {**cfg, "rl": {k: v for k, v in cfg["rl"].items() if k != "reinforce_num_envs"}}
+    check_resume_config(older, cfg, tmp_path)  # a new key at its default: same computation
+    changed = {**cfg, "rl": {**cfg["rl"], "reinforce_num_envs": 8}}
+    with pytest.raises(ConfigError, match="differs from the run's at rl.reinforce_num_envs"):
+        check_resume_config(older, changed, tmp_path)
