@@ -223,11 +223,12 @@ def _unreadable(kind: str, path: Path, exc: BaseException) -> str:
     )
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"dotted.key": value}``."""
     if isinstance(data, dict):
         out: dict[str, Any] = {}
         for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: data}
 
@@ -241,7 +242,7 @@ def config_differences(
 ) -> list[str]:
     """Dotted keys whose values differ, in the order of ``expected`` (then keys only in
     ``saved``), skipping keys under ``ignore``."""
-    fs, fe = _flatten(saved), _flatten(expected)
+    fs, fe = flatten_config(saved), flatten_config(expected)
     ignore = tuple(ignore)
     keys = list(fe) + [k for k in fs if k not in fe]
     return [
@@ -274,7 +275,7 @@ def check_checkpoint_config(
     refused = [k for k in diffs if _under(k, model_keys)]
     if refused:
         key = refused[0]
-        fs, fe = _flatten(saved), _flatten(expected)
+        fs, fe = flatten_config(saved), flatten_config(expected)
         raise CheckpointError(
             f"{path} was trained under another config: {key} is "
             f"{fs.get(key, '<missing>')!r} there but {fe.get(key, '<missing>')!r} now "

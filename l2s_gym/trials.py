@@ -41,7 +41,13 @@ from l2s_gym import registry
 from l2s_gym.build import make_predictor, make_task, resolve_device
 from l2s_gym.config import ConfigError, ExperimentConfig, from_dict
 from l2s_gym.predictor import Trace
-from l2s_gym.runs import load_checkpoint, load_state, write_config_snapshot, write_json
+from l2s_gym.runs import (
+    flatten_config,
+    load_checkpoint,
+    load_state,
+    write_config_snapshot,
+    write_json,
+)
 
 TrialKind = Literal["stage1", "stage2"]
 CostScale = Literal["loss", "gain"]
@@ -152,20 +158,11 @@ def resolve_run_dir(runs_root: str | Path, experiment: str, spec: str) -> Path:
     return folder
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
-
-
 def first_difference(
     a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ()
 ) -> str | None:
     """The first (sorted) dotted key whose value differs between two config dicts."""
-    fa, fb = _flatten(a), _flatten(b)
+    fa, fb = flatten_config(a), flatten_config(b)
     for key in sorted(set(fa) | set(fb)):
         if any(key == i or key.startswith(i + ".") for i in ignore):
             continue
@@ -185,7 +182,7 @@ def check_resume_config(saved: dict[str, Any], current: dict[str, Any], folder: 
         pass  # a key since removed or renamed: compare the raw dicts, which names it
     key = first_difference(saved, current, ignore=PLAN_KEYS + RUNTIME_KEYS)
     if key is not None:
-        fs, fc = _flatten(saved), _flatten(current)
+        fs, fc = flatten_config(saved), flatten_config(current)
         raise ConfigError(
             f"--resume {folder}: the config differs from the run's at {key} "
             f"(run: {fs.get(key, '<missing>')!r}, now: {fc.get(key, '<missing>')!r})"
@@ -212,7 +209,7 @@ def _seed_everything(trial: Trial) -> None:
 
 def _trial_digest(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     """What a finished trial's ``done`` marker records of the config it ran under."""
-    flat = _flatten(cfg_dict)
+    flat = flatten_config(cfg_dict)
     return {
         k: v
         for k, v in flat.items()
