@@ -285,7 +285,8 @@ def plot_metric_vs_layers(folder: Path, results: dict[str, Any]) -> Path | None:
     if longest > 40:
         ax.set_xscale("log")
     ax.set_title(
-        f"{results['experiment']}: metric vs layers (test set, seed {results['seeds'][0]})"
+        f"{results['experiment']}: metric vs layers ({_split_name(results)}, "
+        f"seed {results['seeds'][0]})"
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -321,8 +322,11 @@ def frontier_figure(results: dict[str, Any]):  # noqa: ANN201
     ax.set_xlabel("layers computed (average)")
     ax.set_ylabel(results["metric"])
     seeds = results.get("seeds", [])
-    over = "seeds" if len(seeds) > 1 else "test instances"
-    ax.set_title(f"{results['experiment']}: accuracy vs compute (test set; bands: 95% over {over})")
+    over = "seeds" if len(seeds) > 1 else f"{_split_name(results)} instances"
+    ax.set_title(
+        f"{results['experiment']}: accuracy vs compute ({_split_name(results)}; "
+        f"bands: 95% over {over})"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -405,3 +409,8 @@ def write_tensorboard_summary(folder: Path, results: dict[str, Any]) -> None:
             fig = frontier_figure(results)
             w.add_figure("frontier", fig, 0)
             plt.close(fig)
+
+
+def _split_name(results: dict) -> str:
+    """``"test set"``, or ``"validation set"`` for a tuning run (``--eval-split val``)."""
+    return "validation set" if results.get("eval_split") == "val" else "test set"
