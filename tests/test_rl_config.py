@@ -110,8 +110,11 @@ def test_defaults_are_todays_values() -> None:
         "ent_coef": 1.0,
         "normalize_advantage": False,
     }
-    assert (cfg.rl.lr, cfg.rl.rollout_steps, cfg.rl.entropy_coef, cfg.rl.gamma) == (
+    # REINFORCE's keys: sparse_recovery's entry in hyperparams/reinforce.yml (its sweep).
+    rl = cfg.rl
+    assert (rl.lr, rl.rollout_steps, rl.reinforce_num_envs, rl.entropy_coef, rl.gamma) == (
         3e-3,
+        16,
         64,
         1.0,
         1.0,
