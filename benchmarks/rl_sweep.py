@@ -32,6 +32,9 @@ from l2s_gym.config import apply_overrides, find_config, from_dict
 from l2s_gym.learner import LearnerContext
 from l2s_gym.trials import Trial, gain_per_layer, load_stop_model, load_traces, trial_config
 
+FROZEN = ("task.", "predictor.", "stage1.", "seed", "beta")
+"""Keys a grid may not vary: they change the frozen stage-1 predictor or its data."""
+
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
     grid = []
@@ -65,9 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     stage1_dir = args.stage1.resolve()
     cfg0 = trial_config(from_dict(base).to_dict(), args.seed)
     task, predictor = load_stop_model(stage1_dir, cfg0, args.seed, torch.device("cpu"))
-    val = load_traces(stage1_dir / Trial("stage1", args.seed).key)["oracle"]["val"]
-    lam = args.cost * gain_per_layer(val)
     grid = parse_grid(args.grid)
+    for key, _ in grid:
+        if key.startswith(FROZEN):
+            raise SystemExit(
+                f"rl_sweep: --grid {key}: the predictor and its data are the run's, loaded once; "
+                f"set {key} with --set (every row) and sweep it in separate calls"
+            )
+    val = load_traces(stage1_dir / Trial("stage1", args.seed).key)["oracle"]["val"]
+    if any(item.partition("=")[0].startswith("predictor.") for item in args.set):
+        # The saved traces hold the policy features of the run's predictor settings.
+        val = predictor.trace_eval(task.eval_set("val"), task)
+    lam = args.cost * gain_per_layer(val)
     combos = list(itertools.product(*[values for _, values in grid])) or [()]
     rows = []
     for i, combo in enumerate(combos):
