@@ -322,7 +322,7 @@ def frontier_figure(results: dict[str, Any]):  # noqa: ANN201
     ax.set_xlabel("layers computed (average)")
     ax.set_ylabel(results["metric"])
     seeds = results.get("seeds", [])
-    over = "seeds" if len(seeds) > 1 else f"{_split_name(results)} instances"
+    over = "seeds" if len(seeds) > 1 else f"{_split_name(results).split()[0]} instances"
     ax.set_title(
         f"{results['experiment']}: accuracy vs compute ({_split_name(results)}; "
         f"bands: 95% over {over})"
