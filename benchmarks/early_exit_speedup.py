@@ -424,27 +424,35 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {load_at_start}"
     )
     rows, families = [], {}
+
+    def write() -> dict:
+        """The report so far: written after every family, so a crash keeps what ran."""
+        result = {
+            "command": "python benchmarks/early_exit_speedup.py " + " ".join(argv or sys.argv[1:]),
+            "device": args.device,
+            "device_name": (
+                torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
+            ),
+            "threads": torch.get_num_threads(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "torch": torch.__version__,
+            "quick": args.quick,
+            "wall_s": round(time.perf_counter() - started, 1),
+            "families": families,
+            "rows": rows,
+            "complete": len(families) == len(args.configs),
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    result = write()
     for name in args.configs:
         budget = QUICK if args.quick else BUDGETS.get(name, QUICK)
         family_rows, families[name] = bench_family(name, args, budget, log)
         rows += family_rows
-    result = {
-        "command": "python benchmarks/early_exit_speedup.py " + " ".join(argv or sys.argv[1:]),
-        "device": args.device,
-        "device_name": (
-            torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
-        ),
-        "threads": torch.get_num_threads(),
-        "load_average_at_start": load_at_start,
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "torch": torch.__version__,
-        "quick": args.quick,
-        "wall_s": round(time.perf_counter() - started, 1),
-        "families": families,
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        result = write()
     print(markdown(rows))
     print(
         f"\n{args.device}, {result['threads']} threads, {result['wall_s']:.0f} s, load average "

@@ -550,5 +550,6 @@ def test_speedup_benchmark_runs_and_writes_its_rows(tmp_path, toy_config) -> Non
         assert row["ideal_speedup"] == pytest.approx(6 / row["avg_layers"], rel=1e-3)
         assert row["measured_speedup"] > 0 and row["runner_parts_ms"]["layer"] > 0
     # Costs spread the depth: the highest price stops earliest.
+    assert result["complete"] is True
     costs = result["families"][str(toy_config)]["costs"]
     assert costs == sorted(costs, reverse=True) and len(costs) >= 2
