@@ -299,21 +299,24 @@ class RecognitionTask(Task):
         if not self.severities:
             return Batch({"image": x}, y, torch.zeros_like(y))
         per = self.cfg.val_per_severity if split == "val" else self.cfg.test_per_severity
-        gen = self.generator(1 if split == "val" else 2)
+        # Drawn on the CPU and then moved, so that the set is the same on every device.
+        gen = self.generator(1 if split == "val" else 2, device="cpu")
+        x, y = x.cpu(), y.cpu()
         n = x.shape[0]
         # Each level cycles through a fresh permutation of the split's base images, so that
         # every base image appears about equally often at every severity.
         rounds = math.ceil(per / n)
         index = torch.cat(
             [
-                torch.cat([torch.randperm(n, generator=gen, device=self.device) for _ in range(rounds)])[:per]
+                torch.cat([torch.randperm(n, generator=gen) for _ in range(rounds)])[:per]
                 for _ in self.severities
             ]
-        )  # fmt: skip
-        groups = torch.arange(len(self.severities), device=self.device).repeat_interleave(per)
-        levels = torch.tensor(self.severities, device=self.device, dtype=x.dtype)
+        )
+        groups = torch.arange(len(self.severities)).repeat_interleave(per)
+        levels = torch.tensor(self.severities, dtype=x.dtype)
         images = corrupt(x[index], levels[groups], self.cfg, gen)
-        return Batch({"image": images}, y[index], groups)
+        dev = self.device
+        return Batch({"image": images.to(dev)}, y[index].to(dev), groups.to(dev))
 
     def loss(self, prediction: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(prediction, targets, reduction="none")
