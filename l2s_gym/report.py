@@ -9,6 +9,13 @@ from typing import Any
 from l2s_gym.runs import atomic_write_bytes, write_json
 
 
+def _count(value: Any) -> str:
+    """A count (layer evaluations), or a mean of counts over seeds: a whole number."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{round(value):,}"
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -59,7 +66,7 @@ def markdown_table(results: dict[str, Any]) -> str:
                 _fmt(sto.get("metric")),
                 _fmt(sto.get("avg_layers")),
                 _fmt(r.get("train_wall_time_s"), 1),
-                _fmt(r.get("layer_evals")),
+                _count(r.get("layer_evals")),
             ]
         )
     lines = _table(head, body)
@@ -124,9 +131,9 @@ def time_to_target_table(results: dict[str, Any]) -> str:
             _fmt(e["target"], 4),
             e["reached"],
             _fmt(e["wall_time_s"], 1),
-            _fmt(e["layer_evals"]),
+            _count(e["layer_evals"]),
             _fmt(e["final_wall_time_s"], 1),
-            _fmt(e["final_layer_evals"]),
+            _count(e["final_layer_evals"]),
         ]
         for name, e in ttt.items()
     ]
