@@ -270,8 +270,9 @@ def load_run_stop_model(
     Returns the task, predictor, policy, rule and ``{"seed", "cost", "predictor",
     "policy"}`` (the seed, the cost and the two checkpoint paths).
     """
-    from l2s_gym.build import make_policy, make_predictor, make_task, resolve_device
-    from l2s_gym.runs import load_checkpoint
+    from l2s_gym.build import make_policy, resolve_device
+    from l2s_gym.runs import load_checkpoint, load_state
+    from l2s_gym.trials import PLAN_KEYS, RUNTIME_KEYS, load_stop_model, trial_config
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -286,15 +287,21 @@ def load_run_stop_model(
         )
     cost_dir = _one_folder(learner_dir, "cost-", None if cost is None else f"{cost:g}", "--cost")
     dev = resolve_device(cfg.device) if device is None else torch.device(device)
-    task = make_task(cfg.task, seed, dev)
-    predictor = make_predictor(cfg.predictor, task)
+    # The trials' own loader: the predictor's checkpoint is checked against the config.
+    seed_cfg = trial_config(cfg.to_dict(), seed)
+    task, predictor = load_stop_model(run_dir, seed_cfg, seed, dev)
     predictor_path = seed_dir / "stage1" / "predictor-oracle" / "best.pt"
-    predictor.load_state_dict(load_checkpoint(predictor_path, "predictor")["state_dict"])
-    predictor.eval().requires_grad_(False)
     policy_path = cost_dir / "best.pt"
-    state = load_checkpoint(policy_path, "policy")
+    state = load_checkpoint(
+        policy_path,
+        "policy",
+        seed_cfg.to_dict(),
+        task,
+        ignore=PLAN_KEYS + RUNTIME_KEYS,
+        warn=lambda _: None,
+    )
     policy = make_policy(cfg, predictor)
-    policy.load_state_dict(state["state_dict"])
+    load_state(policy, state["state_dict"], policy_path)
     policy.eval().requires_grad_(False)
     rule = ReadoutRule.from_dict(state.get("readout") or PAPER_RULE.to_dict())
     info = {
