@@ -24,7 +24,9 @@ computes, each weighed by its measured time in the full-depth pass: below ``T /
 avg_layers`` where early layers are the expensive ones), ``full_ms`` / ``runner_ms``
 (medians, per batch), ``measured_speedup_cpu_time`` (the same ratio in CPU time of the
 process: with one thread, what other processes on a busy machine do not distort),
-``repeats``, ``readout`` (the rule chosen on validation) and
+``repeats``, ``lookahead`` (``k``: the runner asked the policy once per ``k`` layers;
+every policy is timed at ``k = 1``, and at batch sizes 1 and 64 also at ``k = 4`` and
+``k = T``: same stop layers, checked), ``readout`` (the rule chosen on validation) and
 ``runner_parts_ms`` (where the runner's time goes: ``layer``, ``readout``, ``features``,
 ``policy``, ``decide``, ``compact``; from a separate profiled run).
 
@@ -51,7 +53,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +279,13 @@ def bench_family(
     rows = []
     for batch in args.batch_sizes:
         repeats = budget.repeats.get(batch, 3)
+        # Each policy at each look-ahead (the policy asked once per k layers; 1: every layer).
+        variants: dict[Any, StopRunner] = {}
+        for cost, base in runners.items():
+            for k in lookaheads(args, batch, T):
+                variants[(cost, k)] = StopRunner(
+                    predictor, base.policy, base.rule, base.generator, lookahead=k
+                )
         if batch == 1:
             count = args.instances_b1 or budget.instances_b1
             first = take(task, count)
@@ -288,12 +297,12 @@ def bench_family(
         # round (the smaller batches ran the same code first), and the runner's parts are
         # timed within its one run (on a CPU the lap clock costs microseconds a layer).
         single = repeats == 1 and device.type == "cpu" and batch > 1
-        profiles: dict[Any, dict[str, float]] = {c: {} for c in runners}
+        profiles: dict[Any, dict[str, float]] = {c: {} for c in variants}
         fns: dict[Any, Callable[[], Any]] = {
             "full": lambda ch=chunks: [run_full_depth(predictor, c) for c in ch]
         }
         outputs: dict[Any, list[Any]] = {}
-        for cost, runner in runners.items():
+        for cost, runner in variants.items():
             parts = profiles[cost] if single else None
 
             def run(cost=cost, r=runner, p=parts, ch=chunks, out=outputs) -> None:  # noqa: ANN001
@@ -314,21 +323,27 @@ def bench_family(
         probe = chunks if batch == 1 else [take(task, min(batch, 256))]
         per_layer = layer_times(predictor, probe, max(1, min(repeats, 3)))
         cum_time = torch.tensor(per_layer, dtype=torch.float64).cumsum(0)
-        for cost, runner in runners.items():
-            parts = profiles[cost]
+        for (cost, k), runner in variants.items():
+            parts = profiles[(cost, k)]
             if not single:  # a separate, profiled run: the timed ones were not disturbed
                 for c in chunks:
                     runner(c, profile=parts)
-            stop = torch.cat([o.stop for o in outputs[cost]]).cpu()
+            stop = torch.cat([o.stop for o in outputs[(cost, k)]]).cpu()
+            if (
+                k > 1 and runner.rule.deterministic
+            ):  # the look-ahead changes when the policy is asked, not where it stops
+                same = torch.cat([o.stop for o in outputs[(cost, 1)]]).cpu()
+                assert torch.equal(stop, same), f"{name} cost {cost}: lookahead {k} stops differ"
             avg = float((stop + 1).double().mean())
-            runner_s = statistics.median(samples[cost]) / per
-            runner_cpu = statistics.median(cpu_samples[cost]) / per
+            runner_s = statistics.median(samples[(cost, k)]) / per
+            runner_cpu = statistics.median(cpu_samples[(cost, k)]) / per
             ideal_time = float(cum_time[-1] / cum_time[stop].mean())
             rows.append(
                 {
                     "family": name,
                     "batch": batch,
                     "cost": cost,
+                    "lookahead": k,
                     "avg_layers": round(avg, 3),
                     "ideal_speedup": round(T / avg, 3),
                     "measured_speedup": round(full_s / runner_s, 3),
@@ -344,7 +359,7 @@ def bench_family(
             )
             r = rows[-1]
             log(
-                f"  {name} batch {batch:>4} cost {cost!s:<8} layers {avg:5.2f}/{T} "
+                f"  {name} batch {batch:>4} cost {cost!s:<8} k {k:>2} layers {avg:5.2f}/{T} "
                 f"ideal {r['ideal_speedup']:.2f}x (layer time {ideal_time:.2f}x) measured "
                 f"{r['measured_speedup']:.2f}x  full {r['full_ms']:.2f} ms runner "
                 f"{r['runner_ms']:.2f} ms [{time.perf_counter() - started:.0f}s]"
@@ -360,15 +375,25 @@ def bench_family(
     return rows, info
 
 
+def lookaheads(args: argparse.Namespace, batch: int, T: int) -> list[int]:
+    """The look-aheads timed at ``batch``: 1 always; ``--lookahead`` values (``T``: the
+    family's depth) at the batch sizes of ``--lookahead-batches``."""
+    ks = {1}
+    if batch in args.lookahead_batches:
+        ks |= {T if k == "T" else min(int(k), T) for k in args.lookahead}
+    return sorted(ks)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| family | batch | cost | avg layers | ideal T/avg | ideal (layer time) | measured "
-        "| measured / ideal | full ms | runner ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| family | batch | cost | look-ahead | avg layers | ideal T/avg | ideal (layer time) "
+        "| measured | measured / ideal | full ms | runner ms |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in rows:
         lines.append(
-            f"| {r['family']} | {r['batch']} | {r['cost']} | {r['avg_layers']:.2f} / "
+            f"| {r['family']} | {r['batch']} | {r['cost']} | {r['lookahead']} | {r['avg_layers']:.2f} / "
             f"{r['num_layers']} | {r['ideal_speedup']:.2f}x | {r['ideal_speedup_layer_time']:.2f}x "
             f"| {r['measured_speedup']:.2f}x | {r['measured_speedup'] / r['ideal_speedup']:.0%} "
             f"| {r['full_ms']:.2f} | {r['runner_ms']:.2f} |"
@@ -399,12 +424,29 @@ def main(argv: list[str] | None = None) -> int:
         "--instances-b1", type=int, default=None, help="instances at batch 1 (default 32)"
     )
     parser.add_argument(
+        "--lookahead",
+        nargs="*",
+        default=["4", "T"],
+        help="look-aheads timed besides 1 (StopRunner(lookahead=k): the policy asked once "
+        "per k layers); 'T' is the family's depth (default: 4 T)",
+    )
+    parser.add_argument(
+        "--lookahead-batches",
+        type=int,
+        nargs="*",
+        default=[1, 64],
+        help="batch sizes at which the --lookahead values are timed (default 1 64)",
+    )
+    parser.add_argument(
         "--cache",
         help="folder for the trained predictors and policies: reused when there (to rerun "
         "the timing alone)",
     )
     parser.add_argument("--import", dest="imports", action="append", default=[])
     args = parser.parse_args(argv)
+    for k in args.lookahead:
+        if k != "T" and not (k.isdigit() and int(k) >= 1):
+            parser.error(f"--lookahead: {k!r} is neither a whole number >= 1 nor T")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: PyTorch sees no CUDA device")
     torch.set_num_threads(args.threads)
@@ -449,7 +491,11 @@ def main(argv: list[str] | None = None) -> int:
 
     result = write()
     for name in args.configs:
-        budget = QUICK if args.quick else BUDGETS.get(name, QUICK)
+        budget = BUDGETS.get(name, QUICK)
+        if args.quick:  # the quick budget, with the family's own task overrides
+            keep = budget.val_size is not None or name not in BUDGETS
+            budget = replace(QUICK, val_size=QUICK.val_size if keep else None,
+                             stage1_task=budget.stage1_task)  # fmt: skip
         family_rows, families[name] = bench_family(name, args, budget, log)
         rows += family_rows
         result = write()

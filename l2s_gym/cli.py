@@ -354,6 +354,13 @@ def add_predict_parser(sub) -> None:  # noqa: ANN001 - argparse's private subpar
     p.add_argument("--out", help="FILE.pt for predictions and stop layers (+ FILE.json)")
     p.add_argument("--batch-size", type=int, help="default: compare.eval_batch_size")
     p.add_argument(
+        "--lookahead",
+        type=int,
+        default=1,
+        help="ask the policy once per K layers (same stop layers; fewer policy calls, up "
+        "to K-1 wasted layers an instance; pays at small batches; default 1)",
+    )
+    p.add_argument(
         "--input",
         help="a .pt dict of input tensors to run instead of the test set (any task: the "
         "keys and per-instance shapes of its test inputs)",
@@ -374,6 +381,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         out=args.out,
         input_file=args.input,
+        lookahead=args.lookahead,
     )
     print(format_summary(summary))
     return 0

@@ -90,13 +90,32 @@ class StopPolicy(nn.Module):
             z = features.flatten(1)
         else:
             z = self.encoder(features)
+        table = self._position_table(z)
+        return self._mlp(torch.cat([z, table[t].expand(z.shape[0], table.shape[1])], dim=-1))
+
+    def chunk_logits(self, features: Tensor, t0: int) -> Tensor:
+        """Stop logits ``(N, k)`` for features ``(N, k, *feature_shape)`` of the ``k``
+        consecutive layers ``t0 .. t0 + k - 1``: ``layer_logits`` of ``k`` layers in one
+        call (``StopRunner``'s look-ahead). Equal to ``forward`` up to float rounding (the
+        matrix products run on ``N k`` rows at once, and BLAS may sum in another order).
+        """
+        n, k = features.shape[:2]
+        flat = features.reshape(n * k, *features.shape[2:])
+        z = flat.flatten(1) if isinstance(self.encoder, nn.Flatten) else self.encoder(flat)
+        table = self._position_table(z)[t0 : t0 + k]
+        pos = table.unsqueeze(0).expand(n, k, table.shape[1]).reshape(n * k, table.shape[1])
+        return self._mlp(torch.cat([z, pos], dim=-1)).reshape(n, k)
+
+    def _position_table(self, z: Tensor) -> Tensor:
         key = (z.device, z.dtype)
         table = self._positions.get(key)
         if table is None:
             layers = torch.arange(self.num_layers, device=z.device)
             table = position_encoding(layers, self.num_layers, self.pos_dim).to(z.dtype)
             self._positions[key] = table
-        h = torch.cat([z, table[t].expand(z.shape[0], table.shape[1])], dim=-1)
+        return table
+
+    def _mlp(self, h: Tensor) -> Tensor:
         for module in self.body:
             if isinstance(module, nn.Linear):
                 h = F.linear(h, module.weight, module.bias)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -113,6 +113,30 @@ class LayeredPredictor(nn.Module, abc.ABC):
 
         They must not use the targets: the policy runs at test time without labels.
         """
+
+    def chunk_policy_features(
+        self,
+        t0: int,
+        states: Sequence[State],
+        inputs: dict[str, Tensor],
+        predictions: Sequence[Tensor],
+    ) -> Tensor:
+        """``(B, k, *feature_shape)``: ``policy_features`` of ``k`` consecutive layers.
+
+        ``states[i]`` and ``predictions[i]`` are those after layer ``t0 + i``. Used by
+        ``StopRunner(..., lookahead=k)``, which asks the policy once per ``k`` layers. The
+        default calls ``policy_features`` once per layer and stacks the results. Override
+        it where one computation over the stacked states is cheaper: at small batches a
+        feature computation costs its kernel launches, not its arithmetic. An override
+        must return what the default returns (``l2s_gym.testing.check_chunk_features``).
+        """
+        return torch.stack(
+            [
+                self.policy_features(t0 + i, state, inputs, pred)
+                for i, (state, pred) in enumerate(zip(states, predictions, strict=True))
+            ],
+            dim=1,
+        )
 
     def policy_encoder(self) -> nn.Module | None:
         """A module mapping ``(N, *feature_shape)`` to ``(N, D)``; ``None`` flattens."""

@@ -109,6 +109,18 @@ class StopRunner:
         rule: the read-out chosen on validation (a policy checkpoint's ``readout``:
             ``ReadoutRule.from_dict(ckpt["readout"])``); default the paper's rule.
         generator: random stream of the ``sample`` rule (on the predictor's device).
+        lookahead: ``k``, the layers run between two questions to the policy. ``1`` (the
+            default) asks after every layer. With ``k > 1`` the active instances run ``k``
+            layers, then the policy sees the ``k`` states at once
+            (``predictor.chunk_policy_features`` and ``policy.chunk_logits``: one feature
+            computation, one MLP call, one host synchronisation per ``k`` layers) and each
+            instance stops at the first of them where the rule says stop. The stop layers
+            are the same as with ``k = 1`` (the rule is applied layer by layer, causally);
+            an instance that stops early in a chunk has computed up to ``k - 1`` layers
+            it does not use. At small batches, where a layer and a policy call both cost
+            their kernel launches, this trades those wasted layers for fewer calls; at
+            large batches ``k = 1`` is the fast choice. The ``sample`` rule's draws come
+            from the generator in another order than with ``k = 1``.
     """
 
     def __init__(
@@ -117,7 +129,10 @@ class StopRunner:
         policy: StopPolicy,
         rule: ReadoutRule = PAPER_RULE,
         generator: torch.Generator | None = None,
+        lookahead: int = 1,
     ) -> None:
+        if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 1:
+            raise ValueError(f"lookahead must be a whole number >= 1, got {lookahead!r}")
         if policy.num_layers != predictor.num_layers:
             raise ValueError(
                 f"the policy was built for {policy.num_layers} layers, "
@@ -128,6 +143,7 @@ class StopRunner:
         self.rule = rule
         self.generator = generator
         self.num_layers = int(predictor.num_layers)
+        self.lookahead = lookahead
 
     def _decide(self, logit: Tensor, log_survival: Tensor) -> tuple[Tensor, Tensor]:
         if self.rule.kind == "sample":
@@ -157,6 +173,8 @@ class StopRunner:
         lap = _Laps(profile, device) if profile is not None else None
         inputs = {k: v.to(device) for k, v in _inputs_of(batch).items()}
         n = _batch_size(inputs)
+        if self.lookahead > 1:
+            return self._run_chunks(inputs, n, return_probabilities, lap)
         T = self.num_layers
         stop_out = torch.full((n,), T - 1, dtype=torch.long, device=device)
         probs = torch.full((n, T), math.nan, device=device) if return_probabilities else None
@@ -218,6 +236,135 @@ class StopRunner:
                 lap("compact")
         assert pred_out is not None
         return RunnerOutput(pred_out, stop_out, probs)
+
+    def _decide_chunk(self, logits: Tensor, log_survival: Tensor) -> tuple[Tensor, Tensor]:
+        """``(b, k)`` stop masks for a chunk's logits, and each row's log survival after
+        each of its layers: ``stop_now`` applied column by column, in one go."""
+        # A cumulative sum from the survival before the chunk adds in the order stop_now does.
+        steps = torch.nn.functional.logsigmoid(-logits)
+        log_survivals = torch.cat([log_survival.unsqueeze(1), steps], dim=1).cumsum(1)[:, 1:]
+        if self.rule.kind == "sample":
+            draw = torch.rand(
+                logits.shape, generator=self.generator, device=logits.device, dtype=logits.dtype
+            )
+            return draw < torch.sigmoid(logits), log_survivals
+        if self.rule.kind == "threshold":
+            return logits > math.log(self.rule.value / (1.0 - self.rule.value)), log_survivals
+        if self.rule.kind == "quantile":
+            return log_survivals <= math.log1p(-self.rule.value), log_survivals
+        raise ValueError(f"unknown read-out rule {self.rule.kind!r}")
+
+    def _run_chunks(
+        self, inputs: dict[str, Tensor], n: int, return_probabilities: bool, lap: _Laps | None
+    ) -> RunnerOutput:
+        """``__call__`` with ``lookahead > 1``: ask the policy once per ``k`` layers."""
+        device = self.predictor.device
+        T, k = self.num_layers, self.lookahead
+        stop_out = torch.full((n,), T - 1, dtype=torch.long, device=device)
+        probs = torch.full((n, T), math.nan, device=device) if return_probabilities else None
+        pred_out: Tensor | None = None
+        active = torch.arange(n, device=device)
+        log_survival = torch.zeros(n, device=device)
+        state: State = self.predictor.initial_state(inputs)
+        if lap:
+            lap("layer")
+        t0 = 0
+        while True:
+            end = min(t0 + k, T)
+            states: list[State] = []
+            preds: list[Tensor] = []
+            for t in range(t0, end):
+                state = self.predictor.layer(t, state, inputs)
+                if lap:
+                    lap("layer")
+                preds.append(self.predictor.readout(t, state, inputs))
+                states.append(state)
+                if lap:
+                    lap("readout")
+            if pred_out is None:
+                pred_out = preds[0].new_empty((n, *preds[0].shape[1:]))
+            # The policy is asked at every layer of the chunk but the last layer T - 1.
+            asked = len(states) - (end == T)
+            rows = active.shape[0]
+            if asked:
+                features = self.predictor.chunk_policy_features(
+                    t0, states[:asked], inputs, preds[:asked]
+                )
+                if lap:
+                    lap("features")
+                logits = self.policy.chunk_logits(features, t0)
+                if lap:
+                    lap("policy")
+                stops, log_survivals = self._decide_chunk(logits, log_survival)
+                hit = stops.any(1)
+                # The first layer of the chunk where each row stops (0 where none does).
+                first = stops.to(torch.uint8).argmax(1)
+            else:
+                hit = torch.zeros(rows, dtype=torch.bool, device=device)
+                first = torch.zeros(rows, dtype=torch.long, device=device)
+            if end == T:
+                # Every row stops in this chunk: where the rule said, else at layer T - 1.
+                local = torch.where(hit, first, torch.full_like(first, len(states) - 1))
+                stacked = torch.stack(preds, dim=1)
+                pred_out.index_copy_(0, active, stacked[torch.arange(rows, device=device), local])
+                stop_out.index_copy_(0, active, t0 + local)
+                if probs is not None:
+                    self._write_probabilities(
+                        probs, active, t0, logits if asked else None, local, True
+                    )
+                if lap:
+                    lap("compact")
+                break
+            # The one synchronisation of the chunk: how many rows stopped in it.
+            num_stop = int(hit.sum())
+            if lap:
+                lap("decide")
+            if probs is not None:
+                local = torch.where(hit, first, torch.full_like(first, asked - 1))
+                self._write_probabilities(probs, active, t0, logits, local, False)
+            if num_stop == rows:
+                stacked = torch.stack(preds, dim=1)
+                pred_out.index_copy_(0, active, stacked[torch.arange(rows, device=device), first])
+                stop_out.index_copy_(0, active, t0 + first)
+                if lap:
+                    lap("compact")
+                break
+            if num_stop:
+                order = torch.argsort(hit.to(torch.uint8), stable=True)
+                keep, done = order[: rows - num_stop], order[rows - num_stop :]
+                stopped = active.index_select(0, done)
+                at = first.index_select(0, done)
+                stacked = torch.stack([p.index_select(0, done) for p in preds], dim=1)
+                pred_out.index_copy_(0, stopped, stacked[torch.arange(num_stop, device=device), at])
+                stop_out.index_copy_(0, stopped, t0 + at)
+                active = active.index_select(0, keep)
+                log_survival = log_survivals[:, -1].index_select(0, keep)
+                state = map_state(lambda x, i=keep: x.index_select(0, i), state)
+                inputs = {key: v.index_select(0, keep) for key, v in inputs.items()}
+            else:
+                log_survival = log_survivals[:, -1]
+            if lap:
+                lap("compact")
+            t0 = end
+        assert pred_out is not None
+        return RunnerOutput(pred_out, stop_out, probs)
+
+    @staticmethod
+    def _write_probabilities(
+        probs: Tensor, active: Tensor, t0: int, logits: Tensor | None, local: Tensor, last: bool
+    ) -> None:
+        """Write a chunk's ``pi_t`` into ``probs`` for the layers each row reached (up to
+        its stop ``t0 + local``; ``1`` at layer ``T - 1`` when ``last``), NaN beyond."""
+        T = probs.shape[1]
+        width = T - t0 if last else int(logits.shape[1])  # type: ignore[union-attr]
+        block = torch.full((active.shape[0], width), math.nan, device=probs.device)
+        if logits is not None:
+            block[:, : logits.shape[1]] = torch.sigmoid(logits).to(probs.dtype)
+        if last:
+            block[:, -1] = 1.0
+        cols = torch.arange(width, device=probs.device).unsqueeze(0)
+        block = torch.where(cols <= local.unsqueeze(1), block, math.nan)
+        probs[:, t0 : t0 + width] = probs[:, t0 : t0 + width].index_copy(0, active, block)
 
 
 @torch.inference_mode()
@@ -352,6 +499,7 @@ def predict_run(
     out: str | Path | None = None,
     input_file: str | Path | None = None,
     device: torch.device | str | None = None,
+    lookahead: int = 1,
 ) -> dict[str, Any]:
     """Run a run folder's stop model with early exit on the test set (or ``input_file``).
 
@@ -361,6 +509,10 @@ def predict_run(
     set the runner's predictions are scored with the task's metric next to the
     trace-based evaluation's (``evaluate_stop_model``'s way: full trace, then the rule on
     the policy's logits), which they must equal.
+
+    ``lookahead``: ask the policy once per this many layers (``StopRunner``'s
+    ``lookahead``: the same stops, fewer policy calls, up to ``lookahead - 1`` wasted
+    layers per instance; pays at small batches).
 
     ``out`` (``FILE.pt``): the tensors ``predictions``, ``stop`` (0-based) and ``layers``
     (1-based), and the summary as ``FILE.json``. Returns the summary.
@@ -379,7 +531,9 @@ def predict_run(
     size = int(batch_size or cfg.compare.eval_batch_size)
     if size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {size}")
-    runner = StopRunner(predictor, policy, rule)
+    if lookahead < 1:
+        raise ConfigError(f"--lookahead: must be >= 1, got {lookahead}")
+    runner = StopRunner(predictor, policy, rule, lookahead=lookahead)
     dev = predictor.device
     chunks = [{k: v[i : i + size] for k, v in inputs.items()} for i in range(0, n, size)]
     if chunks:  # warm-up: first-call allocations and kernel choices are not timed
@@ -416,6 +570,7 @@ def predict_run(
         "avg_layers": avg_layers,
         "histogram": torch.bincount(stop.cpu(), minlength=T).tolist(),
         "batch_size": size,
+        "lookahead": lookahead,
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "runner_s": runner_s,
@@ -462,7 +617,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"wall time: runner {summary['runner_s'] * 1e3:.1f} ms, full depth "
         f"{summary['full_depth_s'] * 1e3:.1f} ms, measured speed-up "
         f"{summary['measured_speedup']:.2f}x (batch {summary['batch_size']}, "
-        f"{summary['device']}, {summary['threads']} threads)",
+        + (f"look-ahead {summary['lookahead']}, " if summary.get("lookahead", 1) > 1 else "")
+        + f"{summary['device']}, {summary['threads']} threads)",
     ]
     if "metric" in summary:
         lines.append(

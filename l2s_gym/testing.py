@@ -104,3 +104,49 @@ class ToyCounter(LayeredPredictor):
     ) -> Tensor:
         hint = inputs["hint"][:, 0]
         return torch.stack([hint, prediction / self.num_layers - hint], dim=1)
+
+
+@torch.no_grad()
+def check_chunk_features(
+    predictor: LayeredPredictor,
+    inputs: dict[str, Tensor],
+    chunks: tuple[int, ...] = (2, 3),
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+) -> None:
+    """Check a predictor's ``chunk_policy_features`` against its per-layer features.
+
+    Runs ``inputs`` through all layers and, for each chunk size ``k`` in ``chunks``, compares
+    ``chunk_policy_features`` on every run of ``k`` consecutive layers with the stacked
+    ``policy_features`` of those layers (what ``StopRunner(..., lookahead=k)`` relies on).
+    Raises ``AssertionError`` naming the first layer where they differ. Use it in the tests
+    of a predictor that overrides ``chunk_policy_features``.
+    """
+    was_training = predictor.training
+    predictor.eval()
+    try:
+        state = predictor.initial_state(inputs)
+        states: list[State] = []
+        preds: list[Tensor] = []
+        for t in range(predictor.num_layers):
+            state = predictor.layer(t, state, inputs)
+            states.append(state)
+            preds.append(predictor.readout(t, state, inputs))
+        each = [
+            predictor.policy_features(t, s, inputs, p)
+            for t, (s, p) in enumerate(zip(states, preds, strict=True))
+        ]
+        for k in chunks:
+            for t0 in range(0, predictor.num_layers, k):
+                got = predictor.chunk_policy_features(
+                    t0, states[t0 : t0 + k], inputs, preds[t0 : t0 + k]
+                )
+                want = torch.stack(each[t0 : t0 + k], dim=1)
+                if got.shape != want.shape or not torch.allclose(got, want, rtol=rtol, atol=atol):
+                    raise AssertionError(
+                        f"{type(predictor).__name__}.chunk_policy_features differs from "
+                        f"policy_features at layers {t0}..{t0 + len(want[0]) - 1} "
+                        f"(chunk size {k}): shape {tuple(got.shape)} vs {tuple(want.shape)}"
+                    )
+    finally:
+        predictor.train(was_training)

@@ -496,6 +496,12 @@ def test_predict_command(toy_run, toy_config, tmp_path, capsys) -> None:  # noqa
     assert main([*base, "--learner", "reverse_kl", "--out", str(out), "--batch-size", "64"]) == 0
     printed = capsys.readouterr().out
     assert "measured speed-up" in printed and out.is_file() and out.with_suffix(".json").is_file()
+    # A look-ahead: the same stops (the summary's agreement with the trace), said in the output.
+    assert main([*base, "--learner", "reverse_kl", "--lookahead", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "look-ahead 3" in printed and "agree on 100.0%" in printed
+    assert main([*base, "--learner", "reverse_kl", "--lookahead", "0"]) == 2
+    assert "--lookahead" in capsys.readouterr().err
     # A user's batch: only inputs, no metric.
     inputs = tmp_path / "batch.pt"
     torch.save({"hint": torch.rand(10, 1)}, inputs)
@@ -538,6 +544,7 @@ def test_speedup_benchmark_runs_and_writes_its_rows(tmp_path, toy_config) -> Non
     out = tmp_path / "speed.json"
     argv = ["--out", str(out), "--quick", "--threads", "1", "--configs", str(toy_config)]
     argv += ["--batch-sizes", "1", "16", "--instances-b1", "3", "--import", "l2s_gym.testing"]
+    argv += ["--lookahead-batches", "1", "16"]
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["threads"] == 1 and result["device"] == "cpu"
@@ -549,7 +556,82 @@ def test_speedup_benchmark_runs_and_writes_its_rows(tmp_path, toy_config) -> Non
         assert 1 <= row["avg_layers"] <= 6
         assert row["ideal_speedup"] == pytest.approx(6 / row["avg_layers"], rel=1e-3)
         assert row["measured_speedup"] > 0 and row["runner_parts_ms"]["layer"] > 0
+    # Look-aheads 1, 4 and T=6 at both batch sizes (the same stops: the script checks).
+    assert {(r["batch"], r["lookahead"]) for r in rows} == {
+        (b, k) for b in (1, 16) for k in (1, 4, 6)
+    }
     # Costs spread the depth: the highest price stops earliest.
     assert result["complete"] is True
     costs = result["families"][str(toy_config)]["costs"]
     assert costs == sorted(costs, reverse=True) and len(costs) >= 2
+
+
+# --- look-ahead: the policy asked once per k layers ----------------------------------------
+@pytest.mark.parametrize("lookahead", [2, 3, 100])
+@pytest.mark.parametrize("size", [1, 40])
+def test_lookahead_stops_where_the_trace_says(case, size: int, lookahead: int) -> None:
+    task, predictor, batch, policy = case
+    batch = batch.select(slice(0, size))
+    for rule in RULES:
+        stop, expected, logits = reference(task, predictor, policy, batch, rule)
+        runner = StopRunner(predictor, policy, rule, lookahead=lookahead)
+        out = runner(batch, return_probabilities=True)
+        assert out.stop.dtype == torch.long and torch.equal(out.stop, stop), rule
+        if size == 1:
+            assert torch.equal(out.predictions, expected)
+        else:
+            torch.testing.assert_close(out.predictions, expected, rtol=1e-5, atol=1e-5)
+        probs = out.stop_probabilities
+        T = predictor.num_layers
+        reached = torch.arange(T).unsqueeze(0) <= stop.unsqueeze(1)
+        assert torch.equal(torch.isnan(probs), ~reached)
+        pi = torch.sigmoid(logits)
+        pi[:, -1] = 1.0
+        torch.testing.assert_close(probs[reached], pi[reached], rtol=1e-5, atol=1e-6)
+        parts: dict[str, float] = {}
+        again = runner(batch, profile=parts)
+        assert torch.equal(again.stop, stop) and set(parts) >= {"layer", "features", "policy"}
+
+
+def test_lookahead_computes_whole_chunks() -> None:
+    task, predictor = _custom()
+    predictor.eval()
+    batch = task.eval_set("test")
+    with torch.no_grad():
+        trace = predictor.trace(batch, task)
+    policy = random_policy(predictor, trace.features, seed=3)
+    T, k = predictor.num_layers, 3
+    stop = StopRunner(predictor, policy).__call__(batch).stop
+    predictor.calls.clear()
+    out = StopRunner(predictor, policy, lookahead=k)(batch)
+    assert torch.equal(out.stop, stop)
+    # Layer t runs on the rows that had not stopped before its chunk began.
+    expected = [int((stop >= (t // k) * k).sum()) for t in range(T)]
+    assert predictor.calls == [c for c in expected if c > 0]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_lookahead_must_be_a_positive_whole_number(bad) -> None:
+    task, predictor = _toy()
+    policy = StopPolicy(predictor.feature_shape, predictor.num_layers)
+    with pytest.raises(ValueError, match="lookahead"):
+        StopRunner(predictor, policy, lookahead=bad)
+
+
+def test_chunk_features_equal_the_per_layer_features(case) -> None:
+    from l2s_gym.testing import check_chunk_features
+
+    task, predictor, batch, _ = case
+    check_chunk_features(predictor, batch.inputs)
+
+
+def test_chunk_logits_are_layer_logits() -> None:
+    torch.manual_seed(0)
+    policy = StopPolicy((5,), 9, hidden=16, depth=2)
+    nn.init.normal_(policy.head.weight)
+    policy.eval()
+    features = torch.randn(13, 4, 5)
+    with torch.inference_mode():
+        chunk = policy.chunk_logits(features, 3)
+        each = torch.stack([policy.layer_logits(features[:, i], 3 + i) for i in range(4)], 1)
+    torch.testing.assert_close(chunk, each, rtol=1e-6, atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,7 +22,8 @@ def soft_threshold(x: Tensor, theta: Tensor) -> Tensor:
 class _SparseFeatures(LayeredPredictor):
     """Shared state handling and label-free policy features for sparse-recovery predictors.
 
-    The state is ``{"x": x_t, "dx": x_t - x_{t-1}, "r": y - A x_t, "r_prev": y - A x_{t-1}}``.
+    The state is ``{"x": x_t, "dx": x_t - x_{t-1}, "r": y - A x_t, "r_prev": y - A x_{t-1},
+    "y2": ||y||^2}``.
     The residual is computed once per layer, in the layer (``_advance``), and shared: the
     policy features need it after every layer, and the next ISTA or LISTA-CP layer starts
     from it (before, the features recomputed it with two more products by ``A``, which
@@ -40,12 +42,15 @@ class _SparseFeatures(LayeredPredictor):
     def initial_state(self, inputs: dict[str, Tensor]) -> State:
         y = inputs["y"]
         zeros = y.new_zeros(y.shape[0], self.A.shape[1])
-        # x_0 = 0, so its residual y - A x_0 is y itself (exactly: A 0 = 0).
-        return {"x": zeros, "dx": zeros, "r": y, "r_prev": y}
+        # x_0 = 0, so its residual y - A x_0 is y itself (exactly: A 0 = 0). ``y2``,
+        # ``||y||^2``, is the features' normaliser: computed once, carried (and compacted
+        # by the runner) with the state rather than recomputed after every layer.
+        return {"x": zeros, "dx": zeros, "r": y, "r_prev": y, "y2": y.pow(2).sum(1)}
 
-    def _advance(self, x: Tensor, new: Tensor, r: Tensor, y: Tensor) -> State:
-        """The state after a layer took ``x`` (residual ``r``) to ``new``."""
-        return {"x": new, "dx": new - x, "r": y - new @ self.A.T, "r_prev": r}
+    def _advance(self, state: State, new: Tensor, y: Tensor) -> State:
+        """The state after a layer took ``state``'s ``x`` (residual ``r``) to ``new``."""
+        x, r = state["x"], state["r"]  # type: ignore[index]
+        return {"x": new, "dx": new - x, "r": y - new @ self.A.T, "r_prev": r, "y2": state["y2"]}  # type: ignore[index]
 
     def readout(self, t: int, state: State, inputs: dict[str, Tensor]) -> Tensor:
         return state["x"]  # type: ignore[index]
@@ -59,24 +64,45 @@ class _SparseFeatures(LayeredPredictor):
     def policy_features(
         self, t: int, state: State, inputs: dict[str, Tensor], prediction: Tensor
     ) -> Tensor:
-        y, x, dx = inputs["y"], state["x"], state["dx"]  # type: ignore[index]
-        y2 = y.pow(2).sum(1)
-        resid = state["r"].pow(2).sum(1) / (y2 + 1e-12)  # type: ignore[index]
-        resid_before = state["r_prev"].pow(2).sum(1) / (y2 + 1e-12)  # type: ignore[index]
-        update = dx.pow(2).sum(1) / (x.pow(2).sum(1) + 1e-12)
-        # |sign(x)| summed: the count of non-zeros, as (x != 0).float().mean(1) but 5x faster.
-        nonzero = x.sign().abs_().sum(1) / x.shape[1]
-        energy = y2 / y.shape[1]
-        return torch.stack(
-            [
-                torch.log10(resid + 1e-8),
-                torch.log10(update + 1e-8),
-                nonzero * 10,
-                torch.log10(energy + 1e-8),
-                torch.log10(resid_before + 1e-8) - torch.log10(resid + 1e-8),
-            ],
-            dim=1,
-        )
+        s = state  # the layer's (B, n) and (B, m) tensors
+        return _sparse_features(s["x"], s["dx"], s["r"], s["r_prev"], s["y2"])  # type: ignore[index]
+
+    def chunk_policy_features(
+        self,
+        t0: int,
+        states: Sequence[State],
+        inputs: dict[str, Tensor],
+        predictions: Sequence[Tensor],
+    ) -> Tensor:
+        # One feature computation over the k states stacked as (B, k, n): the same
+        # operations, row for row (tests: equal to the per-layer features).
+        def stack(key: str) -> Tensor:
+            return torch.stack([s[key] for s in states], dim=1)  # type: ignore[index]
+
+        # r_prev of layer t0 + i is r of layer t0 + i - 1: one stack gives both.
+        r = torch.stack([states[0]["r_prev"]] + [s["r"] for s in states], dim=1)  # type: ignore[index]
+        y2 = states[0]["y2"].unsqueeze(1).expand(-1, len(states))  # type: ignore[index]
+        return _sparse_features(stack("x"), stack("dx"), r[:, 1:], r[:, :-1], y2)
+
+
+def _sparse_features(x: Tensor, dx: Tensor, r: Tensor, r_prev: Tensor, y2: Tensor) -> Tensor:
+    """The five policy features of sparse recovery over the last dimension: ``(..., 5)``.
+
+    ``x``, ``dx`` ``(..., n)``; ``r``, ``r_prev`` ``(..., m)``; ``y2`` ``(...)``. Written to
+    launch few kernels (this runs after every layer of the runner; at batch 1 its cost is
+    the launches): the three ratios are one division and one ``log10``.
+    """
+    ynorm = y2 + 1e-12
+    num = torch.stack([r.pow(2).sum(-1), dx.pow(2).sum(-1), r_prev.pow(2).sum(-1)], dim=-1)
+    den = torch.stack([ynorm, x.pow(2).sum(-1) + 1e-12, ynorm], dim=-1)
+    # log10(resid), log10(update), log10(resid before the layer)
+    logs = num.div_(den).add_(1e-8).log10_()
+    # |sign(x)| summed: the count of non-zeros, as (x != 0).float().mean(1) but 5x faster.
+    nonzero = x.sign().abs_().sum(-1) / x.shape[-1]
+    energy = torch.log10(y2 / r.shape[-1] + 1e-8)
+    return torch.stack(
+        [logs[..., 0], logs[..., 1], nonzero * 10, energy, logs[..., 2] - logs[..., 0]], dim=-1
+    )
 
 
 @dataclass
@@ -112,7 +138,7 @@ class ISTA(_SparseFeatures):
     def layer(self, t: int, state: State, inputs: dict[str, Tensor]) -> State:
         x, r = state["x"], state["r"]  # type: ignore[index]
         # -r is A x - y exactly (IEEE subtraction is antisymmetric).
-        return self._advance(x, self._ista(x, -r), r, inputs["y"])
+        return self._advance(state, self._ista(x, -r), inputs["y"])
 
 
 @register_predictor("fista", IterativeConfig, task="sparse_recovery")
@@ -132,7 +158,7 @@ class FISTA(ISTA):
         new = self._ista(z, z @ self.A.T - y)
         s_next = (1 + torch.sqrt(1 + 4 * s * s)) / 2
         z_next = new + ((s - 1) / s_next).unsqueeze(1) * (new - x)
-        return {**self._advance(x, new, state["r"], y), "z": z_next, "s": s_next}  # type: ignore[index]
+        return {**self._advance(state, new, y), "z": z_next, "s": s_next}  # type: ignore[index]
 
 
 @dataclass
@@ -181,7 +207,7 @@ class LISTA(_SparseFeatures):
         else:
             pre = x + r @ self.W[t]
         new = soft_threshold(pre, self.theta[t])
-        return self._advance(x, new, r, y)
+        return self._advance(state, new, y)
 
 
 @register_baselines("sparse_recovery")
