@@ -103,7 +103,8 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
     learner's layer budget (``ctx.layer_budget``), whichever comes first.
     """
     cfg, predictor = ctx.cfg, ctx.predictor
-    icfg, beta = cfg.imitation, cfg.beta
+    icfg = cfg.imitation
+    beta = cfg.beta if icfg.beta is None else icfg.beta
     kl_fn = reverse_kl if direction == "reverse" else forward_kl
     budget = ctx.layer_budget
     policy = make_policy(cfg, predictor, seed=cfg.seed + 1)

@@ -90,6 +90,12 @@ class ImitationConfig:
     batch_size: int = 256
     lr: float = 3e-3
     val_every: int = 50
+    beta: float | None = None
+    """The KL target's temperature in stage 2 (``q* ∝ exp(-loss / beta)``); ``None``: the
+    experiment's ``beta``, as in the paper (one beta for both stages). With the reverse KL
+    it weighs the expected loss against the entropy of ``q_phi``
+    (``KL(q_phi || q*) = E_q[loss] / beta - H(q_phi) + const``): a lower stage-2 beta asks
+    for a sharper policy. Stage 1 (the oracle the predictor trains under) keeps ``beta``."""
     beta_anneal_from: float = 1.0
     """Continuation: the KL target's temperature starts at this multiple of beta and falls
     geometrically to beta over the first ``anneal_fraction`` of the steps (1.0: off). With
@@ -106,6 +112,10 @@ class ImitationConfig:
         _positive(self, path, "steps", "batch_size", "lr", "val_every")
         _non_negative(self, path, "buffer_size")
         _check_anneal(self, path)
+        if self.beta is not None and not self.beta > 0:
+            raise ConfigError(
+                f"{path}.beta: must be > 0 (or null: the experiment's beta), got {self.beta!r}"
+            )
 
 
 SB3_ALGORITHMS = {"ppo": "PPO", "a2c": "A2C"}

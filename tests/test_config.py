@@ -69,6 +69,10 @@ def test_defaults_fill_in():
             "rl.beta_anneal_from: must be >= 1",
         ),
         (
+            lambda d: d.update(imitation={"beta": 0}),
+            "imitation.beta: must be > 0 (or null",
+        ),
+        (
             lambda d: d.update(imitation={"anneal_fraction": 0}),
             "imitation.anneal_fraction: must be in (0, 1]",
         ),

@@ -39,3 +39,29 @@ def test_imitation_reaches_the_oracle_on_the_toy(tmp_path: Path, name: str) -> N
     # Stopping one layer off costs (1/6)^2 = 0.028 on an instance: 1e-3 allows 1 in 28.
     assert exact >= 0.97
     assert metric <= oracle + 1e-3
+
+
+@pytest.mark.parametrize(("stage2_beta", "expected"), [(None, 0.05), (0.4, 0.4)])
+def test_stage2_beta_sets_the_kl_target_temperature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage2_beta: float | None, expected: float
+) -> None:
+    import agents.imitation as imitation
+
+    data = yaml.safe_load(textwrap.dedent(TOY_CONFIG))
+    data["imitation"].update(steps=3, val_every=3, beta=stage2_beta)
+    cfg = from_dict(data)
+    assert cfg.beta == 0.05 and cfg.imitation.beta == stage2_beta
+    task = make_task(cfg.task, cfg.seed, "cpu")
+    predictor = make_predictor(cfg.predictor, task, seed=0).requires_grad_(False)
+    val = predictor.trace_eval(task.eval_set("val"), task)
+    ctx = LearnerContext(cfg, task, predictor, val, tmp_path, cfg.seed, progress=False)
+    seen: list[float] = []
+    real = imitation.oracle_log_q
+
+    def spy(losses, beta):  # noqa: ANN001, ANN202
+        seen.append(float(beta))
+        return real(losses, beta)
+
+    monkeypatch.setattr(imitation, "oracle_log_q", spy)
+    registry.LEARNERS["reverse_kl"](ctx)
+    assert seen and all(b == pytest.approx(expected) for b in seen)
