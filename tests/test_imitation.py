@@ -45,7 +45,7 @@ def test_imitation_reaches_the_oracle_on_the_toy(tmp_path: Path, name: str) -> N
 def test_stage2_beta_sets_the_kl_target_temperature(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage2_beta: float | None, expected: float
 ) -> None:
-    import agents.imitation as imitation
+    import l2s_gym.agents.imitation as imitation
 
     data = yaml.safe_load(textwrap.dedent(TOY_CONFIG))
     data["imitation"].update(steps=3, val_every=3, beta=stage2_beta)
