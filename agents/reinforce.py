@@ -51,7 +51,8 @@ its tail) are wasted, and are counted: the budget ``compare.layer_budget`` (ever
 
 Hyper-parameters (``cfg.rl``, documented in ``l2s_gym.config.RLConfig``): ``reward``,
 ``num_envs`` (or its own ``reinforce_num_envs``), ``lr``, ``val_every`` (in updates), ``entropy_coef``
-(``c``), ``gamma``, ``rollout_steps``; ``cfg.beta`` sets the reward scale and ``ctx.cost``
+(``c``), ``gamma``, ``rollout_steps``, ``reinforce_scale_free`` (each update's surrogate
+divided by the spread of its advantages); ``cfg.beta`` sets the reward scale and ``ctx.cost``
 the price of a layer; ``beta_anneal_from`` / ``anneal_fraction`` start the temperature
 hotter (the continuation imitation has, see ``l2s_gym.learner.anneal_env_beta``;
 ``charts/target_beta``).
@@ -201,13 +202,22 @@ class PolicyGradientLoss:
 
 
 def policy_gradient_loss(
-    logits: Tensor, rollout: Rollout, gamma: float, entropy_coef: float, num_layers: int
+    logits: Tensor,
+    rollout: Rollout,
+    gamma: float,
+    entropy_coef: float,
+    num_layers: int,
+    scale_free: bool = False,
 ) -> PolicyGradientLoss:
     """The REINFORCE surrogate of a window, given the policy's stop ``logits`` ``(K, N)`` on it.
 
     Every step of a counted episode is one of its decisions (the env asks none at layer
     ``T``). Sums over decisions are averaged per counted episode, so that the gradient is
-    the one of ``-J`` for one episode (the module docstring derives it).
+    the one of ``-J`` for one episode (the module docstring derives it). ``scale_free``
+    divides the whole surrogate by the standard deviation of the advantages over the
+    counted decisions (``cfg.rl.reinforce_scale_free``): the same direction, a size that
+    does not depend on the scale of the returns. The reported ``policy_gradient`` and
+    ``entropy`` are the unscaled terms.
     """
     decision = rollout.counted
     entropy = bernoulli_entropy(logits) * decision
@@ -217,9 +227,13 @@ def policy_gradient_loss(
     num_episodes = (rollout.done & rollout.counted).sum().clamp(min=1)
     pg_loss = -(log_prob * advantage.detach() * decision).sum() / num_episodes
     entropy_per_episode = entropy.sum() / num_episodes
-    return PolicyGradientLoss(
-        pg_loss - entropy_coef * entropy_per_episode, pg_loss, entropy_per_episode, plain
-    )
+    loss = pg_loss - entropy_coef * entropy_per_episode
+    if scale_free:
+        counted = advantage.detach()[decision]
+        spread = counted.std() if counted.numel() > 1 else counted.new_zeros(())
+        # No spread (one decision, or every advantage equal): nothing to scale by.
+        loss = torch.where(spread > 1e-8, loss / (spread + 1e-8), loss)
+    return PolicyGradientLoss(loss, pg_loss, entropy_per_episode, plain)
 
 
 def train_reinforce(ctx: LearnerContext) -> LearnerResult:
@@ -260,7 +274,9 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
         logits = policy(
             rollout.features.reshape(K * N, *env.feature_shape), rollout.t.reshape(-1)
         ).reshape(K, N)
-        terms = policy_gradient_loss(logits, rollout, rl.gamma, rl.entropy_coef, T)
+        terms = policy_gradient_loss(
+            logits, rollout, rl.gamma, rl.entropy_coef, T, rl.reinforce_scale_free
+        )
         loss, pg_loss, entropy_per_episode = terms.loss, terms.policy_gradient, terms.entropy
         check_finite(
             loss,

@@ -160,7 +160,14 @@ SB3_SCHEDULES = ("learning_rate", "clip_range", "clip_range_vf")
 """Arguments that take rl-zoo3's ``lin_<value>``: from ``value`` linearly down to 0 over the
 layer budget."""
 
-REINFORCE_KEYS = ("lr", "rollout_steps", "entropy_coef", "gamma", "reinforce_num_envs")
+REINFORCE_KEYS = (
+    "lr",
+    "rollout_steps",
+    "entropy_coef",
+    "gamma",
+    "reinforce_num_envs",
+    "reinforce_scale_free",
+)
 """The ``rl`` keys only REINFORCE reads: what ``hyperparams/reinforce.yml`` may set."""
 
 
@@ -196,6 +203,13 @@ class RLConfig:
     reinforce_num_envs: int = 0
     """REINFORCE's own number of environments (0: ``num_envs``). It takes one gradient step
     per window, so fewer environments give it more updates from the same layer budget."""
+    reinforce_scale_free: bool = False
+    """Divide each REINFORCE update's surrogate (policy-gradient and entropy terms alike) by
+    the standard deviation of its advantages: the same direction as the exact gradient of
+    ``J``, at a size that does not depend on the scale of the returns. Adam alone is not
+    scale-free across updates: the large early returns of a policy that stops far too soon
+    fill its second-moment estimate for hundreds of steps, and once the policy has swung to
+    "never stop" its small gradients then move it by almost nothing."""
     ppo: Any = field(default_factory=dict)
     """PPO's constructor arguments (``stable_baselines3.PPO``), a mapping: e.g.
     ``{learning_rate: lin_3e-3, n_steps: 64, batch_size: 4096, n_epochs: 4, gae_lambda:

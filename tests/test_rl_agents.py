@@ -278,6 +278,49 @@ def test_reinforce_surrogate_has_the_exact_reverse_kl_gradient_in_expectation(
     assert got[-1] == 0
 
 
+def test_scale_free_surrogate_keeps_the_gradient_direction() -> None:
+    # Two rows, episodes of 1..3 decisions; returns on a large scale.
+    gen = torch.Generator().manual_seed(3)
+    K, N, T = 3, 4, 4
+    logits = torch.randn(K, N, generator=gen, dtype=torch.float64, requires_grad=True)
+    done = torch.tensor([[True, False, False, False], [False, True, False, False]] + [[True] * 4])
+    rollout = Rollout(
+        features=torch.zeros(K, N, 1),
+        t=torch.tensor([[0, 0, 0, 0], [0, 1, 1, 1], [1, 0, 2, 2]]),
+        stop=done,
+        reward=torch.where(done, -300.0 * torch.rand(K, N, generator=gen, dtype=torch.float64), 0),
+        done=done,
+        counted=torch.ones(K, N, dtype=torch.bool),
+        layers=torch.ones(K, N, dtype=torch.long),
+    )
+    plain = policy_gradient_loss(logits, rollout, 1.0, 1.0, T)
+    free = policy_gradient_loss(logits, rollout, 1.0, 1.0, T, scale_free=True)
+    g_plain = torch.autograd.grad(plain.loss, logits)[0]
+    g_free = torch.autograd.grad(free.loss, logits)[0]
+    # Same direction, divided by the spread of the advantages (large here: returns ~ 100s).
+    ratio = (g_plain.norm() / g_free.norm()).item()
+    torch.testing.assert_close(g_free * ratio, g_plain)
+    assert ratio > 10
+    # The reported terms are the unscaled ones.
+    torch.testing.assert_close(free.policy_gradient, plain.policy_gradient)
+    torch.testing.assert_close(free.entropy, plain.entropy)
+    # One decision: no spread to divide by, the surrogate is left as it is.
+    one = Rollout(
+        features=torch.zeros(1, 1, 1),
+        t=torch.zeros(1, 1, dtype=torch.long),
+        stop=torch.ones(1, 1, dtype=torch.bool),
+        reward=torch.full((1, 1), -5.0, dtype=torch.float64),
+        done=torch.ones(1, 1, dtype=torch.bool),
+        counted=torch.ones(1, 1, dtype=torch.bool),
+        layers=torch.ones(1, 1, dtype=torch.long),
+    )
+    lone = logits[:1, :1]
+    torch.testing.assert_close(
+        policy_gradient_loss(lone, one, 1.0, 1.0, T, scale_free=True).loss,
+        policy_gradient_loss(lone, one, 1.0, 1.0, T).loss,
+    )
+
+
 def test_per_layer_baseline_is_leave_one_out() -> None:
     returns = torch.tensor([[1.0, 3.0, 10.0]])
     t = torch.tensor([[0, 0, 1]])

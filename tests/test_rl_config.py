@@ -112,13 +112,14 @@ def test_defaults_are_todays_values() -> None:
     }
     # REINFORCE's keys: sparse_recovery's entry in hyperparams/reinforce.yml (its sweep).
     rl = cfg.rl
-    assert (rl.lr, rl.rollout_steps, rl.reinforce_num_envs, rl.entropy_coef, rl.gamma) == (
-        3e-3,
-        16,
-        64,
-        1.0,
-        1.0,
-    )
+    assert (
+        rl.lr,
+        rl.rollout_steps,
+        rl.reinforce_num_envs,
+        rl.reinforce_scale_free,
+        rl.entropy_coef,
+        rl.gamma,
+    ) == (3e-3, 16, 16, True, 1.0, 1.0)
 
 
 def test_shipped_hyperparams_files_hold_valid_entries_for_registered_tasks() -> None:
