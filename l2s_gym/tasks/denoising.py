@@ -67,8 +67,11 @@ def _to_grey(image: np.ndarray) -> np.ndarray:
     else:
         image = image.astype(np.float32)
     if image.ndim == 3:
-        rgb = image[..., :3]
-        image = rgb @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
+        # Element-wise, in a fixed order: each product and sum is one rounding, the same on
+        # every CPU. (A matrix product goes through BLAS, whose kernel, and so its last
+        # bits, depend on the CPU's instruction set.)
+        r, g, b = (image[..., c] for c in range(3))
+        image = r * np.float32(0.2125) + g * np.float32(0.7154) + b * np.float32(0.0721)
     return np.clip(image, 0.0, 1.0)
 
 
