@@ -94,9 +94,10 @@ def test_every_sb3_argument_is_reachable_from_a_config() -> None:
 
 def test_defaults_are_todays_values() -> None:
     cfg = from_dict(base())
+    # sparse_recovery's entries in hyperparams/ppo.yml and a2c.yml (their sweeps).
     assert cfg.rl.ppo == {
         "learning_rate": 3e-3,
-        "n_steps": 64,
+        "n_steps": 8,
         "batch_size": 4096,
         "n_epochs": 4,
         "gamma": 1.0,
@@ -105,7 +106,7 @@ def test_defaults_are_todays_values() -> None:
     }
     assert cfg.rl.a2c == {
         "learning_rate": 1e-3,
-        "n_steps": 8,
+        "n_steps": 4,
         "gamma": 1.0,
         "ent_coef": 1.0,
         "normalize_advantage": False,
@@ -129,8 +130,8 @@ def test_shipped_hyperparams_files_hold_valid_entries_for_registered_tasks() -> 
         assert tasks and set(tasks) <= set(registry.TASKS), path
         for task in tasks:
             assert hyperparams_entry(algorithm, task)  # validated, non-empty
-    # Today's values: the files start equal to the library's defaults.
-    assert hyperparams_entry("ppo", "sparse_recovery") == SB3_DEFAULTS["ppo"]
+    # Today's values: a swept entry, and one whose sweep kept the library's defaults.
+    assert hyperparams_entry("ppo", "sparse_recovery") == {**SB3_DEFAULTS["ppo"], "n_steps": 8}
     assert hyperparams_entry("a2c", "denoising") == SB3_DEFAULTS["a2c"]
     assert hyperparams_entry("ppo", "toy") == {}  # no entry: the library's defaults
 
