@@ -279,7 +279,7 @@ def test_reinforce_surrogate_has_the_exact_reverse_kl_gradient_in_expectation(
 
 
 def test_scale_free_surrogate_keeps_the_gradient_direction() -> None:
-    # Two rows, episodes of 1..3 decisions; returns on a large scale.
+    # Four rows over three steps, episodes of 1 to 3 decisions; returns on a large scale.
     gen = torch.Generator().manual_seed(3)
     K, N, T = 3, 4, 4
     logits = torch.randn(K, N, generator=gen, dtype=torch.float64, requires_grad=True)
