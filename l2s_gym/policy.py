@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,9 @@ class StopPolicy(nn.Module):
         nn.init.constant_(self.head.bias, -1.0)
         # Position encodings per (device, dtype), for ``layer_logits`` (not saved).
         self._positions: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        # The folded MLP of ``layer_logits`` per (device, dtype), with the parameter
+        # versions it was built from (not saved).
+        self._folds: dict[tuple[torch.device, torch.dtype], tuple[tuple, _FoldedMLP | None]] = {}
 
     def hidden_features(self, features: Tensor, t: Tensor) -> Tensor:
         """The last hidden layer for ``features`` ``(N, *feature_shape)`` at layers ``t`` ``(N,)``."""
@@ -80,18 +84,39 @@ class StopPolicy(nn.Module):
         """``forward(features, t)`` for ``N`` instances all at the one layer ``t`` (an int).
 
         The inference path of ``l2s_gym.runner.StopRunner``, for a policy in eval mode
-        without gradients: the position encodings of the ``T`` layers are computed once per
-        device and dtype, the same way ``forward`` computes them, and the MLP runs as its
-        plain ``linear``/``tanh`` calls (no module dispatch, activations in place), so the
-        logits are ``forward``'s bit for bit (the tests check it) at a fraction of the
-        per-call overhead that dominates at small batches.
+        without gradients. It computes the same function as ``forward`` with fewer and
+        cheaper kernels (``_FoldedMLP``): the position encoding's share of the first layer
+        is a per-layer bias computed once, and each ``tanh(u)`` is computed as
+        ``2 sigmoid(2u) - 1`` with the factors folded into the weights (a float32 ``tanh``
+        on a CPU costs about six ``sigmoid``s). The logits equal ``forward``'s up to float
+        rounding (about 1e-6; the tests check it); a stop can differ from the trace's only
+        for a logit that close to the rule's boundary. A body that is not the plain
+        ``Linear``/``Tanh`` stack (a subclass's) runs module by module, as ``forward``.
         """
-        if isinstance(self.encoder, nn.Flatten):
-            z = features.flatten(1)
+        return self._layer_logits(features, t, None)
+
+    def frozen_layer_logits(self) -> Callable[[Tensor, int], Tensor]:
+        """``layer_logits`` for a caller that holds the weights fixed while it uses the
+        result (``StopRunner``, for one batch): the check that the cached folded MLP is
+        still the weights' (a look at every parameter's version, which at batch 1 costs as
+        much as the MLP itself) is done on the first call only."""
+        folded: list[_FoldedMLP | None] = []
+        return lambda features, t: self._layer_logits(features, t, folded)
+
+    def _layer_logits(
+        self, features: Tensor, t: int, frozen: list[_FoldedMLP | None] | None
+    ) -> Tensor:
+        z = features.flatten(1) if isinstance(self.encoder, nn.Flatten) else self.encoder(features)
+        if frozen is None:
+            folded = self._folded(z)
         else:
-            z = self.encoder(features)
-        table = self._position_table(z)
-        return self._mlp(torch.cat([z, table[t].expand(z.shape[0], table.shape[1])], dim=-1))
+            if not frozen:
+                frozen.append(self._folded(z))
+            folded = frozen[0]
+        if folded is None:
+            table = self._position_table(z)
+            return self._mlp(torch.cat([z, table[t].expand(z.shape[0], table.shape[1])], dim=-1))
+        return folded(z, t)
 
     def chunk_logits(self, features: Tensor, t0: int) -> Tensor:
         """Stop logits ``(N, k)`` for features ``(N, k, *feature_shape)`` of the ``k``
@@ -102,6 +127,9 @@ class StopPolicy(nn.Module):
         n, k = features.shape[:2]
         flat = features.reshape(n * k, *features.shape[2:])
         z = flat.flatten(1) if isinstance(self.encoder, nn.Flatten) else self.encoder(flat)
+        folded = self._folded(z)
+        if folded is not None:
+            return folded.chunk(z.reshape(n, k, z.shape[-1]), t0)
         table = self._position_table(z)[t0 : t0 + k]
         pos = table.unsqueeze(0).expand(n, k, table.shape[1]).reshape(n * k, table.shape[1])
         return self._mlp(torch.cat([z, pos], dim=-1)).reshape(n, k)
@@ -114,6 +142,18 @@ class StopPolicy(nn.Module):
             table = position_encoding(layers, self.num_layers, self.pos_dim).to(z.dtype)
             self._positions[key] = table
         return table
+
+    def _folded(self, z: Tensor) -> _FoldedMLP | None:
+        """The folded MLP for ``z``'s device and dtype and the current weights (cached;
+        rebuilt when a parameter changes: an optimiser step or ``load_state_dict``)."""
+        key = (z.device, z.dtype)
+        version = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        cached = self._folds.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        folded = _FoldedMLP.build(self, self._position_table(z))
+        self._folds[key] = (version, folded)
+        return folded
 
     def _mlp(self, h: Tensor) -> Tensor:
         for module in self.body:
@@ -130,3 +170,67 @@ class StopPolicy(nn.Module):
         b, t = features.shape[:2]
         layer = torch.arange(t, device=features.device).expand(b, t).reshape(-1)
         return self.forward(features.reshape(b * t, *features.shape[2:]), layer).reshape(b, t)
+
+
+class _FoldedMLP:
+    """``StopPolicy``'s MLP after its encoder, rewritten for inference at one layer ``t``.
+
+    With ``W_z``, ``W_p`` the first layer's columns for the encoded features and for the
+    position encoding ``p_t``, and ``tanh(u) = 2 sigmoid(2u) - 1``:
+
+    - first layer: ``s_1 = sigmoid(2 W_z z + 2 (W_p p_t + b_1))``: one ``linear`` with a
+      per-layer bias from a ``(T, H)`` table (no concatenation of ``p_t``);
+    - hidden layer ``i > 1``: ``s_i = sigmoid(4 W_i s_{i-1} + 2 (b_i - W_i 1))``;
+    - head: ``2 W_h s_d + (b_h - W_h 1)`` (with no hidden layer: ``W_z z + W_p p_t + b_h``).
+
+    The same function as ``forward`` in exact arithmetic; built in float64, then cast.
+    """
+
+    def __init__(self, first: Tensor, bias: Tensor, hidden: list[tuple[Tensor, Tensor]]) -> None:
+        self.first, self.bias, self.hidden = first, bias, hidden
+
+    @staticmethod
+    def build(policy: StopPolicy, positions: Tensor) -> _FoldedMLP | None:
+        modules = list(policy.body)
+        pairs = list(zip(modules[::2], modules[1::2], strict=False))
+        if len(modules) % 2 or not all(
+            isinstance(a, nn.Linear) and isinstance(b, nn.Tanh) for a, b in pairs
+        ):
+            return None
+        dtype = positions.dtype
+        with torch.no_grad():
+            linears = [a for a, _ in pairs] + [policy.head]
+
+            def wb(m: nn.Linear) -> tuple[Tensor, Tensor]:
+                w = m.weight.detach().to(positions.device, torch.float64)
+                b = m.bias.detach().to(positions.device, torch.float64)
+                return w, b
+
+            w, b = wb(linears[0])
+            d = w.shape[1] - positions.shape[1]
+            bias = positions.double() @ w[:, d:].T + b  # (T, out): W_p p_t + b_1
+            scale = 2.0 if len(linears) > 1 else 1.0
+            first, bias = scale * w[:, :d], scale * bias
+            rest = []
+            for i, m in enumerate(linears[1:], start=1):
+                w, b = wb(m)
+                last = i == len(linears) - 1
+                # tanh(u) = 2 s - 1: W (2 s - 1) + b = 2 W s + (b - W 1); inside a sigmoid
+                # of twice the pre-activation, one more factor 2.
+                f = 1.0 if last else 2.0
+                rest.append(((2 * f * w).to(dtype).contiguous(), (f * (b - w.sum(1))).to(dtype)))
+            return _FoldedMLP(first.to(dtype).contiguous(), bias.to(dtype).contiguous(), rest)
+
+    def __call__(self, z: Tensor, t: int) -> Tensor:
+        h = F.linear(z, self.first, self.bias[t])
+        for w, b in self.hidden:
+            h = F.linear(h.sigmoid_(), w, b)
+        return h.squeeze(-1)
+
+    def chunk(self, z: Tensor, t0: int) -> Tensor:
+        """Logits ``(N, k)`` for ``z`` ``(N, k, D)`` of the layers ``t0 .. t0 + k - 1``."""
+        k = z.shape[1]
+        h = F.linear(z, self.first).add_(self.bias[t0 : t0 + k])
+        for w, b in self.hidden:
+            h = F.linear(h.sigmoid_(), w, b)
+        return h.squeeze(-1)

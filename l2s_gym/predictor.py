@@ -138,6 +138,18 @@ class LayeredPredictor(nn.Module, abc.ABC):
             dim=1,
         )
 
+    def carried_state(self, state: State) -> State:
+        """The part of the state after a layer that the next ``layer`` call reads.
+
+        ``StopRunner`` compacts (indexes by the rows still going) only this part when
+        instances stop; the rest is never read again. The default is the whole state.
+        Override it where the state also holds what only the policy features or the
+        read-out of *this* layer use and the next layer recomputes (sparse recovery's
+        ``dx`` and ``r_prev``): at large batches compaction is a copy of the state.
+        ``l2s_gym.testing.check_carried_state`` checks an override.
+        """
+        return state
+
     def policy_encoder(self) -> nn.Module | None:
         """A module mapping ``(N, *feature_shape)`` to ``(N, D)``; ``None`` flattens."""
         return None

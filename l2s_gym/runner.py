@@ -91,8 +91,9 @@ class StopRunner:
     """Run a frozen predictor with early exit: each instance stops where its policy says.
 
     After layer ``t`` the runner computes the policy features of the instances still
-    active (``predictor.policy_features``), their stop logits (``policy.layer_logits``,
-    which is ``policy.forward`` with the position encodings cached) and applies ``rule``
+    active (``predictor.policy_features``), their stop logits (``policy.layer_logits``:
+    ``policy.forward``'s function with fewer kernels, equal to float rounding; its weights
+    read once per batch) and applies ``rule``
     causally (``ReadoutRule.stop_now``; for ``sample``, a Bernoulli draw with ``pi_t``
     from ``generator``). Instances that stop keep the read-out of layer ``t``; the others
     are compacted (state and inputs indexed by the rows still going) and only they run
@@ -144,8 +145,13 @@ class StopRunner:
         self.generator = generator
         self.num_layers = int(predictor.num_layers)
         self.lookahead = lookahead
+        value = rule.value if rule.kind == "threshold" else 0.5
+        self._threshold_logit = math.log(value / (1.0 - value))
 
     def _decide(self, logit: Tensor, log_survival: Tensor) -> tuple[Tensor, Tensor]:
+        if self.rule.kind == "threshold":
+            # Needs no survival (stop_now's comparison, without its logsigmoid and sum).
+            return logit > self._threshold_logit, log_survival
         if self.rule.kind == "sample":
             draw = torch.rand(
                 logit.shape, generator=self.generator, device=logit.device, dtype=logit.dtype
@@ -182,6 +188,7 @@ class StopRunner:
         active = torch.arange(n, device=device)
         log_survival = torch.zeros(n, device=device)
         state: State = self.predictor.initial_state(inputs)
+        layer_logits = self.policy.frozen_layer_logits()
         if lap:
             lap("layer")
         for t in range(T):
@@ -203,14 +210,14 @@ class StopRunner:
             features = self.predictor.policy_features(t, state, inputs, pred)
             if lap:
                 lap("features")
-            logit = self.policy.layer_logits(features, t)
+            logit = layer_logits(features, t)
             if probs is not None:
                 probs[:, t].index_copy_(0, active, torch.sigmoid(logit).to(probs.dtype))
             if lap:
                 lap("policy")
             stop, log_survival = self._decide(logit, log_survival)
             # The one synchronisation of the layer: how many instances stopped.
-            num_stop = int(stop.sum())
+            num_stop = int(torch.count_nonzero(stop))
             if lap:
                 lap("decide")
             if num_stop == 0:
@@ -230,7 +237,9 @@ class StopRunner:
             # index_select, not x[keep]: the same rows, several times faster on a CPU.
             active = active.index_select(0, keep)
             log_survival = log_survival.index_select(0, keep)
-            state = map_state(lambda x, i=keep: x.index_select(0, i), state)
+            state = map_state(
+                lambda x, i=keep: x.index_select(0, i), self.predictor.carried_state(state)
+            )
             inputs = {k: v.index_select(0, keep) for k, v in inputs.items()}
             if lap:
                 lap("compact")
@@ -239,7 +248,10 @@ class StopRunner:
 
     def _decide_chunk(self, logits: Tensor, log_survival: Tensor) -> tuple[Tensor, Tensor]:
         """``(b, k)`` stop masks for a chunk's logits, and each row's log survival after
-        each of its layers: ``stop_now`` applied column by column, in one go."""
+        each of its layers: ``stop_now`` applied column by column, in one go (the threshold
+        rule needs no survival: the one before the chunk, carried)."""
+        if self.rule.kind == "threshold":
+            return logits > self._threshold_logit, log_survival.unsqueeze(1).expand_as(logits)
         # A cumulative sum from the survival before the chunk adds in the order stop_now does.
         steps = torch.nn.functional.logsigmoid(-logits)
         log_survivals = torch.cat([log_survival.unsqueeze(1), steps], dim=1).cumsum(1)[:, 1:]
@@ -248,8 +260,6 @@ class StopRunner:
                 logits.shape, generator=self.generator, device=logits.device, dtype=logits.dtype
             )
             return draw < torch.sigmoid(logits), log_survivals
-        if self.rule.kind == "threshold":
-            return logits > math.log(self.rule.value / (1.0 - self.rule.value)), log_survivals
         if self.rule.kind == "quantile":
             return log_survivals <= math.log1p(-self.rule.value), log_survivals
         raise ValueError(f"unknown read-out rule {self.rule.kind!r}")
@@ -339,7 +349,9 @@ class StopRunner:
                 stop_out.index_copy_(0, stopped, t0 + at)
                 active = active.index_select(0, keep)
                 log_survival = log_survivals[:, -1].index_select(0, keep)
-                state = map_state(lambda x, i=keep: x.index_select(0, i), state)
+                state = map_state(
+                    lambda x, i=keep: x.index_select(0, i), self.predictor.carried_state(state)
+                )
                 inputs = {key: v.index_select(0, keep) for key, v in inputs.items()}
             else:
                 log_survival = log_survivals[:, -1]

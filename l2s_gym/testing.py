@@ -150,3 +150,39 @@ def check_chunk_features(
                     )
     finally:
         predictor.train(was_training)
+
+
+@torch.no_grad()
+def check_carried_state(predictor: LayeredPredictor, inputs: dict[str, Tensor]) -> None:
+    """Check a predictor's ``carried_state``: the next layer must not need what it drops.
+
+    Runs ``inputs`` through all layers twice, once passing each layer the full state and
+    once only ``carried_state`` of it, and requires equal read-outs and policy features
+    after every layer (what ``StopRunner`` relies on when it compacts only the carried
+    part). Raises ``AssertionError`` naming the first layer where they differ.
+    """
+    was_training = predictor.training
+    predictor.eval()
+    try:
+        full = predictor.initial_state(inputs)
+        carried = full
+        for t in range(predictor.num_layers):
+            full = predictor.layer(t, full, inputs)
+            carried = predictor.layer(t, predictor.carried_state(carried), inputs)
+            for what, a, b in (
+                ("read-out", predictor.readout(t, full, inputs), predictor.readout(t, carried, inputs)),
+                (
+                    "policy features",
+                    predictor.policy_features(t, full, inputs, predictor.readout(t, full, inputs)),
+                    predictor.policy_features(
+                        t, carried, inputs, predictor.readout(t, carried, inputs)
+                    ),
+                ),
+            ):
+                if not torch.equal(a, b):
+                    raise AssertionError(
+                        f"{type(predictor).__name__}.carried_state drops what layer {t} needs: "
+                        f"its {what} after that layer differ"
+                    )
+    finally:
+        predictor.train(was_training)

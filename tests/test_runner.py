@@ -306,7 +306,9 @@ def test_runner_rejects_a_policy_of_another_depth() -> None:
 
 # --- what the runner relies on: the cached policy path and the predictors' fast paths -----
 @pytest.mark.parametrize("image", [False, True])
-def test_layer_logits_are_forward_bit_for_bit(image: bool) -> None:
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_layer_logits_are_forward(image: bool, depth: int) -> None:
+    """The runner's folded MLP (per-layer bias, tanh as a sigmoid) is forward's function."""
     torch.manual_seed(0)
     T = 12
     if image:
@@ -314,17 +316,50 @@ def test_layer_logits_are_forward_bit_for_bit(image: bool) -> None:
 
         # DnCNN's encoder: a flat vector of a (3, 8, 8) image and 6 statistics.
         dim = 3 * 8 * 8 + 6
-        policy = StopPolicy((dim,), T, hidden=16, encoder=ImageEncoder((3, 8, 8), 6, 4))
+        encoder = ImageEncoder((3, 8, 8), 6, 4)
+        policy = StopPolicy((dim,), T, hidden=16, depth=depth, encoder=encoder)
         features = torch.randn(37, dim)
     else:
-        policy = StopPolicy((5,), T, hidden=32, depth=3)
-        features = torch.randn(37, 5)
+        policy = StopPolicy((5,), T, hidden=32, depth=depth)
+        features = 3 * torch.randn(37, 5)
     nn.init.normal_(policy.head.weight)
     policy.eval()
     with torch.inference_mode():
         for t in range(T):
             full = policy(features, torch.full((37,), t, dtype=torch.long))
-            assert torch.equal(policy.layer_logits(features, t), full)
+            torch.testing.assert_close(policy.layer_logits(features, t), full, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_logits_follow_parameter_changes() -> None:
+    """The folded weights are cached, and rebuilt after an optimiser step or a load."""
+    torch.manual_seed(0)
+    policy = StopPolicy((5,), 6, hidden=8)
+    features = torch.randn(9, 5)
+    t = torch.full((9,), 2, dtype=torch.long)
+    optim = torch.optim.SGD(policy.parameters(), lr=0.5)
+    for _ in range(2):
+        with torch.inference_mode():
+            torch.testing.assert_close(policy.layer_logits(features, 2), policy(features, t))
+        optim.zero_grad()
+        policy(features, t).pow(2).sum().backward()
+        optim.step()
+    other = StopPolicy((5,), 6, hidden=8)
+    policy.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(policy.layer_logits(features, 2), other(features, t))
+
+
+def test_layer_logits_of_another_body_run_module_by_module() -> None:
+    """A body that is not the Linear/Tanh stack (a subclass's) is not folded."""
+    torch.manual_seed(0)
+    policy = StopPolicy((5,), 6, hidden=8)
+    policy.body[1] = nn.ReLU()
+    features = torch.randn(9, 5)
+    with torch.inference_mode():
+        t = torch.full((9,), 4, dtype=torch.long)
+        assert torch.equal(policy.layer_logits(features, 4), policy(features, t))
+        chunk = policy.chunk_logits(features.unsqueeze(1).expand(9, 2, 5), 4)
+        torch.testing.assert_close(chunk[:, 0], policy(features, t))
 
 
 def _old_lista_cp_layer(model: LISTA, t: int, x: Tensor, y: Tensor) -> Tensor:
@@ -623,6 +658,25 @@ def test_chunk_features_equal_the_per_layer_features(case) -> None:
 
     task, predictor, batch, _ = case
     check_chunk_features(predictor, batch.inputs)
+
+
+def test_carried_state_is_what_the_next_layer_reads(case) -> None:
+    from l2s_gym.testing import check_carried_state
+
+    task, predictor, batch, _ = case
+    check_carried_state(predictor, batch.inputs)
+
+
+def test_check_carried_state_catches_a_dropped_entry() -> None:
+    from l2s_gym.predictors.lista import LISTA
+    from l2s_gym.testing import check_carried_state
+
+    task, predictor = _sparse()
+    batch = task.eval_set("test").select(slice(0, 8))
+    assert isinstance(predictor, LISTA)
+    predictor.carried_state = lambda state: {k: v for k, v in state.items() if k != "r"}  # type: ignore[method-assign]
+    with pytest.raises((AssertionError, KeyError)):
+        check_carried_state(predictor, batch.inputs)
 
 
 def test_chunk_logits_are_layer_logits() -> None:

@@ -55,6 +55,10 @@ class _SparseFeatures(LayeredPredictor):
     def readout(self, t: int, state: State, inputs: dict[str, Tensor]) -> Tensor:
         return state["x"]  # type: ignore[index]
 
+    def carried_state(self, state: State) -> State:
+        # dx and r_prev describe this layer for the features; the next layer makes its own.
+        return {k: v for k, v in state.items() if k not in ("dx", "r_prev")}  # type: ignore[union-attr]
+
     def extras(
         self, t: int, state: State, inputs: dict[str, Tensor], prediction: Tensor
     ) -> dict[str, Tensor]:
