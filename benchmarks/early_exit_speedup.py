@@ -401,9 +401,44 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """One line per (family, batch, cost): the ``k = 1`` figures, the look-aheads beside them,
+    and the parts of the runner's time (docs/deploy.md's table; ``--table FILE``)."""
+    head = (
+        "| family | batch | price | avg layers | ideal T/avg | ideal (layer time) | measured "
+        "(k=1) | measured / ideal | look-ahead k: measured | features + policy + decide + "
+        "compact, % of layers |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+    )
+    lines = [head]
+    base = [r for r in rows if r["lookahead"] == 1]
+    for r in base:
+        others = [
+            o for o in rows
+            if o["lookahead"] > 1 and (o["family"], o["batch"], o["cost"]) == (r["family"], r["batch"], r["cost"])
+        ]  # fmt: skip
+        ks = ", ".join(f"{o['lookahead']}: {o['measured_speedup']:.2f}x" for o in others) or "-"
+        parts = r.get("runner_parts_ms") or {}
+        layer = parts.get("layer", 0.0) + parts.get("readout", 0.0)
+        over = sum(parts.get(k, 0.0) for k in ("features", "policy", "decide", "compact"))
+        share = f"{over / layer:.0%}" if layer else "-"
+        lines.append(
+            f"| {r['family']} | {r['batch']} | {r['cost']} | {r['avg_layers']:.2f} / {r['num_layers']} "
+            f"| {r['ideal_speedup']:.2f}x | {r['ideal_speedup_layer_time']:.2f}x "
+            f"| {r['measured_speedup']:.2f}x | {r['measured_speedup'] / r['ideal_speedup']:.0%} "
+            f"| {ks} | {share} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="JSON file for the rows")
+    parser.add_argument("--out", help="JSON file for the rows (required unless --table)")
+    parser.add_argument(
+        "--table",
+        nargs="+",
+        metavar="JSON",
+        help="print the summary table of earlier runs' JSON files and exit (nothing is timed)",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="minimal training and repeats")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -444,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--import", dest="imports", action="append", default=[])
     args = parser.parse_args(argv)
+    if args.table:
+        rows = [r for f in args.table for r in json.loads(Path(f).read_text())["rows"]]
+        print(summary_table(rows))
+        return 0
+    if not args.out:
+        parser.error("--out is required (or --table to print earlier results)")
     for k in args.lookahead:
         if k != "T" and not (k.isdigit() and int(k) >= 1):
             parser.error(f"--lookahead: {k!r} is neither a whole number >= 1 nor T")

@@ -138,6 +138,24 @@ class LayeredPredictor(nn.Module, abc.ABC):
             dim=1,
         )
 
+    def predict_full_depth(self, inputs: dict[str, Tensor]) -> Tensor:
+        """The prediction after all ``T`` layers, computed as a model without a stop policy
+        would compute it: the baseline early exit is timed against
+        (``l2s_gym.runner.run_full_depth``).
+
+        The default runs ``initial_state``, the ``T`` layers and the last ``readout``.
+        Override it where ``layer`` also computes what only the read-out or the policy
+        features after every layer need (MAML's query predictions after each inner step,
+        SDN's exit after each block, DnCNN's estimate after each layer): a deployed
+        full-depth model skips that work, and a baseline that pays it makes early exit
+        look faster than it is. An override must return ``readout`` of the last layer up
+        to float rounding (``l2s_gym.testing.check_full_depth``).
+        """
+        state = self.initial_state(inputs)
+        for t in range(self.num_layers):
+            state = self.layer(t, state, inputs)
+        return self.readout(self.num_layers - 1, state, inputs)
+
     def carried_state(self, state: State) -> State:
         """The part of the state after a layer that the next ``layer`` call reads.
 

@@ -383,15 +383,13 @@ class StopRunner:
 def run_full_depth(predictor: LayeredPredictor, batch: Batch | dict[str, Tensor]) -> Tensor:
     """The baseline early exit is measured against: all ``T`` layers, then the last read-out.
 
-    The same predictor's ``layer`` calls and final ``readout``, no policy, no features,
-    under the same ``torch.inference_mode`` as ``StopRunner``.
+    ``predictor.predict_full_depth``: the layers as a model without a stop policy computes
+    them (no read-out after every layer where the predictor can skip it, no policy, no
+    features), under the same ``torch.inference_mode`` as ``StopRunner``.
     """
     predictor.eval()
     inputs = {k: v.to(predictor.device) for k, v in _inputs_of(batch).items()}
-    state = predictor.initial_state(inputs)
-    for t in range(predictor.num_layers):
-        state = predictor.layer(t, state, inputs)
-    return predictor.readout(predictor.num_layers - 1, state, inputs)
+    return predictor.predict_full_depth(inputs)
 
 
 # --- a run folder's stop model on the test set (``l2s predict``) -----------------------------

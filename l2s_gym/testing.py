@@ -186,3 +186,30 @@ def check_carried_state(predictor: LayeredPredictor, inputs: dict[str, Tensor]) 
                     )
     finally:
         predictor.train(was_training)
+
+
+@torch.no_grad()
+def check_full_depth(
+    predictor: LayeredPredictor, inputs: dict[str, Tensor], rtol: float = 1e-5, atol: float = 1e-5
+) -> None:
+    """Check ``predict_full_depth`` against the read-out of the last layer of a full pass.
+
+    Raises ``AssertionError`` when they differ by more than float rounding. Use it in the
+    tests of a predictor that overrides ``predict_full_depth``.
+    """
+    was_training = predictor.training
+    predictor.eval()
+    try:
+        state = predictor.initial_state(inputs)
+        for t in range(predictor.num_layers):
+            state = predictor.layer(t, state, inputs)
+        want = predictor.readout(predictor.num_layers - 1, state, inputs)
+        got = predictor.predict_full_depth(inputs)
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=rtol, atol=atol):
+            raise AssertionError(
+                f"{type(predictor).__name__}.predict_full_depth differs from the last read-out "
+                f"of its layers: shape {tuple(got.shape)} vs {tuple(want.shape)}, largest "
+                f"difference {float((got - want).abs().max()) if got.shape == want.shape else 'n/a'}"
+            )
+    finally:
+        predictor.train(was_training)

@@ -667,6 +667,38 @@ def test_carried_state_is_what_the_next_layer_reads(case) -> None:
     check_carried_state(predictor, batch.inputs)
 
 
+def test_full_depth_prediction_is_the_last_read_out(case) -> None:
+    from l2s_gym.testing import check_full_depth
+
+    task, predictor, batch, _ = case
+    check_full_depth(predictor, batch.inputs)
+
+
+def test_full_depth_of_full_weight_lista_and_cumulative_dncnn() -> None:
+    from l2s_gym.testing import check_full_depth
+
+    torch.manual_seed(0)
+    task = SparseRecoveryTask(SparseRecoveryConfig(m=20, n=40, val_size=32, test_size_per_snr=16))
+    check_full_depth(LISTA(ListaConfig(num_layers=6, weights="full"), task), task.eval_set("test").inputs)
+    task = DenoisingTask(DenoisingConfig(patch_size=16, val_size=32, test_patches=8), seed=0)
+    cfg = DnCNNConfig(num_layers=4, channels=8, feature_size=8, encoder_channels=4, heads="cumulative")
+    model = DnCNN(cfg, task)
+    for head in model.heads:
+        nn.init.normal_(head.weight, std=0.05)
+    check_full_depth(model, task.eval_set("test").inputs)
+
+
+def test_check_full_depth_catches_a_wrong_override() -> None:
+    from l2s_gym.testing import check_full_depth
+
+    task, predictor = _sparse()
+    predictor.predict_full_depth = lambda inputs: torch.zeros(len(inputs["y"]), 40)  # type: ignore[method-assign]
+    with torch.no_grad():
+        nn.init.normal_(predictor.W, std=0.3)
+    with pytest.raises(AssertionError, match="predict_full_depth"):
+        check_full_depth(predictor, task.eval_set("test").inputs)
+
+
 def test_check_carried_state_catches_a_dropped_entry() -> None:
     from l2s_gym.predictors.lista import LISTA
     from l2s_gym.testing import check_carried_state

@@ -205,6 +205,17 @@ class DnCNN(LayeredPredictor):
     def readout(self, t: int, state: State, inputs: dict[str, Tensor]) -> Tensor:
         return state["x"]  # type: ignore[index]
 
+    def predict_full_depth(self, inputs: dict[str, Tensor]) -> Tensor:
+        if self.cumulative:  # every head adds to the estimate
+            return super().predict_full_depth(inputs)
+        # The blocks and the last head only: ``layer`` also runs every layer's head (the
+        # estimate after each layer) and the change since the last one.
+        noisy = inputs["noisy"]
+        h = noisy
+        for block in self.blocks:
+            h = block(h)
+        return noisy - self.heads[-1](h)
+
     def policy_features(
         self, t: int, state: State, inputs: dict[str, Tensor], prediction: Tensor
     ) -> Tensor:

@@ -22,8 +22,11 @@ def soft_threshold(x: Tensor, theta: Tensor) -> Tensor:
 class _SparseFeatures(LayeredPredictor):
     """Shared state handling and label-free policy features for sparse-recovery predictors.
 
-    The state is ``{"x": x_t, "dx": x_t - x_{t-1}, "r": y - A x_t, "r_prev": y - A x_{t-1},
-    "y2": ||y||^2}``.
+    The state is ``{"x": x_t, "x_prev": x_{t-1}, "r": y - A x_t, "r_prev": y - A x_{t-1},
+    "y2": ||y||^2}``. The layer computes only what the next layer reads (``x`` and, for
+    ISTA and LISTA-CP, the residual); ``x_prev`` and ``r_prev`` are references to the
+    previous layer's tensors, and the features take ``dx = x_t - x_{t-1}`` themselves, so a
+    full-depth pass without a policy pays nothing for them.
     The residual is computed once per layer, in the layer (``_advance``), and shared: the
     policy features need it after every layer, and the next ISTA or LISTA-CP layer starts
     from it (before, the features recomputed it with two more products by ``A``, which
@@ -45,31 +48,32 @@ class _SparseFeatures(LayeredPredictor):
         # x_0 = 0, so its residual y - A x_0 is y itself (exactly: A 0 = 0). ``y2``,
         # ``||y||^2``, is the features' normaliser: computed once, carried (and compacted
         # by the runner) with the state rather than recomputed after every layer.
-        return {"x": zeros, "dx": zeros, "r": y, "r_prev": y, "y2": y.pow(2).sum(1)}
+        return {"x": zeros, "x_prev": zeros, "r": y, "r_prev": y, "y2": y.pow(2).sum(1)}
 
     def _advance(self, state: State, new: Tensor, y: Tensor) -> State:
         """The state after a layer took ``state``'s ``x`` (residual ``r``) to ``new``."""
         x, r = state["x"], state["r"]  # type: ignore[index]
-        return {"x": new, "dx": new - x, "r": y - new @ self.A.T, "r_prev": r, "y2": state["y2"]}  # type: ignore[index]
+        return {"x": new, "x_prev": x, "r": y - new @ self.A.T, "r_prev": r, "y2": state["y2"]}  # type: ignore[index]
 
     def readout(self, t: int, state: State, inputs: dict[str, Tensor]) -> Tensor:
         return state["x"]  # type: ignore[index]
 
     def carried_state(self, state: State) -> State:
-        # dx and r_prev describe this layer for the features; the next layer makes its own.
-        return {k: v for k, v in state.items() if k not in ("dx", "r_prev")}  # type: ignore[union-attr]
+        # x_prev and r_prev are for this layer's features; the next layer makes its own.
+        return {k: v for k, v in state.items() if k not in ("x_prev", "r_prev")}  # type: ignore[union-attr]
 
     def extras(
         self, t: int, state: State, inputs: dict[str, Tensor], prediction: Tensor
     ) -> dict[str, Tensor]:
-        x, dx = state["x"], state["dx"]  # type: ignore[index]
+        x = state["x"]  # type: ignore[index]
+        dx = x - state["x_prev"]  # type: ignore[index]
         return {"change": dx.pow(2).sum(1) / (x.pow(2).sum(1) + 1e-12)}
 
     def policy_features(
         self, t: int, state: State, inputs: dict[str, Tensor], prediction: Tensor
     ) -> Tensor:
         s = state  # the layer's (B, n) and (B, m) tensors
-        return _sparse_features(s["x"], s["dx"], s["r"], s["r_prev"], s["y2"])  # type: ignore[index]
+        return _sparse_features(s["x"], s["x"] - s["x_prev"], s["r"], s["r_prev"], s["y2"])  # type: ignore[index,operator]
 
     def chunk_policy_features(
         self,
@@ -80,13 +84,12 @@ class _SparseFeatures(LayeredPredictor):
     ) -> Tensor:
         # One feature computation over the k states stacked as (B, k, n): the same
         # operations, row for row (tests: equal to the per-layer features).
-        def stack(key: str) -> Tensor:
-            return torch.stack([s[key] for s in states], dim=1)  # type: ignore[index]
-
         # r_prev of layer t0 + i is r of layer t0 + i - 1: one stack gives both.
         r = torch.stack([states[0]["r_prev"]] + [s["r"] for s in states], dim=1)  # type: ignore[index]
         y2 = states[0]["y2"].unsqueeze(1).expand(-1, len(states))  # type: ignore[index]
-        return _sparse_features(stack("x"), stack("dx"), r[:, 1:], r[:, :-1], y2)
+        # x_prev of layer t0 + i is x of layer t0 + i - 1, as for r.
+        x = torch.stack([states[0]["x_prev"]] + [s["x"] for s in states], dim=1)  # type: ignore[index]
+        return _sparse_features(x[:, 1:], x[:, 1:] - x[:, :-1], r[:, 1:], r[:, :-1], y2)
 
 
 def _sparse_features(x: Tensor, dx: Tensor, r: Tensor, r_prev: Tensor, y2: Tensor) -> Tensor:
@@ -203,6 +206,16 @@ class LISTA(_SparseFeatures):
             self.W = nn.Parameter((a / L).unsqueeze(0).repeat(T, 1, 1).contiguous())
         # Thresholds are untied: one per layer (the official code shares one across all).
         self.theta = nn.Parameter(torch.full((T,), cfg.lam / L, device=a.device))
+
+    def predict_full_depth(self, inputs: dict[str, Tensor]) -> Tensor:
+        if self.weights != "full":  # LISTA-CP's layer reads the residual it carries
+            return super().predict_full_depth(inputs)
+        # Full weights need no residual: ``layer`` computes it for the policy's features.
+        y = inputs["y"]
+        x = y.new_zeros(y.shape[0], self.A.shape[1])
+        for t in range(self.num_layers):
+            x = soft_threshold(y @ self.W1[t].T + x @ self.W2[t].T, self.theta[t])
+        return x
 
     def layer(self, t: int, state: State, inputs: dict[str, Tensor]) -> State:
         x, r, y = state["x"], state["r"], inputs["y"]  # type: ignore[index]

@@ -152,9 +152,11 @@ class MAML(LayeredPredictor):
             _CHANGE: zeros,
         }
 
-    def layer(self, t: int, state: State, inputs: dict[str, Tensor]) -> State:
+    def _step(
+        self, t: int, params: dict[str, Tensor], inputs: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """Inner step ``t`` of every task: the new fast weights, and the support loss before."""
         sx, sy, mask = inputs["support_x"], inputs["support_y"], inputs["support_mask"]
-        params = self._params(state)
         grads, loss_before = self._batched_grad(params, sx, sy, mask)
         if self.inner_grad_clip > 0:
             # Per-task norm clipping: a 1-shot task's curvature can make a step that suits
@@ -170,6 +172,12 @@ class MAML(LayeredPredictor):
         for i, name in enumerate(self.param_names):
             g = grads[name].detach() if self.cfg.first_order else grads[name]
             new[name] = params[name] - lr[i] * g
+        return new, loss_before
+
+    def layer(self, t: int, state: State, inputs: dict[str, Tensor]) -> State:
+        sx, sy, mask = inputs["support_x"], inputs["support_y"], inputs["support_mask"]
+        params = self._params(state)
+        new, loss_before = self._step(t, params, inputs)
         # One forward over support and query points together: the query part is the
         # read-out, the support part gives the support loss after the step (a feature).
         p = sx.shape[1]
@@ -193,6 +201,19 @@ class MAML(LayeredPredictor):
     def readout(self, t: int, state: State, inputs: dict[str, Tensor]) -> Tensor:
         # Computed in ``layer`` together with the support loss (one forward, not two).
         return state[_QUERY]  # type: ignore[index]
+
+    def predict_full_depth(self, inputs: dict[str, Tensor]) -> Tensor:
+        # MAML without a stop policy: T inner steps, then the query points through the
+        # adapted network once. ``layer`` also runs the support and query points through
+        # the network after every step (the read-out and the policy's features, which
+        # need it at every step), and ``initial_state`` once more at the initial weights
+        # (the features' reference): at paper scale those forwards cost about twice the
+        # steps themselves.
+        b = inputs["support_x"].shape[0]
+        params = {n: p.unsqueeze(0).expand(b, *p.shape) for n, p in self.net.named_parameters()}
+        for t in range(self.num_layers):
+            params, _ = self._step(t, params, inputs)
+        return self._batched_forward(params, inputs["query_x"]).squeeze(-1)
 
     def policy_features(
         self, t: int, state: State, inputs: dict[str, Tensor], prediction: Tensor

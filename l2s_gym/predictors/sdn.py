@@ -204,6 +204,14 @@ class SDN(LayeredPredictor):
         assert isinstance(state, dict)
         return state["logits"]
 
+    def predict_full_depth(self, inputs: dict[str, Tensor]) -> Tensor:
+        # The blocks and the last exit only: ``layer`` also runs every block's exit and
+        # pads each map to one shape (for batches of instances at different layers).
+        out = inputs["image"][:, :1]
+        for block in self.blocks:
+            out = block(out)
+        return self._exit(self.num_layers - 1, out)
+
     def _input_stats(self, image: Tensor) -> Tensor:
         flat = image.flatten(1)
         lap = F.conv2d(image[:, :1], self.laplacian.to(image.dtype), padding=1)
