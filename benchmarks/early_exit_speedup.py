@@ -94,7 +94,7 @@ class Budget:
 # per imitation trace, denoising ~7 on 40x40 patches (hence stage 1 on 16x16 crops: the
 # DnCNN is fully convolutional) and ~2.3 per imitation trace of 16 patches.
 BUDGETS = {
-    "sparse_recovery": Budget(30, 256, 40, 256, 1000, {1: 5, 64: 7, 1024: 5}),
+    "sparse_recovery": Budget(30, 256, 40, 256, 1000, {1: 7, 64: 7, 1024: 9}),
     "denoising": Budget(
         60, 16, 12, 16, 64, {1: 3, 64: 3, 1024: 1}, instances_b1=16, stage1_task=("patch_size=16",)
     ),
@@ -437,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         "--table",
         nargs="+",
         metavar="JSON",
-        help="print the summary table of earlier runs' JSON files and exit (nothing is timed)",
+        help="print the summary table of earlier runs' JSON files and exit (nothing is timed; "
+        "a family in several files is taken from the first)",
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="minimal training and repeats")
@@ -480,7 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--import", dest="imports", action="append", default=[])
     args = parser.parse_args(argv)
     if args.table:
-        rows = [r for f in args.table for r in json.loads(Path(f).read_text())["rows"]]
+        # A family in several files: its rows from the first file that has it.
+        rows, seen = [], set()
+        for f in args.table:
+            mine = json.loads(Path(f).read_text())["rows"]
+            rows += [r for r in mine if r["family"] not in seen]
+            seen |= {r["family"] for r in mine}
         print(summary_table(rows))
         return 0
     if not args.out:
