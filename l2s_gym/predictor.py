@@ -163,7 +163,7 @@ class LayeredPredictor(nn.Module, abc.ABC):
         instances stop; the rest is never read again. The default is the whole state.
         Override it where the state also holds what only the policy features or the
         read-out of *this* layer use and the next layer recomputes (sparse recovery's
-        ``dx`` and ``r_prev``): at large batches compaction is a copy of the state.
+        ``x_prev`` and ``r_prev``): at large batches compaction is a copy of the state.
         ``l2s_gym.testing.check_carried_state`` checks an override.
         """
         return state
