@@ -547,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += family_rows
         result = write()
     print(markdown(rows))
+    print()
+    print(summary_table(rows))
     print(
         f"\n{args.device}, {result['threads']} threads, {result['wall_s']:.0f} s, load average "
         f"{load_at_start} at the start; rows in {args.out}"
