@@ -90,8 +90,9 @@ class StopPolicy(nn.Module):
         ``2 sigmoid(2u) - 1`` with the factors folded into the weights (a float32 ``tanh``
         on a CPU costs about six ``sigmoid``s). The logits equal ``forward``'s up to float
         rounding (about 1e-6; the tests check it); a stop can differ from the trace's only
-        for a logit that close to the rule's boundary. A body that is not the plain
-        ``Linear``/``Tanh`` stack (a subclass's) runs module by module, as ``forward``.
+        for a logit that close to the rule's boundary. With gradients enabled, and for a
+        body that is not the plain ``Linear``/``Tanh`` stack (a subclass's), it runs
+        module by module, as ``forward`` (the folded weights are not differentiable).
         """
         return self._layer_logits(features, t, None)
 
@@ -107,7 +108,9 @@ class StopPolicy(nn.Module):
         self, features: Tensor, t: int, frozen: list[_FoldedMLP | None] | None
     ) -> Tensor:
         z = features.flatten(1) if isinstance(self.encoder, nn.Flatten) else self.encoder(features)
-        if frozen is None:
+        if torch.is_grad_enabled():
+            folded = None  # the folded weights are detached: keep the path autograd sees
+        elif frozen is None:
             folded = self._folded(z)
         else:
             if not frozen:
@@ -127,7 +130,7 @@ class StopPolicy(nn.Module):
         n, k = features.shape[:2]
         flat = features.reshape(n * k, *features.shape[2:])
         z = flat.flatten(1) if isinstance(self.encoder, nn.Flatten) else self.encoder(flat)
-        folded = self._folded(z)
+        folded = None if torch.is_grad_enabled() else self._folded(z)
         if folded is not None:
             return folded.chunk(z.reshape(n, k, z.shape[-1]), t0)
         table = self._position_table(z)[t0 : t0 + k]
@@ -151,7 +154,8 @@ class StopPolicy(nn.Module):
         cached = self._folds.get(key)
         if cached is not None and cached[0] == version:
             return cached[1]
-        folded = _FoldedMLP.build(self, self._position_table(z))
+        with torch.inference_mode(False):  # plain tensors, usable outside inference mode
+            folded = _FoldedMLP.build(self, self._position_table(z))
         self._folds[key] = (version, folded)
         return folded
 

@@ -349,6 +349,21 @@ def test_layer_logits_follow_parameter_changes() -> None:
         torch.testing.assert_close(policy.layer_logits(features, 2), other(features, t))
 
 
+def test_layer_logits_with_gradients_reach_the_weights() -> None:
+    """Outside inference the exact, differentiable path runs (even after the fast one)."""
+    torch.manual_seed(0)
+    policy = StopPolicy((5,), 6, hidden=8)
+    features = torch.randn(9, 5)
+    with torch.inference_mode():
+        fast = policy.layer_logits(features, 2)
+    logits = policy.layer_logits(features, 2)
+    torch.testing.assert_close(logits, fast)
+    logits.sum().backward()
+    assert policy.head.weight.grad is not None and policy.head.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # and the fast path's cache works outside inference mode too
+        torch.testing.assert_close(policy.layer_logits(features, 2), fast)
+
+
 def test_layer_logits_of_another_body_run_module_by_module() -> None:
     """A body that is not the Linear/Tanh stack (a subclass's) is not folded."""
     torch.manual_seed(0)
