@@ -170,7 +170,11 @@ def check_carried_state(predictor: LayeredPredictor, inputs: dict[str, Tensor]) 
             full = predictor.layer(t, full, inputs)
             carried = predictor.layer(t, predictor.carried_state(carried), inputs)
             for what, a, b in (
-                ("read-out", predictor.readout(t, full, inputs), predictor.readout(t, carried, inputs)),
+                (
+                    "read-out",
+                    predictor.readout(t, full, inputs),
+                    predictor.readout(t, carried, inputs),
+                ),
                 (
                     "policy features",
                     predictor.policy_features(t, full, inputs, predictor.readout(t, full, inputs)),

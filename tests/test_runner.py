@@ -694,9 +694,13 @@ def test_full_depth_of_full_weight_lista_and_cumulative_dncnn() -> None:
 
     torch.manual_seed(0)
     task = SparseRecoveryTask(SparseRecoveryConfig(m=20, n=40, val_size=32, test_size_per_snr=16))
-    check_full_depth(LISTA(ListaConfig(num_layers=6, weights="full"), task), task.eval_set("test").inputs)
+    check_full_depth(
+        LISTA(ListaConfig(num_layers=6, weights="full"), task), task.eval_set("test").inputs
+    )
     task = DenoisingTask(DenoisingConfig(patch_size=16, val_size=32, test_patches=8), seed=0)
-    cfg = DnCNNConfig(num_layers=4, channels=8, feature_size=8, encoder_channels=4, heads="cumulative")
+    cfg = DnCNNConfig(
+        num_layers=4, channels=8, feature_size=8, encoder_channels=4, heads="cumulative"
+    )
     model = DnCNN(cfg, task)
     for head in model.heads:
         nn.init.normal_(head.weight, std=0.05)
