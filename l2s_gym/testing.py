@@ -9,6 +9,8 @@ learn except one dummy scale parameter, which makes end-to-end runs take seconds
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -106,6 +108,17 @@ class ToyCounter(LayeredPredictor):
         return torch.stack([hint, prediction / self.num_layers - hint], dim=1)
 
 
+@contextmanager
+def _in_eval_mode(predictor: LayeredPredictor) -> Iterator[None]:
+    """The predictor in eval mode for the block, then back in the mode it was in."""
+    was_training = predictor.training
+    predictor.eval()
+    try:
+        yield
+    finally:
+        predictor.train(was_training)
+
+
 @torch.no_grad()
 def check_chunk_features(
     predictor: LayeredPredictor,
@@ -122,9 +135,7 @@ def check_chunk_features(
     Raises ``AssertionError`` naming the first layer where they differ. Use it in the tests
     of a predictor that overrides ``chunk_policy_features``.
     """
-    was_training = predictor.training
-    predictor.eval()
-    try:
+    with _in_eval_mode(predictor):
         state = predictor.initial_state(inputs)
         states: list[State] = []
         preds: list[Tensor] = []
@@ -148,8 +159,6 @@ def check_chunk_features(
                         f"policy_features at layers {t0}..{t0 + len(want[0]) - 1} "
                         f"(chunk size {k}): shape {tuple(got.shape)} vs {tuple(want.shape)}"
                     )
-    finally:
-        predictor.train(was_training)
 
 
 @torch.no_grad()
@@ -161,26 +170,20 @@ def check_carried_state(predictor: LayeredPredictor, inputs: dict[str, Tensor]) 
     after every layer (what ``StopRunner`` relies on when it compacts only the carried
     part). Raises ``AssertionError`` naming the first layer where they differ.
     """
-    was_training = predictor.training
-    predictor.eval()
-    try:
+    with _in_eval_mode(predictor):
         full = predictor.initial_state(inputs)
         carried = full
         for t in range(predictor.num_layers):
             full = predictor.layer(t, full, inputs)
             carried = predictor.layer(t, predictor.carried_state(carried), inputs)
+            want = predictor.readout(t, full, inputs)
+            got = predictor.readout(t, carried, inputs)
             for what, a, b in (
-                (
-                    "read-out",
-                    predictor.readout(t, full, inputs),
-                    predictor.readout(t, carried, inputs),
-                ),
+                ("read-out", want, got),
                 (
                     "policy features",
-                    predictor.policy_features(t, full, inputs, predictor.readout(t, full, inputs)),
-                    predictor.policy_features(
-                        t, carried, inputs, predictor.readout(t, carried, inputs)
-                    ),
+                    predictor.policy_features(t, full, inputs, want),
+                    predictor.policy_features(t, carried, inputs, got),
                 ),
             ):
                 if not torch.equal(a, b):
@@ -188,8 +191,6 @@ def check_carried_state(predictor: LayeredPredictor, inputs: dict[str, Tensor]) 
                         f"{type(predictor).__name__}.carried_state drops what layer {t} needs: "
                         f"its {what} after that layer differ"
                     )
-    finally:
-        predictor.train(was_training)
 
 
 @torch.no_grad()
@@ -201,13 +202,9 @@ def check_full_depth(
     Raises ``AssertionError`` when they differ by more than float rounding. Use it in the
     tests of a predictor that overrides ``predict_full_depth``.
     """
-    was_training = predictor.training
-    predictor.eval()
-    try:
-        state = predictor.initial_state(inputs)
-        for t in range(predictor.num_layers):
-            state = predictor.layer(t, state, inputs)
-        want = predictor.readout(predictor.num_layers - 1, state, inputs)
+    with _in_eval_mode(predictor):
+        # The protocol's own full pass (the base class's method): T layers, last read-out.
+        want = LayeredPredictor.predict_full_depth(predictor, inputs)
         got = predictor.predict_full_depth(inputs)
         if got.shape != want.shape or not torch.allclose(got, want, rtol=rtol, atol=atol):
             raise AssertionError(
@@ -215,5 +212,3 @@ def check_full_depth(
                 f"of its layers: shape {tuple(got.shape)} vs {tuple(want.shape)}, largest "
                 f"difference {float((got - want).abs().max()) if got.shape == want.shape else 'n/a'}"
             )
-    finally:
-        predictor.train(was_training)

@@ -214,16 +214,19 @@ class LISTA(_SparseFeatures):
         y = inputs["y"]
         x = y.new_zeros(y.shape[0], self.A.shape[1])
         for t in range(self.num_layers):
-            x = soft_threshold(y @ self.W1[t].T + x @ self.W2[t].T, self.theta[t])
+            x = self._full_weight_layer(t, x, y)
         return x
+
+    def _full_weight_layer(self, t: int, x: Tensor, y: Tensor) -> Tensor:
+        """``soft(W1_t y + W2_t x, theta_t)`` (Gregor & LeCun)."""
+        return soft_threshold(y @ self.W1[t].T + x @ self.W2[t].T, self.theta[t])
 
     def layer(self, t: int, state: State, inputs: dict[str, Tensor]) -> State:
         x, r, y = state["x"], state["r"], inputs["y"]  # type: ignore[index]
         if self.weights == "full":
-            pre = y @ self.W1[t].T + x @ self.W2[t].T
+            new = self._full_weight_layer(t, x, y)
         else:
-            pre = x + r @ self.W[t]
-        new = soft_threshold(pre, self.theta[t])
+            new = soft_threshold(x + r @ self.W[t], self.theta[t])
         return self._advance(state, new, y)
 
 

@@ -130,12 +130,14 @@ class MAML(LayeredPredictor):
         """The inner learning rates of step ``t`` (0-based), one per weight tensor."""
         return self.base_lr * self.log_lr_scale[t].exp()
 
-    # --- the protocol -------------------------------------------------------------------
-    def initial_state(self, inputs: dict[str, Tensor]) -> State:
-        b = inputs["support_x"].shape[0]
+    def _initial_params(self, b: int) -> dict[str, Tensor]:
         # expand, not copy: every task starts from the meta-learned weights, and the
         # gradient of every task's loss flows back into them.
-        params = {n: p.unsqueeze(0).expand(b, *p.shape) for n, p in self.net.named_parameters()}
+        return {n: p.unsqueeze(0).expand(b, *p.shape) for n, p in self.net.named_parameters()}
+
+    # --- the protocol -------------------------------------------------------------------
+    def initial_state(self, inputs: dict[str, Tensor]) -> State:
+        params = self._initial_params(inputs["support_x"].shape[0])
         with torch.no_grad():
             loss = self._batched_loss(
                 params, inputs["support_x"], inputs["support_y"], inputs["support_mask"]
@@ -209,8 +211,7 @@ class MAML(LayeredPredictor):
         # need it at every step), and ``initial_state`` once more at the initial weights
         # (the features' reference): at paper scale those forwards cost about twice the
         # steps themselves.
-        b = inputs["support_x"].shape[0]
-        params = {n: p.unsqueeze(0).expand(b, *p.shape) for n, p in self.net.named_parameters()}
+        params = self._initial_params(inputs["support_x"].shape[0])
         for t in range(self.num_layers):
             params, _ = self._step(t, params, inputs)
         return self._batched_forward(params, inputs["query_x"]).squeeze(-1)
