@@ -163,6 +163,27 @@ def summarize(
     }
 
 
+def reference_layers_to_match(
+    baselines: Sequence[tuple[Sequence[float], Sequence[float]]],
+    oracle_points: tuple[Sequence[float], Sequence[float]],
+    higher_is_better: bool,
+    full_depth_metric: float,
+) -> dict[str, float | None]:
+    """``layers_to_match`` of what a learner is measured against, for reading its own.
+
+    ``oracle``: the label-using oracle's frontier (no stop policy can do better, so a
+    target of fewer layers than this is out of reach); ``baselines``: the upper envelope
+    of the label-free baselines (the first budget at which any of them reaches the
+    target, which is the envelope's first crossing).
+    """
+    matches = [layers_to_match(x, y, full_depth_metric, higher_is_better) for x, y in baselines]
+    reached = [m for m in matches if m is not None]
+    return {
+        "oracle": layers_to_match(*oracle_points, full_depth_metric, higher_is_better),
+        "baselines": min(reached) if reached else None,
+    }
+
+
 __all__ = [
     "GRID_POINTS",
     "budget_curve",
@@ -171,5 +192,6 @@ __all__ = [
     "envelope",
     "layers_to_match",
     "oracle_gap_closed",
+    "reference_layers_to_match",
     "summarize",
 ]

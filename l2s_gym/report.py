@@ -158,6 +158,34 @@ def time_to_target_table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+REFERENCE_LABELS = {
+    "oracle": "the label-using oracle (no stop policy can match full depth with fewer)",
+    "baselines": "the best label-free baseline (every fixed depth and heuristic)",
+}
+
+
+def _reference_lines(results: dict[str, Any]) -> list[str]:
+    """What the learners' layers to match full depth compare with (one line each)."""
+    ref = results.get("frontier_reference") or {}
+    lines = []
+    for key, label in REFERENCE_LABELS.items():
+        e = ref.get(key)
+        if e is None:
+            continue
+        if not isinstance(e, dict):  # one seed's results: the plain number
+            e = {"layers_to_match_full_depth": e}
+        value = e["layers_to_match_full_depth"]
+        text = "never" if value is None else _fmt(value)
+        iv = e.get("layers_to_match_full_depth_ci95")
+        if value is not None and iv:
+            text += f" {_interval(iv, 2)}"
+        per = e.get("layers_to_match_full_depth_per_seed")
+        if per and len(per) > 1:
+            text += " (per seed: " + ", ".join("never" if v is None else _fmt(v) for v in per) + ")"
+        lines.append(f"- layers to match full depth, {label}: {text}")
+    return ["", *lines] if lines else []
+
+
 def frontier_tables(results: dict[str, Any]) -> str:
     summary = results.get("frontier_summary") or {}
     if not summary:
@@ -198,6 +226,7 @@ def frontier_tables(results: dict[str, Any]) -> str:
         ],  # fmt: skip
         body,
     )
+    lines += _reference_lines(results)
     lines += ["", f"Frontier points ({results['metric']} at average layers), per layer price:", ""]
     learned = {n: f for n, f in results["frontiers"].items() if f["kind"] == "learned"}
     costs = results.get("costs", [])
@@ -407,6 +436,10 @@ def write_tensorboard_summary(folder: Path, results: dict[str, Any]) -> None:
             for key in ("dominance", "oracle_gap_closed", "layers_to_match_full_depth"):
                 if e.get(key) is not None:
                     w.add_scalar(f"frontier/{key}/{name}", e[key], 0)
+        for name, e in (results.get("frontier_reference") or {}).items():
+            value = e.get("layers_to_match_full_depth") if isinstance(e, dict) else e
+            if value is not None:
+                w.add_scalar(f"frontier/layers_to_match_full_depth/{name} (reference)", value, 0)
         for r in results.get("rows", []):
             if r.get("kind") == "learner" and r.get("metric") is not None:
                 w.add_scalar(f"test/metric/{r['learner']}", r["metric"], 0)

@@ -358,12 +358,16 @@ def evaluate_seed(
     if is_better(task, stop_at_T, full_depth):
         full_depth = stop_at_T
     summary = {}
+    reference: dict[str, float | None] = {}
     if len({t.cost for t in trials}) > 1:
         for name, pts in learner_points.items():
             summary[name] = fr.summarize(
                 (pts["avg_layers"], pts["metric"]), baselines, oracle_pts, T,
                 task.higher_is_better, full_depth,
             )  # fmt: skip
+        reference = fr.reference_layers_to_match(
+            baselines, oracle_pts, task.higher_is_better, full_depth
+        )
 
     return {
         "seed": seed,
@@ -382,6 +386,7 @@ def evaluate_seed(
         },
         "frontiers": frontiers,
         "frontier_summary": summary,
+        "frontier_reference": reference,
         "full_depth_metric": full_depth,
         "learning_curves": curves,
         "time_to_target": time_to_target(task, trial_results, trials, compare_cost),
@@ -534,6 +539,22 @@ def _aggregate_summary(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, An
     return out
 
 
+def _aggregate_reference(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The layers to match full depth of the oracle and of the label-free baselines, as
+    ``_aggregate_summary`` gives a learner's (``None`` if some seed never matches)."""
+    out: dict[str, Any] = {}
+    for name in per_seed[0].get("frontier_reference") or {}:
+        vals = [res.get("frontier_reference", {}).get(name) for res in per_seed]
+        finite = [x for x in vals if x is not None and math.isfinite(x)]
+        complete = len(finite) == len(vals)
+        out[name] = {
+            "layers_to_match_full_depth": _mean(finite) if complete else None,
+            "layers_to_match_full_depth_ci95": seed_interval(finite) if complete else None,
+            "layers_to_match_full_depth_per_seed": vals,
+        }
+    return out
+
+
 def _aggregate_paired(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for res in per_seed:
@@ -612,6 +633,7 @@ def evaluate_run(
         "time_to_target": _aggregate_time_to_target(per_seed),
         "frontiers": _aggregate_frontiers(per_seed),
         "frontier_summary": _aggregate_summary(per_seed),
+        "frontier_reference": _aggregate_reference(per_seed),
         "depth_curves": first["depth_curves"],
         "heuristic_curves": first["heuristic_curves"],
         "learning_curves": {

@@ -92,6 +92,44 @@ def test_summarize_keys_and_ranges() -> None:
     assert s["layers_to_match_full_depth"] == pytest.approx(3.0 + (4.0 - 2.5) / (4.2 - 2.5) * 2)
 
 
+def test_reference_layers_to_match() -> None:
+    # Lower is better. Two baselines: one reaches the target 4.0 at 3.5 layers, one at 3.0;
+    # a third never does. The oracle reaches it at 2.5.
+    baselines = [([1, 2, 4], [10.0, 8.0, 3.0]), ([1, 3, 5], [9.0, 4.0, 3.5]), ([1, 5], [9.0, 5.0])]
+    ref = fr.reference_layers_to_match(baselines, ([1, 2, 3], [9.0, 5.0, 3.0]), False, 4.0)
+    assert ref["oracle"] == pytest.approx(2.5)
+    assert ref["baselines"] == pytest.approx(3.0)
+    # A stricter target: only the first baseline's last point reaches it; then none does.
+    ref = fr.reference_layers_to_match(baselines, ([1, 2, 3], [9.0, 5.0, 3.0]), False, 3.0)
+    assert ref["baselines"] == pytest.approx(4.0) and ref["oracle"] == pytest.approx(3.0)
+    ref = fr.reference_layers_to_match(baselines, ([1, 2, 3], [9.0, 5.0, 3.0]), False, 2.0)
+    assert ref == {"oracle": None, "baselines": None}
+    # Higher is better: the same curves, negated, give the same answers.
+    neg = [(x, [-v for v in y]) for x, y in baselines]
+    ref = fr.reference_layers_to_match(neg, ([1, 2, 3], [-9.0, -5.0, -3.0]), True, -4.0)
+    assert (ref["oracle"], ref["baselines"]) == (pytest.approx(2.5), pytest.approx(3.0))
+
+
+def test_reference_is_aggregated_over_seeds_and_reported() -> None:
+    from l2s_gym.report import _reference_lines
+    from l2s_gym.results import _aggregate_reference
+
+    per_seed = [
+        {"frontier_reference": {"oracle": 3.0, "baselines": 6.0}},
+        {"frontier_reference": {"oracle": 5.0, "baselines": None}},
+    ]
+    agg = _aggregate_reference(per_seed)
+    assert agg["oracle"]["layers_to_match_full_depth"] == pytest.approx(4.0)
+    assert agg["oracle"]["layers_to_match_full_depth_ci95"] is not None
+    # A seed that never matches makes the mean "never", as for a learner.
+    assert agg["baselines"]["layers_to_match_full_depth"] is None
+    assert agg["baselines"]["layers_to_match_full_depth_per_seed"] == [6.0, None]
+    lines = "\n".join(_reference_lines({"frontier_reference": agg}))
+    assert "label-using oracle" in lines and "4.00" in lines and "(per seed: 3.00, 5.00)" in lines
+    assert "label-free baseline" in lines and "never (per seed: 6.00, never)" in lines
+    assert _reference_lines({}) == []
+
+
 def brute_force_quantile(probs: list[float], q: float) -> int:
     """First t whose cumulative stop probability reaches q, by plain summation."""
     total = 0.0

@@ -35,7 +35,7 @@ def numbers(results: dict) -> list:
     curves = sorted(
         (k, tuple(v["metric"]), tuple(v["avg_layers"])) for k, v in results["frontiers"].items()
     )
-    return [rows, curves, results["frontier_summary"]]
+    return [rows, curves, results["frontier_summary"], results["frontier_reference"]]
 
 
 @pytest.fixture(scope="module")
