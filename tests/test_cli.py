@@ -199,6 +199,19 @@ def test_resume_refuses_a_different_config(toy_config, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_resume_without_seeds_keeps_the_runs_seeds(toy_config, tmp_path):
+    runs = tmp_path / "runs"
+    args = ["compare", str(toy_config), "--runs", str(runs), "--no-progress",
+            "--set", "imitation.steps=5", "--set", "compare.learners=[reverse_kl]"]  # fmt: skip
+    first = run_cli(*args, "--seeds", "0", "1")
+    assert first.returncode == 0, first.stderr
+    run_dir = Path(first.stdout.strip().splitlines()[-1])
+    again = run_cli(*args, "--resume", "latest")
+    assert again.returncode == 0, again.stderr
+    assert "seeds 0, 1" in again.stdout
+    assert _results(run_dir)["seeds"] == [0, 1]
+
+
 def test_local_runner_retries_a_failing_trial_once_then_reports_it(toy_config, tmp_path):
     import os
 
