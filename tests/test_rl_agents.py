@@ -221,7 +221,11 @@ def test_stop_vec_env_protocol_and_terminal_observation(tmp_path: Path) -> None:
         np.testing.assert_array_equal(infos[i]["terminal_observation"], before[i])
 
     # PPO learns on it for a few hundred steps without error.
+    from stable_baselines3.common.logger import configure
+
     model = PPO("MlpPolicy", venv, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    # A logger in tmp_path: SB3's default would leave an empty SB3-<time> folder in /tmp.
+    model.set_logger(configure(str(tmp_path / "sb3"), ["csv"]))
     model.learn(total_timesteps=256)
     assert model.num_timesteps >= 256
     assert len(model.ep_info_buffer) > 0  # the "episode" infos reach SB3's logger
