@@ -172,8 +172,6 @@ def _reference_lines(results: dict[str, Any]) -> list[str]:
         e = ref.get(key)
         if e is None:
             continue
-        if not isinstance(e, dict):  # one seed's results: the plain number
-            e = {"layers_to_match_full_depth": e}
         value = e["layers_to_match_full_depth"]
         text = "never" if value is None else _fmt(value)
         iv = e.get("layers_to_match_full_depth_ci95")
@@ -437,9 +435,9 @@ def write_tensorboard_summary(folder: Path, results: dict[str, Any]) -> None:
                 if e.get(key) is not None:
                     w.add_scalar(f"frontier/{key}/{name}", e[key], 0)
         for name, e in (results.get("frontier_reference") or {}).items():
-            value = e.get("layers_to_match_full_depth") if isinstance(e, dict) else e
-            if value is not None:
-                w.add_scalar(f"frontier/layers_to_match_full_depth/{name} (reference)", value, 0)
+            if e["layers_to_match_full_depth"] is not None:
+                tag = f"frontier/layers_to_match_full_depth/{name} (reference)"
+                w.add_scalar(tag, e["layers_to_match_full_depth"], 0)
         for r in results.get("rows", []):
             if r.get("kind") == "learner" and r.get("metric") is not None:
                 w.add_scalar(f"test/metric/{r['learner']}", r["metric"], 0)
