@@ -353,6 +353,11 @@ def frontier_figure(results: dict[str, Any]):  # noqa: ANN201
         (line,) = ax.plot(xs, ys, ls=styles[kind], marker=marker, lw=lw, label=f"{name} ({kind})")
         if all(v is not None for v in los + his):
             ax.fill_between(xs, los, his, color=line.get_color(), alpha=0.15, lw=0)
+    full = results.get("full_depth_metric")
+    if full is not None and results.get("frontier_summary"):
+        ax.axhline(
+            full, color="0.4", ls="-.", lw=0.9, label="full depth T (layers-to-match target)"
+        )
     ax.set_xlabel("layers computed (average)")
     ax.set_ylabel(results["metric"])
     seeds = results.get("seeds", [])

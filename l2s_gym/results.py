@@ -634,6 +634,7 @@ def evaluate_run(
         "frontiers": _aggregate_frontiers(per_seed),
         "frontier_summary": _aggregate_summary(per_seed),
         "frontier_reference": _aggregate_reference(per_seed),
+        "full_depth_metric": _mean([res["full_depth_metric"] for res in per_seed]),
         "depth_curves": first["depth_curves"],
         "heuristic_curves": first["heuristic_curves"],
         "learning_curves": {

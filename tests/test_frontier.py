@@ -193,3 +193,29 @@ def test_quantile_rule_stops_earlier_than_the_threshold_rule_on_a_spread_q() -> 
     logits = torch.log(pi / (1 - pi)).unsqueeze(0)
     assert int(ReadoutRule("threshold", 0.5).stop(logits)[0]) == 7  # layer 8
     assert int(ReadoutRule("quantile", 0.5).stop(logits)[0]) == 5  # layer 6: the median
+
+
+def test_frontier_figure_marks_the_full_depth_target() -> None:
+    from l2s_gym.report import frontier_figure
+
+    curve = {
+        "avg_layers": [1.0, 2.0],
+        "metric": [0.5, 0.9],
+        "ci_low": [None] * 2,
+        "ci_high": [None] * 2,
+    }
+    results = {
+        "experiment": "toy",
+        "metric": "accuracy",
+        "seeds": [0],
+        "frontiers": {"reverse KL": {"kind": "learned", **curve}},
+        "frontier_summary": {"reverse_kl": {}},
+        "full_depth_metric": 0.8,
+    }
+    fig = frontier_figure(results)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    target = next(v for k, v in lines.items() if k.startswith("full depth T"))
+    assert list(target.get_ydata()) == [0.8, 0.8]
+    del results["full_depth_metric"]
+    labels = [line.get_label() for line in frontier_figure(results).axes[0].get_lines()]
+    assert not any(label.startswith("full depth T") for label in labels)
