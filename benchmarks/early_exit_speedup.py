@@ -44,6 +44,7 @@ full pass on 2 cores, so it runs once (no repeat) there, as the output says.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -244,12 +245,15 @@ def bench_family(
     ]
     if budget.val_size is not None:
         overrides.append(f"task.val_size={budget.val_size}")
+    overrides += args.set
     cfg = load_config(find_config(name), overrides)
     task = build.make_task(cfg.task, cfg.seed, device)
     predictor = build.make_predictor(cfg.predictor, task, seed=cfg.seed)
     T = predictor.num_layers
     started = time.perf_counter()
-    cache = Path(args.cache or ".") / f"{Path(name).stem}{'-quick' if args.quick else ''}.pt"
+    # --set changes what is trained: its own cache file.
+    tag = "-" + hashlib.sha1("\n".join(args.set).encode()).hexdigest()[:8] if args.set else ""
+    cache = Path(args.cache or ".") / f"{Path(name).stem}{'-quick' if args.quick else ''}{tag}.pt"
     runners: dict[Any, StopRunner] = {}
     if args.cache and cache.is_file():
         saved = torch.load(cache, map_location=device, weights_only=False)
@@ -479,6 +483,14 @@ def main(argv: list[str] | None = None) -> int:
         "the timing alone)",
     )
     parser.add_argument("--import", dest="imports", action="append", default=[])
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every family run (repeatable), e.g. "
+        "predictor.features=lean for meta learning",
+    )
     args = parser.parse_args(argv)
     if args.table:
         # A family in several files: its rows from the first file that has it.

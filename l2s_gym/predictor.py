@@ -92,6 +92,11 @@ class LayeredPredictor(nn.Module, abc.ABC):
     display_name: str = "Predictor"
     num_layers: int
     feature_shape: tuple[int, ...]
+    features_use_prediction: bool = True
+    """Whether ``policy_features`` reads its ``prediction`` argument. Set it to false when
+    they do not (and ``readout`` does the read-out's work rather than ``layer``): then
+    ``StopRunner`` passes ``None`` and reads out only the instances that stop, after the
+    policy decided, instead of every active instance after every layer."""
 
     @abc.abstractmethod
     def initial_state(self, inputs: dict[str, Tensor]) -> State:

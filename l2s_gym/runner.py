@@ -62,6 +62,13 @@ def _inputs_of(batch: Batch | dict[str, Tensor]) -> dict[str, Tensor]:
     return batch.inputs if isinstance(batch, Batch) else dict(batch)
 
 
+def _write(out: Tensor | None, n: int, rows: Tensor, pred: Tensor) -> Tensor:
+    """Copy ``pred`` into rows ``rows`` of the ``(n, ...)`` output (made on first use)."""
+    if out is None:
+        out = pred.new_empty((n, *pred.shape[1:]))
+    return out.index_copy_(0, rows, pred)
+
+
 def _batch_size(inputs: dict[str, Tensor]) -> int:
     sizes = {int(v.shape[0]) for v in inputs.values()}
     if len(sizes) != 1:
@@ -189,25 +196,27 @@ class StopRunner:
         log_survival = torch.zeros(n, device=device)
         state: State = self.predictor.initial_state(inputs)
         layer_logits = self.policy.frozen_layer_logits()
+        # Read out every active instance after every layer, or (when the features do not
+        # need it) only the instances that stop, once they have.
+        lazy = not self.predictor.features_use_prediction
         if lap:
             lap("layer")
         for t in range(T):
             state = self.predictor.layer(t, state, inputs)
             if lap:
                 lap("layer")
-            pred = self.predictor.readout(t, state, inputs)
+            pred = None if lazy else self.predictor.readout(t, state, inputs)
             if lap:
                 lap("readout")
-            if pred_out is None:
-                pred_out = pred.new_empty((n, *pred.shape[1:]))
             if t == T - 1:
-                pred_out.index_copy_(0, active, pred)
+                pred = self.predictor.readout(t, state, inputs) if pred is None else pred
+                pred_out = _write(pred_out, n, active, pred)
                 if probs is not None:
                     probs[:, t].index_fill_(0, active, 1.0)
                 if lap:
                     lap("compact")
                 break
-            features = self.predictor.policy_features(t, state, inputs, pred)
+            features = self.predictor.policy_features(t, state, inputs, pred)  # type: ignore[arg-type]
             if lap:
                 lap("features")
             logit = layer_logits(features, t)
@@ -223,7 +232,8 @@ class StopRunner:
             if num_stop == 0:
                 continue
             if num_stop == stop.shape[0]:
-                pred_out.index_copy_(0, active, pred)
+                pred = self.predictor.readout(t, state, inputs) if pred is None else pred
+                pred_out = _write(pred_out, n, active, pred)
                 stop_out.index_fill_(0, active, t)
                 if lap:
                     lap("compact")
@@ -232,7 +242,15 @@ class StopRunner:
             order = torch.argsort(stop.to(torch.uint8), stable=True)
             keep, done = order[: stop.shape[0] - num_stop], order[stop.shape[0] - num_stop :]
             stopped = active.index_select(0, done)
-            pred_out.index_copy_(0, stopped, pred.index_select(0, done))
+            if pred is None:  # read out the rows that stop, and only those
+                pred_done = self.predictor.readout(
+                    t,
+                    map_state(lambda x, i=done: x.index_select(0, i), state),
+                    {k: v.index_select(0, done) for k, v in inputs.items()},
+                )
+            else:
+                pred_done = pred.index_select(0, done)
+            pred_out = _write(pred_out, n, stopped, pred_done)
             stop_out.index_fill_(0, stopped, t)
             # index_select, not x[keep]: the same rows, several times faster on a CPU.
             active = active.index_select(0, keep)

@@ -44,6 +44,33 @@ def test_batch_and_trace_shapes() -> None:
     assert trace.losses.requires_grad  # stage 1 differentiates through the inner steps
 
 
+def test_lean_features_are_the_full_ones_a_step_behind() -> None:
+    task = MetaLearningTask(MetaLearningConfig(**TINY_TASK), seed=0)
+    torch.manual_seed(0)
+    full = MAML(MamlConfig(num_layers=4, hidden=[16, 16]), task)
+    lean = MAML(MamlConfig(num_layers=4, hidden=[16, 16], features="lean"), task)
+    lean.load_state_dict(full.state_dict())
+    batch = task.eval_set("test")
+    with torch.no_grad():
+        tf, tl = full.trace(batch, task), lean.trace(batch, task)
+    # The same model: the same losses and metric at every step.
+    torch.testing.assert_close(tl.losses, tf.losses, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tl.metric_stats, tf.metric_stats, rtol=1e-5, atol=1e-6)
+    assert lean.feature_shape == (11,) and tl.features.shape[-1] == 11
+    # Lean's support loss at step t is the full set's after step t - 1 (the same weights),
+    # and the initial loss at step 0; its query-free columns are the full set's.
+    f, g = tf.features, tl.features
+    torch.testing.assert_close(g[:, 1:, 0], f[:, :-1, 0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g[:, 1:, 2], f[:, :-1, 2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g[:, 0, 2], torch.zeros_like(g[:, 0, 2]), rtol=0, atol=1e-6)
+    # K/k_max, t/T, mean, std, update size, log K, noise (lean has no query shift, column 8)
+    assert torch.equal(g[..., [3, 4, 5, 6, 7, 8, 9]], f[..., [3, 4, 5, 6, 7, 9, 10]])
+    with pytest.raises(ConfigError, match="predictor.features: expected 'full' or 'lean'"):
+        from_dict(
+            {"task": {"name": "meta_learning"}, "predictor": {"name": "maml", "features": "x"}}
+        )
+
+
 def test_groups_are_k_buckets_and_test_set_is_balanced() -> None:
     assert k_buckets(1, 10) == [(1, 3), (4, 6), (7, 10)]
     assert k_buckets(5, 5) == [(5, 5)]

@@ -140,6 +140,13 @@ def _meta() -> tuple[Task, LayeredPredictor]:
     return task, MAML(MamlConfig(num_layers=5, hidden=[16, 16], inner_lr=0.05), task)
 
 
+def _meta_lean() -> tuple[Task, LayeredPredictor]:
+    cfg = MetaLearningConfig(val_size=32, test_tasks_per_k=4, query_size=8)
+    task = MetaLearningTask(cfg, seed=0)
+    maml = MamlConfig(num_layers=5, hidden=[16, 16], inner_lr=0.05, features="lean")
+    return task, MAML(maml, task)
+
+
 def _toy() -> tuple[Task, LayeredPredictor]:
     task = ToyTask(ToyTaskConfig(num_layers=6, feature_noise=0.1), seed=0)
     return task, ToyCounter(ToyPredictorConfig(num_layers=6), task)
@@ -154,6 +161,7 @@ CASES = [
     Case("denoising/DnCNN", _denoising),
     Case("recognition/SDN", _recognition),
     Case("meta_learning/MAML", _meta),
+    Case("meta_learning/MAML, lean features (read-out only where it stops)", _meta_lean),
     Case("toy", _toy),
     Case("custom (dict state, BatchNorm)", _custom),
 ]
@@ -257,6 +265,32 @@ def test_runner_computes_only_the_layers_it_keeps() -> None:
     assert predictor.calls == expected
     assert expected[0] == len(batch) and sum(expected) == int(out.layers.sum())
     assert sum(expected) < T * len(batch)
+
+
+def test_runner_reads_out_only_the_instances_that_stop() -> None:
+    task, predictor = _meta_lean()
+    predictor.eval()
+    assert not predictor.features_use_prediction
+    batch = task.eval_set("test")
+    with torch.no_grad():
+        trace = predictor.trace(batch, task)
+    policy = random_policy(predictor, trace.features, seed=2)
+    rows: list[int] = []
+    readout = predictor.readout
+
+    def counting(t, state, inputs):  # noqa: ANN001, ANN202
+        out = readout(t, state, inputs)
+        rows.append(out.shape[0])
+        return out
+
+    predictor.readout = counting  # type: ignore[method-assign]
+    try:
+        out = StopRunner(predictor, policy)(batch)
+    finally:
+        del predictor.readout
+    # One read-out per instance in all: the rows that stopped at each layer, when they did.
+    assert sum(rows) == len(batch)
+    assert len(rows) == len(set(out.stop.tolist()))
 
 
 def test_full_depth_baseline_is_the_last_read_out(case) -> None:
@@ -614,6 +648,13 @@ def test_speedup_benchmark_runs_and_writes_its_rows(tmp_path, toy_config) -> Non
     assert result["complete"] is True
     costs = result["families"][str(toy_config)]["costs"]
     assert costs == sorted(costs, reverse=True) and len(costs) >= 2
+    # --set reaches every family's config: a 4-layer toy.
+    argv = ["--out", str(out), "--quick", "--threads", "1", "--configs", str(toy_config)]
+    argv += ["--batch-sizes", "16", "--lookahead", "--import", "l2s_gym.testing"]
+    argv += ["--set", "task.num_layers=4", "--set", "predictor.num_layers=4"]
+    assert bench.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and all(r["num_layers"] == 4 and r["avg_layers"] <= 4 for r in rows)
 
 
 # --- look-ahead: the policy asked once per k layers ----------------------------------------

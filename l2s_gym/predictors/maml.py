@@ -34,6 +34,7 @@ _LOSS_INIT = "support_loss_init"
 _CHANGE = "change"
 _QUERY = "query_prediction"
 _QUERY_SHIFT = "query_shift"
+_LOSS_BEFORE_PREV = "support_loss_before_prev"  # lean: the step-before's loss before it
 
 
 @dataclass
@@ -53,10 +54,19 @@ class MamlConfig:
     """Drop the second-order terms (FOMAML): cheaper, for large ``T``."""
     inner_grad_clip: float = 10.0
     """Clip each task's inner gradient to this norm (0: no clipping)."""
+    features: str = "full"
+    """The stop policy's input. ``full``: 12 features, two of which need a forward pass
+    of their own after every step (the support loss after the step, and how far the step
+    moved the query predictions). ``lean``: 11 features that need none (the support loss
+    the step computes anyway, at the weights before it, stands in for the loss after it;
+    no query shift), so that early exit computes the query predictions only where an
+    instance stops (``features_use_prediction`` is false)."""
 
     def validate(self, path: str) -> None:
         positive(self, path, "num_layers", "inner_lr")
         non_negative(self, path, "inner_grad_clip")
+        if self.features not in ("full", "lean"):
+            raise ConfigError(f"{path}.features: expected 'full' or 'lean', got {self.features!r}")
         if not self.hidden or any(h <= 0 for h in self.hidden):
             raise ConfigError(f"{path}.hidden: expected a non-empty list of positive widths")
 
@@ -82,6 +92,10 @@ class MAML(LayeredPredictor):
     ``log10 K``, the task's support-noise level ``noise_std`` (an input of the task), and
     log10 of the support MSE over the noise variance (below 0: the step fits the noise).
     ``extras["change"]`` (the update size) feeds the convergence-threshold heuristic.
+    With ``features: lean``, 11: the same less the query shift, with the support MSE
+    before each step (which the step computes) in place of the one after it, so that
+    neither ``initial_state`` nor ``layer`` runs a forward pass of its own and the
+    query predictions are computed in ``readout`` only.
     """
 
     display_name = "MAML"
@@ -91,6 +105,10 @@ class MAML(LayeredPredictor):
         super().__init__()
         self.cfg = cfg
         self.num_layers = cfg.num_layers
+        self.lean = cfg.features == "lean"
+        if self.lean:
+            self.feature_shape = (11,)
+            self.features_use_prediction = False
         self.k_max = task.cfg.k_max
         widths = [1, *cfg.hidden]
         layers: list[nn.Module] = []
@@ -138,6 +156,8 @@ class MAML(LayeredPredictor):
     # --- the protocol -------------------------------------------------------------------
     def initial_state(self, inputs: dict[str, Tensor]) -> State:
         params = self._initial_params(inputs["support_x"].shape[0])
+        if self.lean:  # the step's own loss gives every statistic the features need
+            return params
         with torch.no_grad():
             loss = self._batched_loss(
                 params, inputs["support_x"], inputs["support_y"], inputs["support_mask"]
@@ -180,6 +200,8 @@ class MAML(LayeredPredictor):
         sx, sy, mask = inputs["support_x"], inputs["support_y"], inputs["support_mask"]
         params = self._params(state)
         new, loss_before = self._step(t, params, inputs)
+        if self.lean:
+            return self._lean_state(t, state, params, new, loss_before)
         # One forward over support and query points together: the query part is the
         # read-out, the support part gives the support loss after the step (a feature).
         p = sx.shape[1]
@@ -200,7 +222,26 @@ class MAML(LayeredPredictor):
             _CHANGE: step2 / (norm2 + 1e-12),
         }
 
+    def _lean_state(
+        self, t: int, state: State, params: dict[str, Tensor], new: dict[str, Tensor], loss: Tensor
+    ) -> State:
+        """``features: lean``: the new fast weights and what the step computed anyway."""
+        with torch.no_grad():
+            loss = loss.detach()
+            step2 = sum((new[n] - params[n]).pow(2).flatten(1).sum(1) for n in new)
+            norm2 = sum(params[n].pow(2).flatten(1).sum(1) for n in new)
+        first = t == 0
+        return {
+            **new,
+            _LOSS_PREV: loss,  # at the weights before this step
+            _LOSS_BEFORE_PREV: loss if first else state[_LOSS_PREV],  # type: ignore[index]
+            _LOSS_INIT: loss if first else state[_LOSS_INIT],  # type: ignore[index]
+            _CHANGE: step2 / (norm2 + 1e-12),
+        }
+
     def readout(self, t: int, state: State, inputs: dict[str, Tensor]) -> Tensor:
+        if self.lean:  # the query points through the adapted network, here only
+            return self._batched_forward(self._params(state), inputs["query_x"]).squeeze(-1)
         # Computed in ``layer`` together with the support loss (one forward, not two).
         return state[_QUERY]  # type: ignore[index]
 
@@ -217,9 +258,18 @@ class MAML(LayeredPredictor):
         return self._batched_forward(params, inputs["query_x"]).squeeze(-1)
 
     def policy_features(
-        self, t: int, state: State, inputs: dict[str, Tensor], prediction: Tensor
+        self, t: int, state: State, inputs: dict[str, Tensor], prediction: Tensor | None
     ) -> Tensor:
-        loss, prev, init = state[_LOSS], state[_LOSS_PREV], state[_LOSS_INIT]  # type: ignore[index]
+        if self.lean:
+            # The support loss before this step (after the previous one) stands in for the
+            # loss after it, the loss before the previous step for the one before; no
+            # query shift.
+            loss, prev = state[_LOSS_PREV], state[_LOSS_BEFORE_PREV]  # type: ignore[index]
+            shift = None
+        else:
+            loss, prev = state[_LOSS], state[_LOSS_PREV]  # type: ignore[index]
+            shift = torch.log10(state[_QUERY_SHIFT] + 1e-12)  # type: ignore[index]
+        init = state[_LOSS_INIT]  # type: ignore[index]
         mask = inputs["support_mask"]
         y = inputs["support_y"].squeeze(-1)
         k = mask.sum(1).clamp_min(1.0)
@@ -228,23 +278,21 @@ class MAML(LayeredPredictor):
         eps = 1e-6
         kk = inputs["k"].to(loss.dtype)
         noise = inputs["noise_std"].to(loss.dtype)
-        return torch.stack(
-            [
-                torch.log10(loss + eps),
-                torch.log10((loss + eps) / (prev + eps)),
-                torch.log10((loss + eps) / (init + eps)),
-                kk / self.k_max,
-                torch.full_like(loss, (t + 1) / self.num_layers),
-                mean,
-                std,
-                torch.log10(state[_CHANGE] + 1e-12),  # type: ignore[index]
-                torch.log10(state[_QUERY_SHIFT] + 1e-12),  # type: ignore[index]
-                torch.log10(kk.clamp_min(1.0)),
-                noise,
-                torch.log10((loss + eps) / (noise.pow(2) + 0.01)),
-            ],
-            dim=1,
-        )
+        columns = [
+            torch.log10(loss + eps),
+            torch.log10((loss + eps) / (prev + eps)),
+            torch.log10((loss + eps) / (init + eps)),
+            kk / self.k_max,
+            torch.full_like(loss, (t + 1) / self.num_layers),
+            mean,
+            std,
+            torch.log10(state[_CHANGE] + 1e-12),  # type: ignore[index]
+            *([shift] if shift is not None else []),
+            torch.log10(kk.clamp_min(1.0)),
+            noise,
+            torch.log10((loss + eps) / (noise.pow(2) + 0.01)),
+        ]
+        return torch.stack(columns, dim=1)
 
     def extras(
         self, t: int, state: State, inputs: dict[str, Tensor], prediction: Tensor
