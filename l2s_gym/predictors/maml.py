@@ -60,7 +60,8 @@ class MamlConfig:
     moved the query predictions). ``lean``: 11 features that need none (the support loss
     the step computes anyway, at the weights before it, stands in for the loss after it;
     no query shift), so that early exit computes the query predictions only where an
-    instance stops (``features_use_prediction`` is false)."""
+    instance stops (``features_use_prediction`` is false). On the small config's
+    validation set a somewhat worse policy input (docs/deploy.md)."""
 
     def validate(self, path: str) -> None:
         positive(self, path, "num_layers", "inner_lr")
