@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from l2s_gym.config import positive
-from l2s_gym.predictor import LayeredPredictor, State
+from l2s_gym.predictor import LayeredPredictor, State, map_state
 from l2s_gym.registry import register_predictor, register_task
 from l2s_gym.task import Batch, Task
 
@@ -212,3 +212,47 @@ def check_full_depth(
                 f"of its layers: shape {tuple(got.shape)} vs {tuple(want.shape)}, largest "
                 f"difference {float((got - want).abs().max()) if got.shape == want.shape else 'n/a'}"
             )
+
+
+@torch.no_grad()
+def check_lazy_readout(
+    predictor: LayeredPredictor, inputs: dict[str, Tensor], rtol: float = 1e-5, atol: float = 1e-6
+) -> None:
+    """Check a predictor that sets ``features_use_prediction = False``: after every layer
+    its policy features must be the same with ``prediction=None`` as with the read-out,
+    and the read-out of a subset of the instances (what ``StopRunner`` computes for those
+    that stop) must equal those rows of the read-out of all (to float rounding: another
+    row count may round differently). Does nothing for a predictor that reads its
+    prediction. Raises ``AssertionError`` naming the first layer where a check fails.
+    """
+    if predictor.features_use_prediction:
+        return
+    name = type(predictor).__name__
+    with _in_eval_mode(predictor):
+        state = predictor.initial_state(inputs)
+        n = next(iter(inputs.values())).shape[0]
+        rows = torch.arange(0, n, 2, device=next(iter(inputs.values())).device)
+        for t in range(predictor.num_layers):
+            state = predictor.layer(t, state, inputs)
+            pred = predictor.readout(t, state, inputs)
+            if not torch.equal(
+                predictor.policy_features(t, state, inputs, pred),
+                predictor.policy_features(t, state, inputs, None),  # type: ignore[arg-type]
+            ):
+                raise AssertionError(
+                    f"{name}.features_use_prediction is False, but its policy features after "
+                    f"layer {t} change with the prediction"
+                )
+            part = predictor.readout(
+                t,
+                map_state(lambda x: x.index_select(0, rows), state),
+                {k: v.index_select(0, rows) for k, v in inputs.items()},
+            )
+            if part.shape != pred[rows].shape or not torch.allclose(
+                part, pred[rows], rtol=rtol, atol=atol
+            ):
+                raise AssertionError(
+                    f"{name}.readout of some instances after layer {t} differs from those "
+                    "rows of the read-out of all: with features_use_prediction False the "
+                    "runner reads out only the instances that stop"
+                )

@@ -771,6 +771,32 @@ def test_check_carried_state_catches_a_dropped_entry() -> None:
         check_carried_state(predictor, batch.inputs)
 
 
+def test_lazy_readout_check(case) -> None:
+    from l2s_gym.testing import check_lazy_readout
+
+    _, predictor, batch, _ = case
+    check_lazy_readout(predictor, batch.inputs)  # a no-op where features read the prediction
+
+
+def test_check_lazy_readout_catches_features_that_read_the_prediction() -> None:
+    from l2s_gym.testing import check_lazy_readout
+
+    task, predictor = _meta()  # full features: the query shift comes from the read-out's forward
+    predictor.eval()
+    batch = task.eval_set("test").select(slice(0, 8))
+    check_lazy_readout(predictor, batch.inputs)  # says it reads its prediction: nothing to check
+    features = predictor.policy_features
+
+    def reads_it(t, state, inputs, prediction):  # noqa: ANN001, ANN202
+        out = features(t, state, inputs, prediction)
+        return out if prediction is None else out + prediction.mean(1, keepdim=True)
+
+    predictor.policy_features = reads_it  # type: ignore[method-assign]
+    predictor.features_use_prediction = False
+    with pytest.raises(AssertionError, match="change with the prediction"):
+        check_lazy_readout(predictor, batch.inputs)
+
+
 def test_chunk_logits_are_layer_logits() -> None:
     torch.manual_seed(0)
     policy = StopPolicy((5,), 9, hidden=16, depth=2)
