@@ -520,6 +520,19 @@ def _aggregate_frontiers(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, 
     return out
 
 
+def _over_seeds(vals: list[Any], key: str, all_or_none: bool) -> dict[str, Any]:
+    """``key``, ``key_ci95`` and ``key_per_seed`` of one figure over seeds: the mean of the
+    finite values (``None`` when ``all_or_none`` and some seed has none, e.g. a curve that
+    never matched), and a t interval only when every seed has a finite value."""
+    finite = [x for x in vals if x is not None and math.isfinite(x)]
+    complete = len(finite) == len(vals)
+    return {
+        key: None if all_or_none and not complete else _mean(finite),
+        f"{key}_ci95": seed_interval(finite) if complete else None,
+        f"{key}_per_seed": vals,
+    }
+
+
 def _aggregate_summary(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     learners = list(per_seed[0]["frontier_summary"])
@@ -528,13 +541,7 @@ def _aggregate_summary(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, An
         values = [res["frontier_summary"].get(name, {}) for res in per_seed]
         for key in ("dominance", "oracle_gap_closed", "layers_to_match_full_depth"):
             vals = [v.get(key) for v in values]
-            finite = [x for x in vals if x is not None and math.isfinite(x)]
-            if key == "layers_to_match_full_depth" and len(finite) < len(vals):
-                entry[key] = None  # never matched in some seed
-            else:
-                entry[key] = _mean(finite)
-            entry[f"{key}_ci95"] = seed_interval(finite) if len(finite) == len(vals) else None
-            entry[f"{key}_per_seed"] = vals
+            entry.update(_over_seeds(vals, key, key == "layers_to_match_full_depth"))
         out[name] = entry
     return out
 
@@ -542,17 +549,13 @@ def _aggregate_summary(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, An
 def _aggregate_reference(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """The layers to match full depth of the oracle and of the label-free baselines, as
     ``_aggregate_summary`` gives a learner's (``None`` if some seed never matches)."""
-    out: dict[str, Any] = {}
-    for name in per_seed[0].get("frontier_reference") or {}:
-        vals = [res.get("frontier_reference", {}).get(name) for res in per_seed]
-        finite = [x for x in vals if x is not None and math.isfinite(x)]
-        complete = len(finite) == len(vals)
-        out[name] = {
-            "layers_to_match_full_depth": _mean(finite) if complete else None,
-            "layers_to_match_full_depth_ci95": seed_interval(finite) if complete else None,
-            "layers_to_match_full_depth_per_seed": vals,
-        }
-    return out
+    key = "layers_to_match_full_depth"
+    return {
+        name: _over_seeds(
+            [res.get("frontier_reference", {}).get(name) for res in per_seed], key, True
+        )
+        for name in per_seed[0].get("frontier_reference") or {}
+    }
 
 
 def _aggregate_paired(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -108,6 +108,11 @@ class ToyCounter(LayeredPredictor):
         return torch.stack([hint, prediction / self.num_layers - hint], dim=1)
 
 
+def _close(got: Tensor, want: Tensor, rtol: float, atol: float) -> bool:
+    """The same shape and equal to float rounding."""
+    return got.shape == want.shape and torch.allclose(got, want, rtol=rtol, atol=atol)
+
+
 @contextmanager
 def _in_eval_mode(predictor: LayeredPredictor) -> Iterator[None]:
     """The predictor in eval mode for the block, then back in the mode it was in."""
@@ -153,7 +158,7 @@ def check_chunk_features(
                     t0, states[t0 : t0 + k], inputs, preds[t0 : t0 + k]
                 )
                 want = torch.stack(each[t0 : t0 + k], dim=1)
-                if got.shape != want.shape or not torch.allclose(got, want, rtol=rtol, atol=atol):
+                if not _close(got, want, rtol, atol):
                     raise AssertionError(
                         f"{type(predictor).__name__}.chunk_policy_features differs from "
                         f"policy_features at layers {t0}..{t0 + len(want[0]) - 1} "
@@ -206,7 +211,7 @@ def check_full_depth(
         # The protocol's own full pass (the base class's method): T layers, last read-out.
         want = LayeredPredictor.predict_full_depth(predictor, inputs)
         got = predictor.predict_full_depth(inputs)
-        if got.shape != want.shape or not torch.allclose(got, want, rtol=rtol, atol=atol):
+        if not _close(got, want, rtol, atol):
             raise AssertionError(
                 f"{type(predictor).__name__}.predict_full_depth differs from the last read-out "
                 f"of its layers: shape {tuple(got.shape)} vs {tuple(want.shape)}, largest "
@@ -230,8 +235,8 @@ def check_lazy_readout(
     name = type(predictor).__name__
     with _in_eval_mode(predictor):
         state = predictor.initial_state(inputs)
-        n = next(iter(inputs.values())).shape[0]
-        rows = torch.arange(0, n, 2, device=next(iter(inputs.values())).device)
+        first = next(iter(inputs.values()))
+        rows = torch.arange(0, first.shape[0], 2, device=first.device)
         for t in range(predictor.num_layers):
             state = predictor.layer(t, state, inputs)
             pred = predictor.readout(t, state, inputs)
@@ -248,9 +253,7 @@ def check_lazy_readout(
                 map_state(lambda x: x.index_select(0, rows), state),
                 {k: v.index_select(0, rows) for k, v in inputs.items()},
             )
-            if part.shape != pred[rows].shape or not torch.allclose(
-                part, pred[rows], rtol=rtol, atol=atol
-            ):
+            if not _close(part, pred[rows], rtol, atol):
                 raise AssertionError(
                     f"{name}.readout of some instances after layer {t} differs from those "
                     "rows of the read-out of all: with features_use_prediction False the "

@@ -72,6 +72,14 @@ class MamlConfig:
             raise ConfigError(f"{path}.hidden: expected a non-empty list of positive widths")
 
 
+def _update_size(params: dict[str, Tensor], new: dict[str, Tensor]) -> Tensor:
+    """Each task's squared step over its squared weights, ``|new - params|^2 / |params|^2``."""
+    with torch.no_grad():
+        step2 = sum((new[n] - params[n]).pow(2).flatten(1).sum(1) for n in new)
+        norm2 = sum(params[n].pow(2).flatten(1).sum(1) for n in new)
+        return step2 / (norm2 + 1e-12)
+
+
 def masked_mse(pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``(pred - y)^2`` over the points where ``mask`` is 1 (one task, ``(P, 1)``)."""
     err = (pred - y).squeeze(-1).pow(2) * mask
@@ -210,8 +218,6 @@ class MAML(LayeredPredictor):
         with torch.no_grad():
             err = (out[:, :p] - sy.squeeze(-1)).pow(2) * mask
             loss_after = err.sum(1) / mask.sum(1).clamp_min(1.0)
-            step2 = sum((new[n] - params[n]).pow(2).flatten(1).sum(1) for n in new)
-            norm2 = sum(params[n].pow(2).flatten(1).sum(1) for n in new)
             shift = (out[:, p:] - state[_QUERY]).pow(2).mean(1)  # type: ignore[index]
         return {
             **new,
@@ -220,24 +226,21 @@ class MAML(LayeredPredictor):
             _LOSS: loss_after,
             _LOSS_PREV: loss_before.detach(),
             _LOSS_INIT: state[_LOSS_INIT],  # type: ignore[index]
-            _CHANGE: step2 / (norm2 + 1e-12),
+            _CHANGE: _update_size(params, new),
         }
 
     def _lean_state(
         self, t: int, state: State, params: dict[str, Tensor], new: dict[str, Tensor], loss: Tensor
     ) -> State:
         """``features: lean``: the new fast weights and what the step computed anyway."""
-        with torch.no_grad():
-            loss = loss.detach()
-            step2 = sum((new[n] - params[n]).pow(2).flatten(1).sum(1) for n in new)
-            norm2 = sum(params[n].pow(2).flatten(1).sum(1) for n in new)
+        loss = loss.detach()
         first = t == 0
         return {
             **new,
             _LOSS_PREV: loss,  # at the weights before this step
             _LOSS_BEFORE_PREV: loss if first else state[_LOSS_PREV],  # type: ignore[index]
             _LOSS_INIT: loss if first else state[_LOSS_INIT],  # type: ignore[index]
-            _CHANGE: step2 / (norm2 + 1e-12),
+            _CHANGE: _update_size(params, new),
         }
 
     def readout(self, t: int, state: State, inputs: dict[str, Tensor]) -> Tensor:
