@@ -21,6 +21,13 @@ def map_state(fn: Callable[[Tensor], Tensor], state: State) -> State:
     return {k: fn(v) for k, v in state.items()}
 
 
+def select_rows(state: State, index: Tensor) -> State:
+    """Rows ``index`` of every tensor of a state (or of an inputs dict), in that order.
+
+    ``index_select``, not ``x[index]``: the same rows, several times faster on a CPU."""
+    return map_state(lambda x: x.index_select(0, index), state)
+
+
 def zip_state(fn: Callable[[Tensor, Tensor], Tensor], a: State, b: State) -> State:
     """Combine two states of the same structure tensor by tensor."""
     if isinstance(a, Tensor):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from l2s_gym.config import positive
-from l2s_gym.predictor import LayeredPredictor, State, map_state
+from l2s_gym.predictor import LayeredPredictor, State, select_rows
 from l2s_gym.registry import register_predictor, register_task
 from l2s_gym.task import Batch, Task
 
@@ -248,11 +248,7 @@ def check_lazy_readout(
                     f"{name}.features_use_prediction is False, but its policy features after "
                     f"layer {t} change with the prediction"
                 )
-            part = predictor.readout(
-                t,
-                map_state(lambda x: x.index_select(0, rows), state),
-                {k: v.index_select(0, rows) for k, v in inputs.items()},
-            )
+            part = predictor.readout(t, select_rows(state, rows), select_rows(inputs, rows))  # type: ignore[arg-type]
             if not _close(part, pred[rows], rtol, atol):
                 raise AssertionError(
                     f"{name}.readout of some instances after layer {t} differs from those "
