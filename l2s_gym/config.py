@@ -49,10 +49,20 @@ class Stage1Config:
     cost_aware: bool = False
     """Train the stop model under the oracle of ``l_t + lambda C_t`` with the top-level
     ``cost`` (the paper trains at no cost; a frontier trains the predictor once)."""
+    beta_anneal_from: float = 1.0
+    """Continuation for the oracle stage: its temperature starts at this multiple of
+    ``beta`` and falls geometrically to ``beta`` over the first ``anneal_fraction`` of the
+    steps (1.0: off, the paper's one beta). A sharp oracle (small ``beta`` against the loss
+    gaps between layers) puts nearly all the weight on one or two layers from the first
+    step, and the layers that start behind are never trained; a high starting temperature
+    weighs every layer nearly equally at first. Validation (and the best checkpoint) always
+    uses ``beta``. The fixed-depth baseline is not affected."""
+    anneal_fraction: float = 0.5
 
     def validate(self, path: str) -> None:
         _positive(self, path, "steps", "batch_size", "lr", "val_every")
         _non_negative(self, path, "grad_clip")
+        _check_anneal(self, path)
 
 
 @dataclass
@@ -68,7 +78,7 @@ class PolicyConfig:
 
 
 def _check_anneal(obj: Any, path: str) -> None:
-    """Validate a ``beta_anneal_from`` / ``anneal_fraction`` pair (imitation and RL)."""
+    """Validate a ``beta_anneal_from`` / ``anneal_fraction`` pair (stage 1, imitation, RL)."""
     if obj.beta_anneal_from < 1:
         raise ConfigError(f"{path}.beta_anneal_from: must be >= 1, got {obj.beta_anneal_from!r}")
     if not 0 < obj.anneal_fraction <= 1:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from l2s_gym.config import Stage1Config
+from l2s_gym.config import Stage1Config, annealed_beta
 from l2s_gym.evaluation import depth_curve, is_better, metric_at
 from l2s_gym.predictor import LayeredPredictor
 from l2s_gym.rules import oracle_stop
@@ -74,15 +74,17 @@ def train_predictor(
     On a NaN or inf loss the run stops with ``TrainingDiverged``; ``best.pt`` and
     ``last.pt`` from the last validation remain. ``cost`` (``lambda``) prices the layers
     of the ``oracle`` loss: the soft-min is then taken over ``l_t + lambda C_t``.
+    ``cfg.beta_anneal_from`` > 1 starts the oracle's temperature that many times higher
+    (falling to ``beta``; TensorBoard ``stage1/beta``); validation always uses ``beta``.
     """
     cum_costs = cumulative_costs(
         predictor.num_layers, predictor.layer_costs(), device=predictor.device
     )
 
-    def batch_loss(losses: Tensor) -> Tensor:
+    def batch_loss(losses: Tensor, temperature: float = beta) -> Tensor:
         if mode == "oracle":
             losses = cost_adjusted_losses(losses, cost, cum_costs)
-        return stage1_loss(losses, mode, beta)
+        return stage1_loss(losses, mode, temperature)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = summary_writer(run_dir / "tb")
@@ -153,7 +155,12 @@ def train_predictor(
     for step in bar:
         batch = task.train_batch(cfg.batch_size, gen)
         trace = predictor.trace(batch, task, with_features=False)
-        loss = batch_loss(trace.losses)
+        temperature = annealed_beta(
+            beta, cfg.beta_anneal_from, cfg.anneal_fraction, (step - 1) / cfg.steps
+        )
+        if temperature != beta:
+            writer.add_scalar("stage1/beta", temperature, step)
+        loss = batch_loss(trace.losses, temperature)
         check_finite(
             loss,
             f"stage 1 ({mode})",

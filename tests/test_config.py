@@ -69,6 +69,14 @@ def test_defaults_fill_in():
             "rl.beta_anneal_from: must be >= 1",
         ),
         (
+            lambda d: d.update(stage1={"beta_anneal_from": 0.5}),
+            "stage1.beta_anneal_from: must be >= 1",
+        ),
+        (
+            lambda d: d.update(stage1={"anneal_fraction": 1.5}),
+            "stage1.anneal_fraction: must be in (0, 1]",
+        ),
+        (
             lambda d: d.update(imitation={"beta": 0}),
             "imitation.beta: must be > 0 (or null",
         ),

@@ -91,6 +91,47 @@ def test_stage1_oracle_training_lowers_loss_and_keeps_checkpoints(task, tmp_path
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
+def test_stage1_beta_anneal_schedule_and_validation_at_beta(task, tmp_path: Path, monkeypatch):
+    """stage1.beta_anneal_from: training steps start at beta * from and fall geometrically to
+    beta over anneal_fraction of the steps; validation (the checkpoint criterion) uses beta."""
+    import l2s_gym.training as training
+
+    seen: list[tuple[bool, float]] = []
+    original = training.stage1_loss
+
+    def recording(losses, mode, beta):
+        seen.append((torch.is_grad_enabled(), beta))
+        return original(losses, mode, beta)
+
+    monkeypatch.setattr(training, "stage1_loss", recording)
+    torch.manual_seed(0)
+    lista = LISTA(ListaConfig(num_layers=3), task)
+    cfg = Stage1Config(
+        steps=10, batch_size=16, val_every=5, beta_anneal_from=100.0, anneal_fraction=0.5
+    )
+    train_predictor(lista, task, cfg, "oracle", 0.01, tmp_path, progress=False)
+    train = [b for grad, b in seen if grad]
+    val = [b for grad, b in seen if not grad]
+    assert len(train) == 10 and len(val) == 3
+    assert val == [0.01] * 3
+    # step s (1-based) is at progress (s - 1) / 10: 0.01 * 100 ** (1 - progress / 0.5)
+    expect = [0.01 * 100 ** (1 - min(1.0, (s - 1) / 10 / 0.5)) for s in range(1, 11)]
+    assert train == pytest.approx(expect)
+    assert train[0] == pytest.approx(1.0) and train[5:] == [0.01] * 5
+    # Off by default: every step at beta.
+    seen.clear()
+    train_predictor(
+        lista,
+        task,
+        Stage1Config(steps=4, batch_size=16, val_every=4),
+        "oracle",
+        0.01,
+        tmp_path / "off",
+        progress=False,
+    )
+    assert [b for _, b in seen] == [0.01] * 6
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_good(task, tmp_path: Path):
     lista = LISTA(ListaConfig(num_layers=3), task)
     cfg = Stage1Config(steps=30, batch_size=32, lr=1e-3, val_every=5)
