@@ -717,6 +717,17 @@ def from_dict(data: Any) -> ExperimentConfig:
     return cfg
 
 
+def through_schema(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config snapshot read through today's schema, so that a key added to the
+    library since it was saved appears with its default rather than as missing; the raw
+    dict where it no longer parses (a key since removed or renamed: comparing the raw
+    dicts then names that key)."""
+    try:
+        return from_dict(copy.deepcopy(saved)).to_dict()
+    except ConfigError:
+        return saved
+
+
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """What a YAML error says, on one line, without PyYAML's position excerpt."""
     parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]

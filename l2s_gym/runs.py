@@ -27,6 +27,8 @@ import torch
 import yaml
 from torch import nn
 
+from l2s_gym.config import through_schema
+
 
 class TrainingDiverged(RuntimeError):
     """A loss or a parameter became NaN, inf or absurdly large; the message says whether a
@@ -270,6 +272,7 @@ def check_checkpoint_config(
     if not isinstance(saved, dict):
         warn(f"l2s: warning: {path} holds no config; cannot check what it was trained under")
         return
+    saved = through_schema(saved)
     diffs = config_differences(saved, expected, (*UNRELATED_KEYS.get(kind, ()), *ignore))
     model_keys = MODEL_KEYS.get(kind, MODEL_KEYS["policy"])
     refused = [k for k in diffs if _under(k, model_keys)]

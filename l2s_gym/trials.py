@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from l2s_gym import registry
 from l2s_gym.build import make_predictor, make_task, resolve_device
-from l2s_gym.config import ConfigError, ExperimentConfig, from_dict
+from l2s_gym.config import ConfigError, ExperimentConfig, from_dict, through_schema
 from l2s_gym.predictor import Trace
 from l2s_gym.runs import (
     flatten_config,
@@ -176,10 +176,7 @@ def check_resume_config(saved: dict[str, Any], current: dict[str, Any], folder: 
 
     The saved config is read through today's schema first, so a key added to the library
     since the run began compares as its default rather than as missing."""
-    try:
-        saved = from_dict(json.loads(json.dumps(saved))).to_dict()
-    except ConfigError:
-        pass  # a key since removed or renamed: compare the raw dicts, which names it
+    saved = through_schema(saved)
     key = first_difference(saved, current, ignore=PLAN_KEYS + RUNTIME_KEYS)
     if key is not None:
         fs, fc = flatten_config(saved), flatten_config(current)
