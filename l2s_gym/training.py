@@ -158,7 +158,7 @@ def train_predictor(
         temperature = annealed_beta(
             beta, cfg.beta_anneal_from, cfg.anneal_fraction, (step - 1) / cfg.steps
         )
-        if temperature != beta:
+        if mode == "oracle" and temperature != beta:  # the other losses have no temperature
             writer.add_scalar("stage1/beta", temperature, step)
         loss = batch_loss(trace.losses, temperature)
         check_finite(
