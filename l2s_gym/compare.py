@@ -28,14 +28,7 @@ from l2s_gym.report import (
     write_tensorboard_summary,
 )
 from l2s_gym.results import evaluate_run
-from l2s_gym.trials import (
-    LocalRunner,
-    Trial,
-    TrialOutcome,
-    make_plan,
-    prepare_run,
-    resolve_run_dir,
-)
+from l2s_gym.trials import LocalRunner, Trial, TrialOutcome, make_plan, prepare_run
 
 Mode = Literal["compare", "frontier"]
 
@@ -48,19 +41,6 @@ def experiment_plan(cfg: ExperimentConfig, mode: Mode) -> tuple[list[Trial], flo
     learners = cfg.frontier.learners or cfg.compare.learners
     plan = make_plan(cfg.run_seeds, learners, costs, cfg.frontier.cost_scale)
     return plan, min(costs)
-
-
-def run_seeds_of(cfg: ExperimentConfig, runs_root: str | Path, resume: str) -> ExperimentConfig:
-    """``cfg`` with the seeds of the run it resumes: a run started with ``--seeds 0 1 2``
-    and resumed without ``--seeds`` keeps its three seeds (and its results all three)."""
-    import dataclasses
-
-    import yaml
-
-    snapshot = resolve_run_dir(runs_root, cfg.experiment, resume) / "config.yaml"
-    saved = yaml.safe_load(snapshot.read_text()) if snapshot.is_file() else None
-    seeds = saved.get("seeds") if isinstance(saved, dict) else None
-    return dataclasses.replace(cfg, seeds=[int(s) for s in seeds]) if seeds else cfg
 
 
 def run_experiment(
@@ -82,10 +62,8 @@ def run_experiment(
     """
     registry.load_plugins()
     device = resolve_device(cfg.device)  # fails before any folder is written
-    if resume and not cfg.seeds:
-        cfg = run_seeds_of(cfg, runs_root, resume)
+    run_dir, cfg, cfg_dict = prepare_run(cfg, runs_root, resume)  # a resume keeps its seeds
     plan, compare_cost = experiment_plan(cfg, mode)
-    run_dir, cfg_dict = prepare_run(cfg, runs_root, resume)
     seeds = ", ".join(map(str, cfg.run_seeds))
     log(f"[l2s] {cfg.experiment} ({mode}): task {cfg.task.name} on {device}; seeds {seeds}")
     log(f"[l2s] run folder {run_dir}")

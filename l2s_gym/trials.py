@@ -28,7 +28,7 @@ import time
 import traceback
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -488,19 +488,25 @@ class LocalRunner:
 
 def prepare_run(
     cfg: ExperimentConfig, runs_root: str | Path, resume: str | None
-) -> tuple[Path, dict[str, Any]]:
-    """The run folder (new, or the one to resume, checked) and the config dict it runs."""
-    cfg_dict = cfg.to_dict()
+) -> tuple[Path, ExperimentConfig, dict[str, Any]]:
+    """The run folder (new, or the one to resume, checked), the config it runs and that
+    config as a dict. A resumed run keeps its own seeds unless ``cfg.seeds`` names some
+    (a run started with ``--seeds 0 1 2`` and resumed without ``--seeds`` keeps all three)."""
     if resume:
         run_dir = resolve_run_dir(runs_root, cfg.experiment, resume)
         import yaml
 
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        seeds = saved.get("seeds") if isinstance(saved, dict) else None
+        if seeds and not cfg.seeds:
+            cfg = replace(cfg, seeds=[int(s) for s in seeds])
+        cfg_dict = cfg.to_dict()
         check_resume_config(saved, cfg_dict, run_dir)
     else:
         run_dir = new_run_dir(runs_root, cfg.experiment)
+        cfg_dict = cfg.to_dict()
     write_config_snapshot(run_dir, cfg_dict)
-    return run_dir, cfg_dict
+    return run_dir, cfg, cfg_dict
 
 
 __all__ = [
