@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2s_gym.config import Stage1Config
+from l2s_gym.config import ConfigError, Stage1Config
 from l2s_gym.predictor import map_state
 from l2s_gym.predictors.lista import FISTA, ISTA, LISTA, IterativeConfig, ListaConfig
 from l2s_gym.runs import TrainingDiverged
@@ -34,6 +34,28 @@ def test_matrix_and_data(task):
     # Seeded: a second task with the same seed builds the same sets.
     again = SparseRecoveryTask(task.cfg)
     torch.testing.assert_close(again.eval_set("val").inputs["y"], task.eval_set("val").inputs["y"])
+
+
+def test_per_instance_sparsity():
+    """``p_max``: each instance draws its sparsity from [p, p_max]; the loss divides by the
+    mean energy n (p + p_max) / 2; off (0) leaves the draws as they were."""
+    cfg = SparseRecoveryConfig(m=20, n=400, p=0.02, p_max=0.2)
+    mixed = SparseRecoveryTask(cfg)
+    x = mixed.train_batch(4000, mixed.generator(5)).targets
+    rate = (x != 0).float().mean(1)
+    # Bernoulli(0.11) alone would give a per-instance spread of about 0.016.
+    assert abs(float(rate.mean()) - 0.11) < 0.005 and float(rate.std()) > 0.045
+    assert 0.0 < float(rate.min()) < 0.04 and 0.17 < float(rate.max()) < 0.24
+    zeros = torch.zeros_like(x)
+    assert float(mixed.loss(zeros, x).mean()) == pytest.approx(1.0, rel=0.02)
+    plain = SparseRecoveryTask(SparseRecoveryConfig(m=20, n=400, p=0.02))
+    again = SparseRecoveryTask(SparseRecoveryConfig(m=20, n=400, p=0.02, p_max=0.0))
+    torch.testing.assert_close(
+        plain.eval_set("val").targets, again.eval_set("val").targets, rtol=0, atol=0
+    )
+    for bad in (0.01, 1.5):
+        with pytest.raises(ConfigError, match="task.p_max: must be 0 .off. or in"):
+            SparseRecoveryConfig(p=0.02, p_max=bad).validate("task")
 
 
 def test_condition_number_is_imposed():

@@ -24,6 +24,10 @@ class SparseRecoveryConfig:
     """Signal length (columns of A)."""
     p: float = 0.1
     """Probability that an entry of x* is non-zero (Bernoulli-Gaussian)."""
+    p_max: float = 0.0
+    """0: every instance has sparsity ``p``. Otherwise each instance draws its own
+    probability uniformly from ``[p, p_max]``: sparser instances converge in fewer
+    layers, so the best depth varies per instance (easy and hard instances)."""
     snr_db: list[float] = field(default_factory=lambda: [20.0, 30.0, 40.0])
     """Each instance's SNR is drawn uniformly from this list."""
     condition_number: float = 0.0
@@ -35,6 +39,10 @@ class SparseRecoveryConfig:
         positive(self, path, "m", "n", "p", "val_size", "test_size_per_snr")
         if self.p > 1:
             raise ConfigError(f"{path}.p: must be in (0, 1], got {self.p!r}")
+        if self.p_max != 0 and not self.p <= self.p_max <= 1:
+            raise ConfigError(
+                f"{path}.p_max: must be 0 (off) or in [p, 1] = [{self.p!r}, 1], got {self.p_max!r}"
+            )
         if not self.snr_db:
             raise ConfigError(f"{path}.snr_db: must list at least one SNR")
         if self.condition_number != 0 and self.condition_number < 1:
@@ -78,10 +86,11 @@ def stem_image(values: np.ndarray, height: int = 121, min_width: int = 256) -> n
 
 @register_task("sparse_recovery", SparseRecoveryConfig)
 class SparseRecoveryTask(Task):
-    """``y = A x* + noise``; x* Bernoulli(p)-Gaussian; the SNR is drawn per instance.
+    """``y = A x* + noise``; x* Bernoulli(p)-Gaussian; the SNR is drawn per instance (and,
+    with ``p_max``, the sparsity too).
 
     Loss and metric: the squared error normalised by the expected signal energy
-    ``E||x*||^2 = n p``; the metric is NMSE in dB, ``10 log10(mean_i ||x_i - x*_i||^2 / (n p))``,
+    ``E||x*||^2 = n p`` (``n (p + p_max) / 2`` with ``p_max``); the metric is NMSE in dB, ``10 log10(mean_i ||x_i - x*_i||^2 / (n p))``,
     overall and per SNR (groups). The validation set mixes SNRs at random; the test set
     holds ``test_size_per_snr`` instances of every SNR.
     """
@@ -102,13 +111,19 @@ class SparseRecoveryTask(Task):
         self.A = make_matrix(cfg.m, cfg.n, cfg.condition_number, fixed).to(self.device)
         self.kappa = float(torch.linalg.cond(self.A.cpu()))
         self._snr = torch.tensor(cfg.snr_db, dtype=torch.float32, device=self.device)
-        self._energy = cfg.n * cfg.p
+        # E||x*||^2 = n E[p]: one normaliser for every instance, so the metric stays the
+        # ratio of the mean squared error to the mean signal energy.
+        self._energy = cfg.n * (0.5 * (cfg.p + cfg.p_max) if cfg.p_max else cfg.p)
 
     def _draw(self, groups: Tensor, generator: torch.Generator) -> Batch:
         """Instances of SNR ``groups``, drawn and computed on the generator's device."""
         b, (m, n) = groups.shape[0], self.A.shape
         dev = generator.device
-        support = torch.rand(b, n, generator=generator, device=dev) < self.cfg.p
+        p: float | Tensor = self.cfg.p
+        if self.cfg.p_max:
+            lo, hi = self.cfg.p, self.cfg.p_max
+            p = lo + (hi - lo) * torch.rand(b, 1, generator=generator, device=dev)
+        support = torch.rand(b, n, generator=generator, device=dev) < p
         x = torch.randn(b, n, generator=generator, device=dev) * support
         clean = x @ self.A.to(dev).T
         snr = self._snr.to(dev)[groups]
