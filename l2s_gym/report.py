@@ -184,21 +184,9 @@ def _reference_lines(results: dict[str, Any]) -> list[str]:
     return ["", *lines] if lines else []
 
 
-def frontier_tables(results: dict[str, Any]) -> str:
-    summary = results.get("frontier_summary") or {}
-    if not summary:
-        return ""
-    T = results["num_layers"]
-    lines = [
-        "Frontier summary over budgets [1, T] (see docs/method.md): dominance = share of "
-        "budgets where the learner is at least as good as the best label-free baseline; "
-        "gap closed = area to that baseline over the oracle's; layers to match = fewest "
-        f"average layers reaching the full-depth (T={T}) metric.",
-        "",
-    ]
+def _summary_table(summary: dict[str, dict[str, Any]]) -> list[str]:
     body = []
     for name, e in summary.items():
-        per = e.get("dominance_per_seed", [])
         body.append(
             [
                 name,
@@ -207,11 +195,11 @@ def frontier_tables(results: dict[str, Any]) -> str:
                 _fmt(e["oracle_gap_closed"]),
                 _interval(e.get("oracle_gap_closed_ci95"), 2),
                 _fmt(e["layers_to_match_full_depth"]),
-                ", ".join(_fmt(v) for v in per),
+                ", ".join(_fmt(v) for v in e.get("dominance_per_seed", [])),
                 ", ".join(_fmt(v) for v in e.get("oracle_gap_closed_per_seed", [])),
             ]
         )
-    lines += _table(
+    return _table(
         [
             "Learner",
             "dominance",
@@ -224,6 +212,21 @@ def frontier_tables(results: dict[str, Any]) -> str:
         ],  # fmt: skip
         body,
     )
+
+
+def frontier_tables(results: dict[str, Any]) -> str:
+    summary = results.get("frontier_summary") or {}
+    if not summary:
+        return ""
+    T = results["num_layers"]
+    lines = [
+        "Frontier summary over budgets [1, T] (see docs/method.md): dominance = share of "
+        "budgets where the learner is at least as good as the best label-free baseline; "
+        "gap closed = area to that baseline over the oracle's; layers to match = fewest "
+        f"average layers reaching the full-depth (T={T}) metric.",
+        "",
+    ]
+    lines += _summary_table(summary)
     lines += _reference_lines(results)
     lines += ["", f"Frontier points ({results['metric']} at average layers), per layer price:", ""]
     learned = {n: f for n, f in results["frontiers"].items() if f["kind"] == "learned"}
@@ -236,12 +239,28 @@ def frontier_tables(results: dict[str, Any]) -> str:
                 cells.append(f"{_fmt(f['metric'][i])} @ {_fmt(f['avg_layers'][i])}")
             else:
                 cells.append("-")
-        oracle = results["frontiers"].get("oracle (label-using)")
         body.append(cells)
     lines += _table(["price", *learned], body)
-    if oracle:
-        lines.append("")
+    sweep = results.get("frontier_sweep_summary") or {}
+    if sweep:
+        price = results.get("compare_cost", 0.0)
+        lines += [
+            "",
+            f"One policy per learner, the one trained at price {price:g}, its read-out "
+            "swept instead of retraining at every price (the quantile rule at q = "
+            + ", ".join(f"{q:g}" for q in _sweep_quantiles(results))
+            + "; the curves '..., one policy, read-out swept'), judged the same way:",
+            "",
+        ]
+        lines += _summary_table(sweep)
     return "\n".join(lines) + "\n"
+
+
+def _sweep_quantiles(results: dict[str, Any]) -> list[float]:
+    for f in results.get("frontiers", {}).values():
+        if f["kind"] == "sweep":
+            return list(f["param"])
+    return []
 
 
 def failed_text(results: dict[str, Any]) -> str:
@@ -335,7 +354,7 @@ def frontier_figure(results: dict[str, Any]):  # noqa: ANN201
     """The accuracy-compute frontier: one curve per rule, 95% bands, learned rules marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.2))
-    styles = {"fixed": "-", "heuristic": "--", "oracle": ":", "learned": "-"}
+    styles = {"fixed": "-", "heuristic": "--", "oracle": ":", "learned": "-", "sweep": (0, (4, 1))}
     for name, f in results.get("frontiers", {}).items():
         pts = sorted(
             (x, y, lo, hi)
@@ -439,6 +458,10 @@ def write_tensorboard_summary(folder: Path, results: dict[str, Any]) -> None:
             for key in ("dominance", "oracle_gap_closed", "layers_to_match_full_depth"):
                 if e.get(key) is not None:
                     w.add_scalar(f"frontier/{key}/{name}", e[key], 0)
+        for name, e in (results.get("frontier_sweep_summary") or {}).items():
+            for key in ("dominance", "oracle_gap_closed", "layers_to_match_full_depth"):
+                if e.get(key) is not None:
+                    w.add_scalar(f"frontier_sweep/{key}/{name}", e[key], 0)
         for name, e in (results.get("frontier_reference") or {}).items():
             if e["layers_to_match_full_depth"] is not None:
                 tag = f"frontier/layers_to_match_full_depth/{name} (reference)"

@@ -67,6 +67,9 @@ ORACLE_PRICES = [0.0, *np.geomspace(1e-3, 1e4, 71).tolist()]
 """The oracle frontier's layer prices, in units of the stop model's gain per layer."""
 HEURISTIC_POINTS = 24
 """Thresholds in a heuristic's frontier sweep (at quantiles of the observed values)."""
+SWEEP_QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+"""Read-out quantiles ``q`` of one trained policy's sweep (a frontier at no training cost):
+the quantile rule at each, on the policy trained at the compare price (a frontier's lowest)."""
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
          9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
 
@@ -241,6 +244,7 @@ def evaluate_seed(
 
     # Every learner at every cost: test rows, frontier points, learning curves.
     learner_points: dict[str, dict[str, list]] = {}
+    sweep_logits: dict[str, Tensor] = {}  # the compare-price policy's stop logits, per learner
     curves: dict[str, list[dict[str, Any]]] = {}
     trial_results: dict[str, dict[str, Any]] = {}
     for trial in trials:
@@ -260,7 +264,8 @@ def evaluate_seed(
         label = result.get("label", registry.LEARNER_LABELS.get(trial.learner, trial.learner))
         summary = evaluate_stop_model(task, t_stop, policy, seed=seed, rule=rule)
         summary.pop("ci95", None)
-        stop = rule.stop(stop_logits(policy, t_stop))
+        logits = stop_logits(policy, t_stop)
+        stop = rule.stop(logits)
         stats = _stats_at(t_stop, stop)
         pts = learner_points.setdefault(
             trial.learner,
@@ -282,6 +287,7 @@ def evaluate_seed(
         pts["ci_high"].append(hi)
         curves[f"{trial.learner}@{format_cost(trial.cost)}"] = result["curve"]
         if trial.cost == compare_cost:
+            sweep_logits[trial.learner] = logits
             row_id = f"learner:{trial.learner}"
             stats_of[row_id] = stats
             rows.append(
@@ -340,6 +346,16 @@ def evaluate_seed(
     for name, pts in learner_points.items():
         label = registry.LEARNER_LABELS.get(name, name)
         frontiers[label] = {"kind": "learned", "learner": name, "param": pts["cost"], **pts}
+    frontier_mode = len({t.cost for t in trials}) > 1
+    sweep_names: dict[str, str] = {}
+    for name, logits in sweep_logits.items() if frontier_mode else ():
+        label = registry.LEARNER_LABELS.get(name, name)
+        sweep_names[name] = f"{label}, one policy, read-out swept"
+        stops = [ReadoutRule("quantile", q).stop(logits) for q in SWEEP_QUANTILES]
+        frontiers[sweep_names[name]] = {
+            "kind": "sweep", "learner": name, "param": list(SWEEP_QUANTILES),
+            "price": compare_cost, **_points(task, t_stop, stops, boot),
+        }  # fmt: skip
 
     baselines = [
         (f["avg_layers"], f["metric"])
@@ -358,11 +374,18 @@ def evaluate_seed(
     if is_better(task, stop_at_T, full_depth):
         full_depth = stop_at_T
     summary = {}
+    sweep_summary = {}
     reference: dict[str, float | None] = {}
-    if len({t.cost for t in trials}) > 1:
+    if frontier_mode:
         for name, pts in learner_points.items():
             summary[name] = fr.summarize(
                 (pts["avg_layers"], pts["metric"]), baselines, oracle_pts, T,
+                task.higher_is_better, full_depth,
+            )  # fmt: skip
+        for name, curve_name in sweep_names.items():
+            f = frontiers[curve_name]
+            sweep_summary[name] = fr.summarize(
+                (f["avg_layers"], f["metric"]), baselines, oracle_pts, T,
                 task.higher_is_better, full_depth,
             )  # fmt: skip
         reference = fr.reference_layers_to_match(
@@ -386,6 +409,7 @@ def evaluate_seed(
         },
         "frontiers": frontiers,
         "frontier_summary": summary,
+        "frontier_sweep_summary": sweep_summary,
         "frontier_reference": reference,
         "full_depth_metric": full_depth,
         "learning_curves": curves,
@@ -504,8 +528,9 @@ def _aggregate_frontiers(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, 
         n = min(len(c["metric"]) for c in curves)
         first = curves[0]
         agg: dict[str, Any] = {"kind": first["kind"], "param": first["param"][:n]}
-        if "learner" in first:
-            agg["learner"] = first["learner"]
+        for key in ("learner", "price"):
+            if key in first:
+                agg[key] = first[key]
         agg["avg_layers"] = [_mean([c["avg_layers"][i] for c in curves]) for i in range(n)]
         agg["metric"] = [_mean([c["metric"][i] for c in curves]) for i in range(n)]
         if len(curves) > 1:
@@ -533,12 +558,14 @@ def _over_seeds(vals: list[Any], key: str, all_or_none: bool) -> dict[str, Any]:
     }
 
 
-def _aggregate_summary(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _aggregate_summary(
+    per_seed: list[dict[str, Any]], field: str = "frontier_summary"
+) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    learners = list(per_seed[0]["frontier_summary"])
+    learners = list(per_seed[0].get(field) or {})
     for name in learners:
         entry: dict[str, Any] = {}
-        values = [res["frontier_summary"].get(name, {}) for res in per_seed]
+        values = [(res.get(field) or {}).get(name, {}) for res in per_seed]
         for key in ("dominance", "oracle_gap_closed", "layers_to_match_full_depth"):
             vals = [v.get(key) for v in values]
             entry.update(_over_seeds(vals, key, key == "layers_to_match_full_depth"))
@@ -636,6 +663,7 @@ def evaluate_run(
         "time_to_target": _aggregate_time_to_target(per_seed),
         "frontiers": _aggregate_frontiers(per_seed),
         "frontier_summary": _aggregate_summary(per_seed),
+        "frontier_sweep_summary": _aggregate_summary(per_seed, "frontier_sweep_summary"),
         "frontier_reference": _aggregate_reference(per_seed),
         "full_depth_metric": _mean([res["full_depth_metric"] for res in per_seed]),
         "depth_curves": first["depth_curves"],

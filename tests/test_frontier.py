@@ -219,3 +219,62 @@ def test_frontier_figure_marks_the_full_depth_target() -> None:
     del results["full_depth_metric"]
     labels = [line.get_label() for line in frontier_figure(results).axes[0].get_lines()]
     assert not any(label.startswith("full depth T") for label in labels)
+
+
+SWEEP_TINY = """
+experiment: toy_sweep
+seeds: [0, 1]
+device: cpu
+threads: 1
+beta: 0.05
+task: {name: toy, num_layers: 6, val_size: 128, test_size: 128}
+predictor: {name: toy_counter, num_layers: 6}
+stage1: {steps: 3, batch_size: 16, val_every: 3}
+policy: {hidden: 16, depth: 1}
+imitation: {steps: 30, batch_size: 64, lr: 0.01, val_every: 10}
+compare: {learners: [reverse_kl]}
+frontier: {costs: [0, 1]}
+"""
+
+
+def test_one_policy_read_out_sweep(tmp_path) -> None:
+    """The frontier also sweeps the read-out of the policy trained at the compare price:
+    its quantile grid, stops that never come earlier as q grows, summarised over seeds
+    by the same maths as the learners' price curves, and reported."""
+    import yaml
+
+    import l2s_gym.testing  # noqa: F401  (registers the toy task)
+    from l2s_gym.compare import run_experiment
+    from l2s_gym.config import from_dict
+    from l2s_gym.report import full_report
+    from l2s_gym.results import SWEEP_QUANTILES
+
+    cfg = from_dict(yaml.safe_load(SWEEP_TINY))
+    _, res = run_experiment(cfg, tmp_path, "frontier", progress=False, log=lambda *_: None)
+    name = "reverse KL, one policy, read-out swept"
+    for per in res["per_seed"]:
+        sweep = per["frontiers"][name]
+        assert sweep["kind"] == "sweep" and sweep["param"] == list(SWEEP_QUANTILES)
+        layers = sweep["avg_layers"]
+        assert all(b >= a for a, b in zip(layers, layers[1:], strict=False))
+        assert layers[0] < layers[-1]  # the sweep spans budgets, not one point
+        curves = per["frontiers"].values()
+        baselines = [
+            (f["avg_layers"], f["metric"]) for f in curves if f["kind"] in ("fixed", "heuristic")
+        ]
+        oracle = per["frontiers"]["oracle (label-using)"]
+        expected = fr.summarize(
+            (sweep["avg_layers"], sweep["metric"]),
+            baselines,
+            (oracle["avg_layers"], oracle["metric"]),
+            6,
+            False,
+            per["full_depth_metric"],
+        )
+        assert per["frontier_sweep_summary"]["reverse_kl"] == expected
+    agg = res["frontier_sweep_summary"]["reverse_kl"]
+    assert len(agg["dominance_per_seed"]) == 2
+    assert agg["dominance"] == pytest.approx(np.mean(agg["dominance_per_seed"]))
+    text = full_report(res)
+    assert "One policy per learner, the one trained at price 0" in text
+    assert "0.01, 0.02, 0.05" in text
