@@ -214,16 +214,35 @@ def _trial_digest(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"dotted.key": value}`` back to a nested dict (``flatten_config``'s inverse)."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, last = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return nested
+
+
 def is_done(folder: Path, cfg_dict: dict[str, Any]) -> bool:
-    """Whether the trial in ``folder`` finished under this config (its ``done`` marker)."""
+    """Whether the trial in ``folder`` finished under this config (its ``done`` marker).
+
+    The marker's digest is read through today's schema, as the run's config snapshot is
+    on ``--resume``: a trial finished before a config key was added to the library (with
+    a default that keeps the old behaviour) is reused, not trained again."""
     marker = folder / DONE
     if not marker.is_file():
         return False
     try:
-        saved = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
+        saved = json.loads(marker.read_text()).get("config")
+    except (OSError, json.JSONDecodeError, AttributeError):
         return False
-    return saved.get("config") == _trial_digest(cfg_dict)
+    if not isinstance(saved, dict):
+        return False
+    current = _trial_digest(cfg_dict)
+    return saved == current or _trial_digest(through_schema(_unflatten(saved))) == current
 
 
 def _mark_done(folder: Path, cfg_dict: dict[str, Any]) -> None:

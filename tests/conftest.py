@@ -25,6 +25,21 @@ imitation: {steps: 150, batch_size: 128, lr: 0.01, val_every: 50}
 compare: {learners: [reverse_kl, forward_kl]}
 """
 
+TOY_FRONTIER = """
+experiment: toy_frontier
+seed: 0
+device: cpu
+threads: 1
+beta: 0.05
+task: {name: toy, num_layers: 6, val_size: 128, test_size: 128}
+predictor: {name: toy_counter, num_layers: 6}
+stage1: {steps: 3, batch_size: 16, val_every: 3}
+policy: {hidden: 16, depth: 1}
+imitation: {steps: 30, batch_size: 64, lr: 0.01, val_every: 10}
+compare: {learners: [reverse_kl]}
+frontier: {costs: [0, 1]}
+"""
+
 SPARSE_TINY = """
 experiment: sparse_tiny
 seed: 0

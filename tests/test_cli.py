@@ -212,6 +212,33 @@ def test_resume_without_seeds_keeps_the_runs_seeds(toy_config, tmp_path):
     assert _results(run_dir)["seeds"] == [0, 1]
 
 
+def test_resume_reuses_trials_finished_before_a_config_key_existed(toy_config, tmp_path):
+    """A ``done`` marker written before a key was added to the schema (here: without the
+    stage-1 continuation's two keys, at their defaults) still counts as finished; a marker
+    whose recorded value differs from the config's is trained again."""
+    runs = tmp_path / "runs"
+    args = ["compare", str(toy_config), "--runs", str(runs), "--no-progress",
+            "--set", "imitation.steps=5", "--set", "compare.learners=[reverse_kl]"]  # fmt: skip
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    run_dir = Path(first.stdout.strip().splitlines()[-1])
+    markers = sorted(run_dir.rglob("done"))
+    assert len(markers) == 2  # stage 1 and reverse KL
+    for marker in markers:
+        saved = json.loads(marker.read_text())
+        for key in ("stage1.beta_anneal_from", "stage1.anneal_fraction"):
+            del saved["config"][key]
+        if "reverse_kl" in str(marker):
+            saved["config"]["imitation.lr"] = 0.5  # a value the config does not have
+        marker.write_text(json.dumps(saved))
+    again = run_cli(*args, "--resume", "latest")
+    assert again.returncode == 0, again.stderr
+    status = {
+        t["key"]: t["status"] for t in json.loads((run_dir / "trials.json").read_text())["trials"]
+    }
+    assert status == {"seed-0/stage1": "reused", "seed-0/reverse_kl/cost-0": "done"}
+
+
 def test_local_runner_retries_a_failing_trial_once_then_reports_it(toy_config, tmp_path):
     import os
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import TOY_FRONTIER
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -221,35 +222,18 @@ def test_frontier_figure_marks_the_full_depth_target() -> None:
     assert not any(label.startswith("full depth T") for label in labels)
 
 
-SWEEP_TINY = """
-experiment: toy_sweep
-seeds: [0, 1]
-device: cpu
-threads: 1
-beta: 0.05
-task: {name: toy, num_layers: 6, val_size: 128, test_size: 128}
-predictor: {name: toy_counter, num_layers: 6}
-stage1: {steps: 3, batch_size: 16, val_every: 3}
-policy: {hidden: 16, depth: 1}
-imitation: {steps: 30, batch_size: 64, lr: 0.01, val_every: 10}
-compare: {learners: [reverse_kl]}
-frontier: {costs: [0, 1]}
-"""
-
-
 def test_one_policy_read_out_sweep(tmp_path) -> None:
     """The frontier also sweeps the read-out of the policy trained at the compare price:
     its quantile grid, stops that never come earlier as q grows, summarised over seeds
     by the same maths as the learners' price curves, and reported."""
     import yaml
 
-    import l2s_gym.testing  # noqa: F401  (registers the toy task)
     from l2s_gym.compare import run_experiment
     from l2s_gym.config import from_dict
     from l2s_gym.report import full_report
     from l2s_gym.results import SWEEP_QUANTILES
 
-    cfg = from_dict(yaml.safe_load(SWEEP_TINY))
+    cfg = from_dict({**yaml.safe_load(TOY_FRONTIER), "seeds": [0, 1]})
     _, res = run_experiment(cfg, tmp_path, "frontier", progress=False, log=lambda *_: None)
     name = "reverse KL, one policy, read-out swept"
     for per in res["per_seed"]:

@@ -10,24 +10,11 @@ import yaml
 
 pytest.importorskip("ray.tune")
 
+from conftest import TOY_FRONTIER  # noqa: E402
+
 from l2s_gym.compare import run_experiment  # noqa: E402
 from l2s_gym.config import from_dict  # noqa: E402
 from l2s_gym.ray_backend import RayRunner  # noqa: E402
-
-TINY = """
-experiment: toy_ray
-seed: 0
-device: cpu
-threads: 1
-beta: 0.05
-task: {name: toy, num_layers: 6, val_size: 128, test_size: 128}
-predictor: {name: toy_counter, num_layers: 6}
-stage1: {steps: 3, batch_size: 16, val_every: 3}
-policy: {hidden: 16, depth: 1}
-imitation: {steps: 30, batch_size: 64, lr: 0.01, val_every: 10}
-compare: {learners: [reverse_kl]}
-frontier: {costs: [0, 1]}
-"""
 
 
 def numbers(results: dict) -> list:
@@ -52,7 +39,7 @@ def ray_runtime():
 def test_ray_frontier_equals_local_and_reports_a_failed_trial(
     tmp_path: Path, ray_runtime: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = from_dict({**yaml.safe_load(TINY), "seeds": [0, 1]})
+    cfg = from_dict({**yaml.safe_load(TOY_FRONTIER), "seeds": [0, 1]})
     _, local = run_experiment(
         cfg, tmp_path / "local", "frontier", progress=False, log=lambda *_: None
     )
