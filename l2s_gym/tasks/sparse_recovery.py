@@ -90,8 +90,8 @@ class SparseRecoveryTask(Task):
     with ``p_max``, the sparsity too).
 
     Loss and metric: the squared error normalised by the expected signal energy
-    ``E||x*||^2 = n p`` (``n (p + p_max) / 2`` with ``p_max``); the metric is NMSE in dB, ``10 log10(mean_i ||x_i - x*_i||^2 / (n p))``,
-    overall and per SNR (groups). The validation set mixes SNRs at random; the test set
+    ``E||x*||^2 = n p`` (``n (p + p_max) / 2`` with ``p_max``); the metric is NMSE in dB,
+    ``10 log10(mean_i ||x_i - x*_i||^2 / E||x*||^2)``, overall and per SNR (groups). The validation set mixes SNRs at random; the test set
     holds ``test_size_per_snr`` instances of every SNR.
     """
 
