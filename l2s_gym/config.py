@@ -58,10 +58,15 @@ class Stage1Config:
     weighs every layer nearly equally at first. Validation (and the best checkpoint) always
     uses ``beta``. The fixed-depth baseline is not affected."""
     anneal_fraction: float = 0.5
+    last_layer_weight: float = 0.0
+    """Oracle stage only: add this multiple of the last layer's loss to the soft-min (0:
+    the paper's loss). The oracle gives a layer weight only where it stops, so a last
+    layer it seldom picks is left behind (a weak "stop at T" and full-depth model); a
+    small weight keeps it trained. The fixed-depth baseline is not affected."""
 
     def validate(self, path: str) -> None:
         _positive(self, path, "steps", "batch_size", "lr", "val_every")
-        _non_negative(self, path, "grad_clip")
+        _non_negative(self, path, "grad_clip", "last_layer_weight")
         _check_anneal(self, path)
 
 

@@ -29,14 +29,16 @@ from l2s_gym.task import Task
 LossMode = Literal["oracle", "last", "mean"]
 
 
-def stage1_loss(losses: Tensor, mode: LossMode, beta: float) -> Tensor:
+def stage1_loss(losses: Tensor, mode: LossMode, beta: float, last_weight: float = 0.0) -> Tensor:
     """Batch loss from per-sample per-layer losses ``(B, T)``.
 
-    ``oracle``: the soft-min ``-beta logsumexp(-l/beta)`` (the paper's "mle" stage 1);
-    ``last``: the last layer's loss (a fixed-depth model); ``mean``: the mean over layers.
+    ``oracle``: the soft-min ``-beta logsumexp(-l/beta)`` (the paper's "mle" stage 1), plus
+    ``last_weight`` times the last layer's loss (0: the paper's); ``last``: the last
+    layer's loss (a fixed-depth model); ``mean``: the mean over layers.
     """
     if mode == "oracle":
-        return oracle_stage_loss(losses, beta).mean()
+        soft_min = oracle_stage_loss(losses, beta).mean()
+        return soft_min + last_weight * losses[:, -1].mean() if last_weight else soft_min
     if mode == "last":
         return losses[:, -1].mean()
     if mode == "mean":
@@ -76,6 +78,8 @@ def train_predictor(
     of the ``oracle`` loss: the soft-min is then taken over ``l_t + lambda C_t``.
     ``cfg.beta_anneal_from`` > 1 starts the oracle's temperature that many times higher
     (falling to ``beta``; TensorBoard ``stage1/beta``); validation always uses ``beta``.
+    ``cfg.last_layer_weight`` adds that multiple of the last layer's loss to the oracle
+    loss (training and validation alike).
     """
     cum_costs = cumulative_costs(
         predictor.num_layers, predictor.layer_costs(), device=predictor.device
@@ -84,7 +88,7 @@ def train_predictor(
     def batch_loss(losses: Tensor, temperature: float = beta) -> Tensor:
         if mode == "oracle":
             losses = cost_adjusted_losses(losses, cost, cum_costs)
-        return stage1_loss(losses, mode, temperature)
+        return stage1_loss(losses, mode, temperature, cfg.last_layer_weight)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = summary_writer(run_dir / "tb")

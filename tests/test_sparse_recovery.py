@@ -121,9 +121,9 @@ def test_stage1_beta_anneal_schedule_and_validation_at_beta(task, tmp_path: Path
     seen: list[tuple[bool, float]] = []
     original = training.stage1_loss
 
-    def recording(losses, mode, beta):
+    def recording(losses, mode, beta, *rest):
         seen.append((torch.is_grad_enabled(), beta))
-        return original(losses, mode, beta)
+        return original(losses, mode, beta, *rest)
 
     monkeypatch.setattr(training, "stage1_loss", recording)
     torch.manual_seed(0)
@@ -152,6 +152,36 @@ def test_stage1_beta_anneal_schedule_and_validation_at_beta(task, tmp_path: Path
         progress=False,
     )
     assert [b for _, b in seen] == [0.01] * 6
+
+
+def test_stage1_last_layer_weight(task, tmp_path: Path, monkeypatch):
+    """stage1.last_layer_weight adds w * mean l_T to the oracle's soft-min (training and
+    validation), leaves the other losses alone, is off by default, and must be >= 0."""
+    import l2s_gym.training as training
+    from l2s_gym.stopping import oracle_stage_loss
+
+    losses = torch.tensor([[3.0, 1.0, 2.0], [0.5, 2.5, 4.0]])
+    soft_min = oracle_stage_loss(losses, 0.3).mean()
+    got = training.stage1_loss(losses, "oracle", 0.3, 0.25)
+    assert float(got) == pytest.approx(float(soft_min) + 0.25 * 3.0)
+    assert float(training.stage1_loss(losses, "oracle", 0.3)) == pytest.approx(float(soft_min))
+    assert float(training.stage1_loss(losses, "last", 0.3, 0.25)) == pytest.approx(3.0)
+    assert float(training.stage1_loss(losses, "mean", 0.3, 0.25)) == pytest.approx(13.0 / 6)
+
+    weights: list[float] = []
+    original = training.stage1_loss
+
+    def recording(losses, mode, beta, last_weight=0.0):
+        weights.append(last_weight)
+        return original(losses, mode, beta, last_weight)
+
+    monkeypatch.setattr(training, "stage1_loss", recording)
+    lista = LISTA(ListaConfig(num_layers=3), task)
+    cfg = Stage1Config(steps=4, batch_size=16, val_every=2, last_layer_weight=0.5)
+    train_predictor(lista, task, cfg, "oracle", 0.01, tmp_path, progress=False)
+    assert weights == [0.5] * 7  # 4 training steps, 3 validations (start, 2, 4)
+    with pytest.raises(ConfigError, match="stage1.last_layer_weight: must be >= 0"):
+        Stage1Config(last_layer_weight=-1.0).validate("stage1")
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good(task, tmp_path: Path):
