@@ -133,7 +133,18 @@ def evaluate_stop_model(
 ) -> dict[str, Any]:
     """A learned stop rule on ``trace``: read out by ``rule`` (chosen on validation), plus
     the stochastic read-out (a sample from ``q_phi``) and, for reference, the paper's rule."""
-    logits = stop_logits(model, trace)
+    return evaluate_stop_logits(task, trace, stop_logits(model, trace), seed, rule)
+
+
+def evaluate_stop_logits(
+    task: Task,
+    trace: Trace,
+    logits: Tensor,
+    seed: int = 0,
+    rule: ReadoutRule = PAPER_RULE,
+) -> dict[str, Any]:
+    """``evaluate_stop_model`` from a policy's stop logits on ``trace`` (``stop_logits``),
+    for a caller that reads those logits out in other ways too."""
     row = stop_summary(task, trace, rule.stop(logits))
     row["readout"] = rule.label
     gen = torch.Generator(device=logits.device)

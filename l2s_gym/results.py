@@ -27,7 +27,7 @@ from l2s_gym.build import make_policy
 from l2s_gym.config import ExperimentConfig
 from l2s_gym.evaluation import (
     depth_curve,
-    evaluate_stop_model,
+    evaluate_stop_logits,
     is_better,
     metric_at,
     stop_logits,
@@ -262,9 +262,9 @@ def evaluate_seed(
         policy.eval()
         rule = ReadoutRule.from_dict(result["readout"])
         label = result.get("label", registry.LEARNER_LABELS.get(trial.learner, trial.learner))
-        summary = evaluate_stop_model(task, t_stop, policy, seed=seed, rule=rule)
-        summary.pop("ci95", None)
         logits = stop_logits(policy, t_stop)
+        summary = evaluate_stop_logits(task, t_stop, logits, seed=seed, rule=rule)
+        summary.pop("ci95", None)
         stop = rule.stop(logits)
         stats = _stats_at(t_stop, stop)
         pts = learner_points.setdefault(
