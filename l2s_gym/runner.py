@@ -180,8 +180,8 @@ class StopRunner:
         reads out only once), ``features``, ``policy``, ``decide`` (the rule and the
         layer's host synchronisation) and ``compact`` (writing out the stopped instances,
         indexing the others; with a predictor whose ``features_use_prediction`` is false,
-        also reading out the stopped instances). On a GPU it synchronises after each part, which costs time
-        of its own: profile separately from timing.
+        also reading out the stopped instances). On a GPU it synchronises after each part,
+        which costs time of its own: profile separately from timing.
         """
         device = self.predictor.device
         lap = _Laps(profile, device) if profile is not None else None
