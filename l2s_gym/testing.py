@@ -75,6 +75,9 @@ class ToyTask(Task):
 @dataclass
 class ToyPredictorConfig:
     num_layers: int = 6
+    learnable: bool = True
+    """False: the scale is a fixed buffer and the predictor has no parameters at all (a
+    solver with nothing to train: stage 1 is skipped)."""
 
     def validate(self, path: str) -> None:
         positive(self, path, "num_layers")
@@ -90,7 +93,10 @@ class ToyCounter(LayeredPredictor):
     def __init__(self, cfg: ToyPredictorConfig, task: Task | None = None) -> None:
         super().__init__()
         self.num_layers = cfg.num_layers
-        self.scale = nn.Parameter(torch.ones(()))
+        if cfg.learnable:
+            self.scale = nn.Parameter(torch.ones(()))
+        else:
+            self.register_buffer("scale", torch.ones(()))
 
     def initial_state(self, inputs: dict[str, Tensor]) -> State:
         return inputs["hint"].new_zeros(inputs["hint"].shape[0])

@@ -10,11 +10,11 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from l2s_gym.config import Stage1Config, annealed_beta
 from l2s_gym.evaluation import depth_curve, is_better, metric_at
 from l2s_gym.predictor import LayeredPredictor
+from l2s_gym.progress import bar as progress_bar
 from l2s_gym.rules import oracle_stop
 from l2s_gym.runs import (
     check_finite,
@@ -53,6 +53,13 @@ class Stage1Result:
     wall_time_s: float
     checkpoint: Path
     history: list[dict] = field(default_factory=list)
+    trained: bool = True
+    """False where nothing was trained (see ``trainable``; ``stage1.steps: 0``)."""
+
+
+def trainable(predictor: LayeredPredictor) -> bool:
+    """Whether ``predictor`` has any parameter that requires a gradient."""
+    return any(p.requires_grad for p in predictor.parameters())
 
 
 def train_predictor(
@@ -92,12 +99,6 @@ def train_predictor(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = summary_writer(run_dir / "tb")
-    optimizer = torch.optim.Adam(predictor.parameters(), lr=cfg.lr)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps, eta_min=0.01 * cfg.lr)
-        if cfg.lr_schedule == "cosine"
-        else None
-    )
     gen = task.generator(10_000 + seed)
     val = task.eval_set("val")
     best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
@@ -149,14 +150,20 @@ def train_predictor(
 
     predictor.train()
     validate(0)
-    bar = tqdm(
-        range(1, cfg.steps + 1),
-        desc=f"stage 1 ({mode})",
-        disable=not progress,
-        leave=False,
-        dynamic_ncols=True,
+    if not trainable(predictor) or cfg.steps == 0:
+        # Nothing to train (a parameter-free solver, or ``stage1.steps: 0``): the model as
+        # built is the model, checkpointed at step 0 like a trained one.
+        writer.close()
+        predictor.eval()
+        return Stage1Result(0, best_val, time.perf_counter() - start, best_path, history, False)
+    optimizer = torch.optim.Adam(predictor.parameters(), lr=cfg.lr)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps, eta_min=0.01 * cfg.lr)
+        if cfg.lr_schedule == "cosine"
+        else None
     )
-    for step in bar:
+    bar = progress_bar(cfg.steps, f"stage 1 ({mode})", progress)
+    for step in range(1, cfg.steps + 1):
         batch = task.train_batch(cfg.batch_size, gen)
         trace = predictor.trace(batch, task, with_features=False)
         temperature = annealed_beta(
@@ -182,9 +189,11 @@ def train_predictor(
         if scheduler is not None:
             scheduler.step()
         writer.add_scalar("stage1/loss", loss.item(), step)
+        bar.update(1)
         if step % cfg.val_every == 0 or step == cfg.steps:
             v = validate(step)
             bar.set_postfix(val=f"{v:.4g}", best=f"{best_val:.4g}")
+    bar.close()
     writer.close()
     # Continue from the best weights: that is the model the later stages use.
     load_state(predictor, load_checkpoint(best_path, "predictor")["state_dict"], best_path)
@@ -192,4 +201,4 @@ def train_predictor(
     return Stage1Result(best_step, best_val, time.perf_counter() - start, best_path, history)
 
 
-__all__ = ["stage1_loss", "train_predictor", "Stage1Result", "is_better"]
+__all__ = ["stage1_loss", "train_predictor", "trainable", "Stage1Result", "is_better"]
