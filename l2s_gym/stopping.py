@@ -165,9 +165,10 @@ def oracle_stage_loss(losses: Tensor, beta: float) -> Tensor:
 def reverse_kl(stop_log_q: Tensor, target_log_q: Tensor) -> Tensor:
     """``KL(q_phi || q*) = sum_t q_phi(t) [log q_phi(t) - log q*(t)]``, exact over all T."""
     q = stop_log_q.exp()
-    # Where q_phi(t) = 0 the term is 0 even if q*(t) = 0 too.
-    cross = torch.where(q > 0, q * target_log_q, torch.zeros_like(q))
-    return _plogp(stop_log_q).sum(dim=-1) - cross.sum(dim=-1)
+    # Where q_phi(t) = 0 the term is 0 even if q*(t) = 0 too. The -inf of log q* is replaced
+    # *before* the product: where() alone would back-propagate 0 * -inf = NaN there.
+    safe_target = torch.where(q > 0, target_log_q, torch.zeros_like(target_log_q))
+    return _plogp(stop_log_q).sum(dim=-1) - (q * safe_target).sum(dim=-1)
 
 
 def forward_kl(stop_log_q: Tensor, target_log_q: Tensor) -> Tensor:

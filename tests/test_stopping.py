@@ -190,3 +190,18 @@ def test_gradients_stay_finite_where_log_probabilities_are_minus_infinity(name):
     assert torch.isfinite(out)
     out.backward()
     assert torch.isfinite(leaf.grad).all(), leaf.grad
+
+
+@pytest.mark.parametrize(
+    ("logits", "dtype"),
+    [([math.inf, 0.0, 0.0], torch.float64), ([200.0, 0.0, 0.0], torch.float32)],
+)
+def test_reverse_kl_gradient_is_finite_where_the_oracle_gives_zero_mass(logits, dtype) -> None:
+    # q_phi puts all its mass on layer 1, where q* puts all of its: the KL is 0, and the
+    # layers where both are 0 must not make the gradient NaN.
+    s = torch.tensor([logits], dtype=dtype, requires_grad=True)
+    target = torch.tensor([[0.0, -math.inf, -math.inf]], dtype=dtype)
+    kl = reverse_kl(stop_log_q(s), target)
+    kl.sum().backward()
+    assert float(kl.detach()) == pytest.approx(0.0, abs=1e-6)
+    assert torch.isfinite(s.grad).all()
