@@ -16,12 +16,13 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from l2s_gym import progress
 from l2s_gym.build import make_policy
-from l2s_gym.config import ImitationConfig, annealed_beta
-from l2s_gym.learner import LearnerContext, LearnerResult, Validator
+from l2s_gym.config import AUTO_BUFFER_MAX, ImitationConfig, annealed_beta
+from l2s_gym.learner import LearnerContext, LearnerResult, Validator, anneal_multiple
 from l2s_gym.predictor import Trace
+from l2s_gym.progress import notify
 from l2s_gym.registry import register_learner
 from l2s_gym.runs import check_finite
 from l2s_gym.stopping import (
@@ -36,11 +37,18 @@ from l2s_gym.stopping import (
 Direction = Literal["reverse", "forward"]
 
 
-def target_beta(icfg: ImitationConfig, beta: float, step: int) -> float:
-    """The KL target's temperature at ``step`` (see ``ImitationConfig.beta_anneal_from``)."""
-    return annealed_beta(
-        beta, icfg.beta_anneal_from, icfg.anneal_fraction, (step - 1) / max(1, icfg.steps)
-    )
+def target_beta(icfg: ImitationConfig, beta: float, step: int, multiple: float) -> float:
+    """The KL target's temperature at ``step``: ``beta`` times a factor falling from
+    ``multiple`` (``ImitationConfig.beta_anneal_from``, resolved) to 1."""
+    return annealed_beta(beta, multiple, icfg.anneal_fraction, (step - 1) / max(1, icfg.steps))
+
+
+def buffer_instances(setting: int | str, budget: int, num_layers: int) -> int:
+    """How many instances ``imitation.buffer_size`` traces: the number given, or for
+    ``auto`` as many as ``budget`` layer evaluations fund, at most ``AUTO_BUFFER_MAX``."""
+    if setting == "auto":
+        return min(AUTO_BUFFER_MAX, budget // num_layers)
+    return int(setting)
 
 
 class TraceSource:
@@ -60,7 +68,13 @@ class TraceSource:
         self.gen = ctx.task.generator(20_000 + ctx.seed)
         self.layer_evals = 0
         self.buffer: Trace | None = None
-        size = min(ctx.cfg.imitation.buffer_size, budget // self.T)
+        asked = buffer_instances(ctx.cfg.imitation.buffer_size, budget, self.T)
+        size = self.size = min(asked, budget // self.T)
+        if size < asked:
+            notify(
+                f"imitation: compare.layer_budget {budget:,} funds a trace buffer of {size:,} "
+                f"instances, not the {asked:,} of imitation.buffer_size (x T = {self.T})"
+            )
         if size > 0:
             chunk = ctx.cfg.compare.eval_batch_size
             parts = []
@@ -99,8 +113,10 @@ class TraceSource:
 def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> LearnerResult:
     """Train a StopPolicy to imitate the oracle ``q*`` of the frozen ``ctx.predictor``.
 
-    Stops after ``imitation.steps`` steps or when the next fresh batch would exceed the
-    learner's layer budget (``ctx.layer_budget``), whichever comes first.
+    Runs ``imitation.steps`` steps. With fresh batches (``imitation.buffer_size: 0``) it
+    stops early if the next batch would exceed the learner's layer budget
+    (``ctx.layer_budget``), and says so (``l2s_gym.progress.notify``); the result records
+    the steps run, the steps asked and what ended training.
     """
     cfg, predictor = ctx.cfg, ctx.predictor
     icfg = cfg.imitation
@@ -112,14 +128,16 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
     validator = Validator(ctx, policy, f"{direction}_kl")
     predictor.eval()
     source = TraceSource(ctx, icfg.batch_size, budget)
+    multiple = anneal_multiple(ctx, icfg.beta_anneal_from, beta)
+    funded = icfg.steps if source.buffer is not None else budget // (icfg.batch_size * source.T)
+    if funded < icfg.steps:
+        notify(
+            f"imitation ({direction} KL): compare.layer_budget {budget:,} funds {funded:,} of "
+            f"imitation.steps {icfg.steps:,} (fresh batches of {icfg.batch_size} x T = "
+            f"{source.T} layers); set imitation.buffer_size or raise the budget"
+        )
     validator(policy, 0, source.layer_evals)
-    bar = tqdm(
-        total=icfg.steps,
-        desc=f"imitation ({direction} KL)",
-        disable=not ctx.progress,
-        leave=False,
-        dynamic_ncols=True,
-    )
+    bar = progress.bar(icfg.steps, f"imitation ({direction} KL)", ctx.progress)
     w = validator.writer
     # Logged in batches at each validation: a .item() per step would synchronise a GPU.
     pending: list[tuple[int, Tensor, Tensor, Tensor]] = []
@@ -127,7 +145,7 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
     while step < icfg.steps and source.can_draw(budget):
         step += 1
         features, losses = source.draw()
-        target = oracle_log_q(ctx.objective_losses(losses), target_beta(icfg, beta, step))
+        target = oracle_log_q(ctx.objective_losses(losses), target_beta(icfg, beta, step, multiple))
         log_q = stop_log_q(policy.trace_logits(features))
         loss = kl_fn(log_q, target).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -153,12 +171,20 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
                 w.add_scalar("losses/kl", float(kl), s)
                 w.add_scalar("losses/entropy", float(ent), s)
                 w.add_scalar("charts/expected_depth", float(depth), s)
-                w.add_scalar("charts/target_beta", target_beta(icfg, beta, s), s)
+                w.add_scalar("charts/target_beta", target_beta(icfg, beta, s, multiple), s)
             pending.clear()
             metric = validator(policy, step, source.layer_evals)
             bar.set_postfix(val=f"{metric:.4g}", best=f"{validator.best_metric:.4g}")
     bar.close()
-    return validator.finish(policy, source.layer_evals, steps=step)
+    return validator.finish(
+        policy,
+        source.layer_evals,
+        steps=step,
+        steps_configured=icfg.steps,
+        stopped_by="imitation.steps" if step == icfg.steps else "compare.layer_budget",
+        buffer_instances=source.size,
+        anneal_multiple=multiple,
+    )
 
 
 @register_learner("reverse_kl", "reverse KL", kind="imitation")

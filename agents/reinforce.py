@@ -70,8 +70,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from l2s_gym import progress
 from l2s_gym.build import make_policy
 from l2s_gym.envs.batched import BatchedStopEnv, split_obs
 from l2s_gym.learner import (
@@ -79,6 +79,7 @@ from l2s_gym.learner import (
     LearnerResult,
     Validator,
     anneal_env_beta,
+    anneal_multiple,
     make_rl_env,
 )
 from l2s_gym.policy import StopPolicy
@@ -250,19 +251,12 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
     w = validator.writer
     validator(policy, 0, 0)
 
+    multiple = anneal_multiple(ctx, rl.beta_anneal_from, cfg.beta)
     obs = env.reset()
     update = 0
-    bar = tqdm(
-        total=ctx.layer_budget,
-        desc="REINFORCE",
-        unit="layer",
-        unit_scale=True,
-        disable=not ctx.progress,
-        leave=False,
-        dynamic_ncols=True,
-    )
+    bar = progress.bar(ctx.layer_budget, "REINFORCE", ctx.progress, unit="layer", unit_scale=True)
     while env.layer_evals < ctx.layer_budget:
-        w.add_scalar("charts/target_beta", anneal_env_beta(ctx, env), update + 1)
+        w.add_scalar("charts/target_beta", anneal_env_beta(ctx, env, multiple), update + 1)
         policy.eval()
         rollout, obs = collect_rollout(env, policy, obs, rl.rollout_steps, generator)
         policy.train()
@@ -305,7 +299,14 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
             metric = validator(policy, update, env.layer_evals)
             bar.set_postfix(val=f"{metric:.4g}", best=f"{validator.best_metric:.4g}")
     bar.close()
-    return validator.finish(policy, env.layer_evals, updates=update, episodes=env.episodes_done)
+    return validator.finish(
+        policy,
+        env.layer_evals,
+        updates=update,
+        episodes=env.episodes_done,
+        stopped_by="compare.layer_budget",
+        anneal_multiple=multiple,
+    )
 
 
 @register_learner("reinforce", "REINFORCE")

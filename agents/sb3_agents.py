@@ -50,6 +50,7 @@ from l2s_gym.config import SB3_SCHEDULES, sb3_arguments
 from l2s_gym.envs.batched import make_obs, split_obs
 from l2s_gym.learner import LearnerContext, LearnerResult, Validator, make_rl_env
 from l2s_gym.policy import StopPolicy, position_encoding
+from l2s_gym.progress import notify
 from l2s_gym.registry import register_learner
 
 if TYPE_CHECKING:
@@ -165,8 +166,13 @@ def sb3_kwargs(algorithm: Algorithm, ctx: LearnerContext, venv: Any) -> dict[str
         value = kwargs.get(key)
         if isinstance(value, str) and value.startswith("lin_"):
             kwargs[key] = LayerBudgetSchedule(float(value[len("lin_") :]), venv, ctx.layer_budget)
-    if algorithm == "ppo":
-        kwargs["batch_size"] = min(kwargs["batch_size"], kwargs["n_steps"] * venv.num_envs)
+    if algorithm == "ppo" and kwargs["batch_size"] > kwargs["n_steps"] * venv.num_envs:
+        rollout = kwargs["n_steps"] * venv.num_envs
+        notify(
+            f"ppo: batch_size {kwargs['batch_size']:,} is more than a rollout holds (n_steps "
+            f"{kwargs['n_steps']} x num_envs {venv.num_envs} = {rollout:,}); using {rollout:,}"
+        )
+        kwargs["batch_size"] = rollout
     return kwargs
 
 
@@ -255,6 +261,7 @@ def train_sb3(ctx: LearnerContext, algorithm: Algorithm) -> LearnerResult:
         updates=validation.updates,
         episodes=env.episodes_done,
         timesteps=model.num_timesteps,
+        stopped_by="compare.layer_budget",
     )
 
 

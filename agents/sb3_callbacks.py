@@ -6,7 +6,7 @@
   (``layer_evals``, not SB3's timesteps); the rollout that crosses it is still learned from.
 - ``TemperatureScheduleCallback``: sets the env's reward temperature before each rollout
   (the continuation, ``l2s_gym.learner.anneal_env_beta``) and logs ``charts/target_beta``.
-- ``LayerProgressBarCallback``: a tqdm bar over layer evaluations, capped at the budget,
+- ``LayerProgressBarCallback``: a progress bar over layer evaluations, capped at the budget,
   with the last validation metric.
 
 Importing this module imports stable-baselines3 (``sb3_agents`` does so only to train).
@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
-from tqdm.auto import tqdm
 
+from l2s_gym import progress
 from l2s_gym.envs.sb3_vec import StopVecEnv
-from l2s_gym.learner import LearnerContext, Validator, anneal_env_beta
+from l2s_gym.learner import LearnerContext, Validator, anneal_env_beta, anneal_multiple
 from l2s_gym.runs import check_finite
 
 
@@ -125,10 +125,11 @@ class TemperatureScheduleCallback(BaseCallback):
         self.venv = venv
         self.writer = validator.writer
         self.rollouts = 0
+        self.multiple = anneal_multiple(ctx, ctx.cfg.rl.beta_anneal_from, ctx.cfg.beta)
 
     def _on_rollout_start(self) -> None:
         self.rollouts += 1
-        beta = anneal_env_beta(self.ctx, self.venv.env)
+        beta = anneal_env_beta(self.ctx, self.venv.env, self.multiple)
         self.writer.add_scalar("charts/target_beta", beta, self.rollouts)
 
     def _on_step(self) -> bool:
@@ -136,7 +137,8 @@ class TemperatureScheduleCallback(BaseCallback):
 
 
 class LayerProgressBarCallback(BaseCallback):
-    """A tqdm bar over the layer evaluations, never past ``budget``.
+    """A progress bar (``l2s_gym.progress.bar``) over the layer evaluations, never past
+    ``budget``.
 
     Args:
         venv: the training env.
@@ -163,14 +165,8 @@ class LayerProgressBarCallback(BaseCallback):
         self.bar: Any = None
 
     def _on_training_start(self) -> None:
-        self.bar = tqdm(
-            total=self.budget,
-            desc=self.label,
-            unit="layer",
-            unit_scale=True,
-            disable=self.disable,
-            leave=False,
-            dynamic_ncols=True,
+        self.bar = progress.bar(
+            self.budget, self.label, not self.disable, unit="layer", unit_scale=True
         )
 
     def _on_step(self) -> bool:

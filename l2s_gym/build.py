@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
 
 from l2s_gym import registry
-from l2s_gym.config import ComponentSpec, ExperimentConfig
+from l2s_gym.config import ComponentSpec, ConfigError, ExperimentConfig
 from l2s_gym.policy import StopPolicy
 from l2s_gym.predictor import LayeredPredictor
 from l2s_gym.task import Task
@@ -32,8 +33,21 @@ def apply_threads(threads: int) -> None:
 
 
 def make_task(spec: ComponentSpec, seed: int, device: torch.device | str) -> Task:
+    """The task of ``spec``; a ``ValueError`` its constructor raises is a ``ConfigError``
+    naming the section (a plugin's check of its own parameters)."""
     entry = registry.TASKS[spec.name]
-    return entry.cls(spec.params, seed=seed, device=str(device))
+    with _config_errors(f"task ({spec.name})"):
+        return entry.cls(spec.params, seed=seed, device=str(device))
+
+
+@contextmanager
+def _config_errors(section: str) -> Iterator[None]:
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"{section}: {exc}") from exc
 
 
 def _seeded(seed: int | None, build: Callable[[], T]) -> T:
@@ -49,8 +63,9 @@ def _seeded(seed: int | None, build: Callable[[], T]) -> T:
 def make_predictor(spec: ComponentSpec, task: Task, seed: int | None = None) -> LayeredPredictor:
     """A fresh predictor for ``task``; ``seed`` fixes its initialisation."""
     entry = registry.PREDICTORS[spec.name]
-    predictor = _seeded(seed, lambda: entry.cls(spec.params, task)).to(task.device)
-    predictor.check_protocol()
+    with _config_errors(f"predictor ({spec.name})"):
+        predictor = _seeded(seed, lambda: entry.cls(spec.params, task)).to(task.device)
+        predictor.check_protocol()
     return predictor
 
 

@@ -123,9 +123,9 @@ def _run_experiment(args: argparse.Namespace, mode: str) -> int:
         runner=runner,
         eval_split=args.eval_split,
     )
-    failed = results.get("failed") or []
+    failed = results.failed
     for f in failed:
-        print(f"l2s: trial {f['key']} {f['status']}: {f['error']}", file=sys.stderr)
+        print(f"l2s: trial {f.key} {f.status}: {f.error}", file=sys.stderr)
     print(run_dir)
     return 1 if failed else 0
 
@@ -195,23 +195,42 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from l2s_gym import registry
     from l2s_gym.build import make_policy
-    from l2s_gym.evaluation import depth_curve, evaluate_stop_model, stop_summary
+    from l2s_gym.evaluation import (
+        depth_curve,
+        evaluate_stop_logits,
+        stop_logits,
+        stop_objective,
+        stop_summary,
+    )
     from l2s_gym.report import markdown_table
+    from l2s_gym.result_types import Point, Row, RunResults
     from l2s_gym.rules import ReadoutRule, fixed_depth_stop, oracle_stop
     from l2s_gym.runs import load_checkpoint, load_state
+    from l2s_gym.stopping import cumulative_costs
 
     cfg = _config(args)
     task, predictor = _setup(cfg)
     _load_predictor(predictor, args.predictor, cfg, task)
     test = predictor.trace_eval(task.eval_set("test"), task, cfg.compare.eval_batch_size)
     T, P = predictor.num_layers, predictor.display_name
-    rows = [
-        {"method": f"{P} (T={T})", **stop_summary(task, test, fixed_depth_stop(test, T))},
-        {
-            "method": f"{P} oracle stop (label-using bound)",
-            **stop_summary(task, test, oracle_stop(test)),
-        },
-    ]
+    cum = cumulative_costs(T, predictor.layer_costs(), predictor.device)
+
+    def row(method: str, kind: str, summary: dict, stop) -> Row:  # noqa: ANN001
+        return Row(
+            id=method, method=method, kind=kind, metric=summary["metric"],
+            avg_layers=summary["avg_layers"], ci95=summary.get("ci95"),
+            objective=stop_objective(test, stop, cfg.cost, cum), objective_ci95=None,
+            groups=summary["groups"], readout=summary.get("readout"),
+            stochastic=Point(**summary["stochastic"]) if "stochastic" in summary else None,
+        )  # fmt: skip
+
+    rows = []
+    for method, kind, stop in (
+        (f"{P} (T={T})", "fixed", fixed_depth_stop(test, T)),
+        (f"{P} oracle stop (label-using bound on the objective)", "oracle",
+         oracle_stop(test, cfg.cost, cum)),
+    ):  # fmt: skip
+        rows.append(row(method, kind, stop_summary(task, test, stop), stop))
     for path in args.policy or []:
         state = load_checkpoint(path, "policy", expect_config=cfg.to_dict(), task=task)
         policy = make_policy(cfg, predictor)
@@ -219,20 +238,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         policy.eval()
         label = registry.LEARNER_LABELS.get(state.get("learner", ""), Path(path).parent.name)
         rule = ReadoutRule.from_dict(state.get("readout", {"kind": "threshold", "value": 0.5}))
-        rows.append(
-            {
-                "method": f"{P}-stop ({label})",
-                **evaluate_stop_model(task, test, policy, cfg.seed, rule=rule),
-            }
-        )
-    results = {
-        "experiment": cfg.experiment,
-        "metric": task.metric_name,
-        "higher_is_better": task.higher_is_better,
-        "group_names": task.group_names,
-        "test_size": len(test),
-        "rows": rows,
-    }
+        logits = stop_logits(policy, test)
+        summary = evaluate_stop_logits(task, test, logits, cfg.seed, rule=rule)
+        stop = rule.stop(logits)
+        rows.append(row(f"{P}-stop ({label})", "learner", summary, stop))
+    results = RunResults(
+        experiment=cfg.experiment,
+        metric=task.metric_name,
+        higher_is_better=task.higher_is_better,
+        group_names=list(task.group_names),
+        test_size=len(test),
+        seeds=[cfg.seed],
+        compare_cost=cfg.cost,
+        compare_lambda=cfg.cost,
+        rows=rows,
+    )
     print(markdown_table(results))
     print("metric by depth: " + ", ".join(f"{v:.2f}" for v in depth_curve(task, test)))
     return 0

@@ -17,9 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from l2s_gym import registry
-from l2s_gym.build import resolve_device
-from l2s_gym.config import ExperimentConfig
+from l2s_gym.build import make_predictor, make_task, resolve_device
+from l2s_gym.config import ExperimentConfig, check_layer_budget
 from l2s_gym.report import (
     plot_frontier,
     plot_learning_curves,
@@ -27,6 +29,7 @@ from l2s_gym.report import (
     write_results,
     write_tensorboard_summary,
 )
+from l2s_gym.result_types import RunResults
 from l2s_gym.results import evaluate_run
 from l2s_gym.trials import LocalRunner, Trial, TrialOutcome, make_plan, prepare_run
 
@@ -43,6 +46,17 @@ def experiment_plan(cfg: ExperimentConfig, mode: Mode) -> tuple[list[Trial], flo
     return plan, min(costs)
 
 
+def preflight(cfg: ExperimentConfig, device: torch.device, plan: list[Trial]) -> int:
+    """Build the task and the predictor once before any folder is written (their own
+    checks run; a bad value is one ``ConfigError`` line) and check what the layer budget
+    must fund (``l2s_gym.config.check_layer_budget``). Returns the predictor's ``T``."""
+    task = make_task(cfg.task, cfg.run_seeds[0], device)
+    num_layers = make_predictor(cfg.predictor, task, seed=cfg.run_seeds[0]).num_layers
+    kinds = {registry.LEARNER_KINDS.get(t.learner) for t in plan if t.kind == "stage2"}
+    check_layer_budget(cfg, num_layers, imitation="imitation" in kinds)
+    return num_layers
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     runs_root: str | Path = "runs",
@@ -52,8 +66,9 @@ def run_experiment(
     runner: Any = None,
     log: Callable[[str], None] = print,
     eval_split: str = "test",
-) -> tuple[Path, dict[str, Any]]:
-    """Run (or resume) a compare / frontier experiment; return its folder and results.
+) -> tuple[Path, RunResults]:
+    """Run (or resume) a compare / frontier experiment; return its folder and results
+    (``results.json`` holds ``results.to_json()``).
 
     ``runner``: anything with ``run(plan, run_dir, cfg_dict) -> list[TrialOutcome]``
     (default: ``LocalRunner``, in this process; ``l2s_gym.ray_backend.RayRunner``: Ray Tune).
@@ -62,16 +77,18 @@ def run_experiment(
     """
     registry.load_plugins()
     device = resolve_device(cfg.device)  # fails before any folder is written
+    plan, _ = experiment_plan(cfg, mode)
+    num_layers = preflight(cfg, device, plan)
     run_dir, cfg, cfg_dict = prepare_run(cfg, runs_root, resume)  # a resume keeps its seeds
     plan, compare_cost = experiment_plan(cfg, mode)
     seeds = ", ".join(map(str, cfg.run_seeds))
     log(f"[l2s] {cfg.experiment} ({mode}): task {cfg.task.name} on {device}; seeds {seeds}")
     log(f"[l2s] run folder {run_dir}")
-    runner = runner or LocalRunner(progress=progress, log=log)
+    runner = runner or LocalRunner(progress=progress, log=log, num_layers=num_layers)
     outcomes: list[TrialOutcome] = runner.run(plan, run_dir, cfg_dict)
     results = evaluate_run(run_dir, cfg, plan, outcomes, mode, compare_cost, eval_split)
-    results["device"] = str(device)
-    results["trials"] = [o.to_dict() for o in outcomes]
+    results.device = str(device)
+    results.trials = [o.to_dict() for o in outcomes]
     text = write_results(run_dir, results)
     plot_metric_vs_layers(run_dir, results)
     plot_frontier(run_dir, results)

@@ -35,7 +35,9 @@ class Stage1Config:
     """Stage 1, learning to predict (training the layered predictor)."""
 
     steps: int = 500
-    """Optimiser steps for each predictor trained (stop model and fixed-depth baseline)."""
+    """Optimiser steps for each predictor trained (stop model and fixed-depth baseline).
+    0 skips training (the predictor is used as built); a predictor with no trainable
+    parameters (plain conjugate gradient, fixed-step ISTA) is never trained."""
     batch_size: int = 256
     lr: float = 1e-3
     val_every: int = 50
@@ -65,8 +67,8 @@ class Stage1Config:
     small weight keeps it trained. The fixed-depth baseline is not affected."""
 
     def validate(self, path: str) -> None:
-        _positive(self, path, "steps", "batch_size", "lr", "val_every")
-        _non_negative(self, path, "grad_clip", "last_layer_weight")
+        _positive(self, path, "batch_size", "lr", "val_every")
+        _non_negative(self, path, "steps", "grad_clip", "last_layer_weight")
         _check_anneal(self, path)
 
 
@@ -84,7 +86,9 @@ class PolicyConfig:
 
 def _check_anneal(obj: Any, path: str) -> None:
     """Validate a ``beta_anneal_from`` / ``anneal_fraction`` pair (stage 1, imitation, RL)."""
-    if obj.beta_anneal_from < 1:
+    if obj.beta_anneal_from == "auto":
+        pass
+    elif obj.beta_anneal_from < 1:
         raise ConfigError(f"{path}.beta_anneal_from: must be >= 1, got {obj.beta_anneal_from!r}")
     if not 0 < obj.anneal_fraction <= 1:
         raise ConfigError(f"{path}.anneal_fraction: must be in (0, 1], got {obj.anneal_fraction!r}")
@@ -95,6 +99,10 @@ def annealed_beta(beta: float, start_multiple: float, fraction: float, progress:
     geometrically to ``beta`` at ``progress = fraction`` and staying there."""
     done = min(1.0, max(0.0, progress) / fraction)
     return beta * start_multiple ** (1.0 - done)
+
+
+AUTO_BUFFER_MAX = 16384
+"""The most instances ``imitation.buffer_size: auto`` traces."""
 
 
 @dataclass
@@ -111,21 +119,24 @@ class ImitationConfig:
     it weighs the expected loss against the entropy of ``q_phi``
     (``KL(q_phi || q*) = E_q[loss] / beta - H(q_phi) + const``): a lower stage-2 beta asks
     for a sharper policy. Stage 1 (the oracle the predictor trains under) keeps ``beta``."""
-    beta_anneal_from: float = 1.0
+    beta_anneal_from: float | Literal["auto"] = 1.0
     """Continuation: the KL target's temperature starts at this multiple of beta and falls
-    geometrically to beta over the first ``anneal_fraction`` of the steps (1.0: off). With
-    a sharp oracle the reverse KL (mode-seeking) otherwise saturates the stop logits early
-    and settles on always-continue; the objective at the end is the exact KL at beta."""
+    geometrically to beta over the first ``anneal_fraction`` of the steps (1.0: off;
+    ``auto``: the multiple that starts it at the typical spread of the objective's losses
+    across layers, ``l2s_gym.learner.auto_anneal_multiple``). The objective at the end is
+    the exact KL at beta."""
     anneal_fraction: float = 0.5
-    buffer_size: int = 0
+    buffer_size: int | Literal["auto"] = 0
     """Stage 2 from cached traces: trace this many training instances once with the frozen
-    predictor (features, losses, groups; ``buffer_size * T`` layer evaluations, counted)
-    and draw every step's batch from that buffer. 0: a fresh batch (and a fresh trace)
-    every step."""
+    predictor (features, losses, groups; ``buffer_size * T`` layer evaluations, counted
+    against ``compare.layer_budget``) and draw every step's batch from that buffer.
+    ``auto``: as many as the layer budget funds, up to ``AUTO_BUFFER_MAX`` instances. 0: a
+    fresh batch (and a fresh trace, ``batch_size * T`` layer evaluations) every step."""
 
     def validate(self, path: str) -> None:
         _positive(self, path, "steps", "batch_size", "lr", "val_every")
-        _non_negative(self, path, "buffer_size")
+        if self.buffer_size != "auto":
+            _non_negative(self, path, "buffer_size")
         _check_anneal(self, path)
         if self.beta is not None and not self.beta > 0:
             raise ConfigError(
@@ -232,10 +243,10 @@ class RLConfig:
     capped at ``n_steps * num_envs``. Missing keys: ``SB3_DEFAULTS``, then SB3's."""
     a2c: Any = field(default_factory=dict)
     """A2C's constructor arguments (``stable_baselines3.A2C``), as ``ppo``."""
-    beta_anneal_from: float = 1.0
+    beta_anneal_from: float | Literal["auto"] = 1.0
     """Continuation, as ``imitation.beta_anneal_from``: the env's reward temperature starts
     at this multiple of beta and falls geometrically to beta over the first
-    ``anneal_fraction`` of ``compare.layer_budget`` (1.0: off)."""
+    ``anneal_fraction`` of ``compare.layer_budget`` (1.0: off; ``auto`` as imitation's)."""
     anneal_fraction: float = 0.5
 
     def validate(self, path: str) -> None:
@@ -440,6 +451,35 @@ class FrontierConfig:
                 )
 
 
+def check_layer_budget(cfg: ExperimentConfig, num_layers: int, imitation: bool) -> None:
+    """What ``compare.layer_budget`` must fund, given the predictor's ``T``: one instance's
+    trace, and for an imitation learner (``imitation``) its trace buffer or, without one,
+    ``imitation.steps`` fresh batches. A budget that cannot fund them is a ``ConfigError``
+    naming both keys: nothing is ever cut short without a word."""
+    budget, icfg, T = cfg.compare.layer_budget, cfg.imitation, num_layers
+    if budget < T:
+        raise ConfigError(
+            f"compare.layer_budget: {budget:,} layer evaluations do not trace one instance "
+            f"through the predictor's {T} layers"
+        )
+    if not imitation:
+        return
+    if icfg.buffer_size != "auto" and icfg.buffer_size * T > budget:
+        raise ConfigError(
+            f"imitation.buffer_size: tracing {icfg.buffer_size:,} instances through {T} layers "
+            f"takes {icfg.buffer_size * T:,} layer evaluations, more than compare.layer_budget "
+            f"{budget:,}; lower one, raise the other, or use buffer_size: auto"
+        )
+    need = icfg.steps * icfg.batch_size * T
+    if icfg.buffer_size == 0 and need > budget:
+        raise ConfigError(
+            f"imitation.steps: {icfg.steps:,} fresh batches of imitation.batch_size "
+            f"{icfg.batch_size} through {T} layers take {need:,} layer evaluations, more than "
+            f"compare.layer_budget {budget:,} funds ({budget // (icfg.batch_size * T):,} "
+            "steps); lower one, raise the other, or use a trace buffer (imitation.buffer_size)"
+        )
+
+
 @dataclass
 class RayConfig:
     """Resources of each trial when a sweep runs on Ray (``--ray``)."""
@@ -625,13 +665,20 @@ def build_dataclass(cls: type, data: Any, path: str) -> Any:
     for name in fields:
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], f"{path}.{name}" if path else name)
+    where = path or "config"
+    missing = [n for n, f in fields.items() if n not in kwargs and _required(f)]
+    if missing:
+        raise ConfigError(f"{path + '.' if path else ''}{missing[0]}: required key missing")
     try:
         obj = cls(**kwargs)
-    except TypeError as exc:
-        missing = [n for n, f in fields.items() if n not in kwargs and _required(f)]
-        raise ConfigError(f"{path}.{missing[0] if missing else '?'}: required key missing") from exc
-    if hasattr(obj, "validate"):
-        obj.validate(path)
+        if hasattr(obj, "validate"):
+            obj.validate(path)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        # A plugin's own check (its constructor or validate()) that raised a plain error:
+        # still one line that names the section. Plugins should raise ConfigError.
+        raise ConfigError(f"{where}: {type(exc).__name__}: {exc}") from exc
     return obj
 
 

@@ -66,13 +66,6 @@ def depth_curve(task: Task, trace: Trace) -> list[float]:
     ]
 
 
-def best_fixed_depth(task: Task, val_trace: Trace) -> int:
-    """The depth (1-based) with the best validation metric."""
-    curve = torch.tensor(depth_curve(task, val_trace))
-    best = curve.argmax() if task.higher_is_better else curve.argmin()
-    return int(best) + 1
-
-
 @torch.no_grad()
 def stop_logits(model: StopModel, trace: Trace, chunk_size: int = 4096) -> Tensor:
     feats = trace.features
@@ -195,6 +188,22 @@ def threshold_sweep(
         **stop_summary(task, test, threshold_stop(test, key, best_tau)),
     }
     return row, curve
+
+
+def metric_follows_loss(task: Task, trace: Trace) -> bool:
+    """Whether on every instance of ``trace`` the layer of least loss is also a layer of
+    best metric statistic (up to float rounding).
+
+    Then the label-using oracle (``argmin_t l_t``) bounds the metric of every stop rule at
+    no layer price, not only the objective; it does not where the loss is a surrogate of
+    the metric (cross-entropy for accuracy) or where the metric pools instances."""
+    stats = trace.metric_stats.double()
+    if not task.higher_is_better:
+        stats = -stats
+    best = stats.max(dim=1).values
+    at_oracle = stats.gather(1, trace.losses.argmin(dim=1, keepdim=True)).squeeze(1)
+    tol = 1e-9 * (1 + stats.abs().max(dim=1).values)
+    return bool((at_oracle >= best - tol).all())
 
 
 def is_better(task: Task, a: float, b: float) -> bool:

@@ -115,12 +115,34 @@ def make_rl_env(ctx: LearnerContext, stream: int, num_envs: int = 0) -> BatchedS
     )
 
 
-def anneal_env_beta(ctx: LearnerContext, env: BatchedStopEnv) -> float:
-    """Set ``env.beta`` for the RL continuation (``cfg.rl.beta_anneal_from``) from the layers
-    the env has computed so far; return it. With the default 1.0 it stays ``cfg.beta``."""
+def auto_anneal_multiple(losses: Tensor, beta: float) -> float:
+    """``beta_anneal_from: auto``: the multiple of ``beta`` at which the continuation starts.
+
+    The median over instances of the spread of ``losses`` (``(B, T)``, the objective's
+    ``l_t + lambda C_t``) across layers, in units of ``beta``, and at least 1: at that
+    temperature every instance's oracle weighs its best and worst layers within a factor
+    ``e`` of each other, so no layer is written off at the start, whatever the loss's units.
+    """
+    spread = losses.double().amax(dim=1) - losses.double().amin(dim=1)
+    multiple = float(spread.median()) / beta
+    return multiple if math.isfinite(multiple) and multiple > 1 else 1.0
+
+
+def anneal_multiple(ctx: LearnerContext, setting: float | str, beta: float) -> float:
+    """A ``beta_anneal_from`` setting as a number (``auto`` measured on the validation trace's
+    objective losses at this learner's price)."""
+    if setting == "auto":
+        return auto_anneal_multiple(ctx.objective_losses(ctx.val_trace.losses), beta)
+    return float(setting)
+
+
+def anneal_env_beta(ctx: LearnerContext, env: BatchedStopEnv, multiple: float) -> float:
+    """Set ``env.beta`` for the RL continuation (``cfg.rl.beta_anneal_from``, resolved to
+    ``multiple`` by ``anneal_multiple``) from the layers the env has computed so far; return
+    it. With a multiple of 1 it stays ``cfg.beta``."""
     rl = ctx.cfg.rl
     env.beta = annealed_beta(
-        ctx.cfg.beta, rl.beta_anneal_from, rl.anneal_fraction, env.layer_evals / ctx.layer_budget
+        ctx.cfg.beta, multiple, rl.anneal_fraction, env.layer_evals / ctx.layer_budget
     )
     return env.beta
 
@@ -137,6 +159,50 @@ class LearnerResult:
     readout: ReadoutRule = PAPER_RULE
     """The deterministic read-out chosen on the validation set for this model."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def assess_health(ctx: LearnerContext, result: LearnerResult) -> dict[str, Any]:
+    """Whether a trained policy left its initial behaviour, judged on the validation set.
+
+    ``status``: ``untrained`` where the kept checkpoint is the initial policy (no later
+    validation scored better), ``never stops`` / ``always stops`` where the kept policy
+    stops every instance at ``T`` / at layer 1 while the oracle's average stop (at the same
+    price) is more than ``max(0.5, T / 20)`` layers away, else ``ok``. ``message`` says it
+    with the numbers."""
+    T = ctx.predictor.num_layers
+    losses = ctx.objective_losses(ctx.val_trace.losses)
+    oracle = float((losses.argmin(dim=1) + 1).double().mean())
+    best = next((p for p in result.curve if p["step"] == result.extra.get("best_step")), None)
+    layers = None if best is None else float(best["val_avg_layers"])
+    gap = max(0.5, T / 20)
+    first = result.curve[0] if result.curve else None
+    unchanged = (
+        best is not None
+        and first is not None
+        and all(first.get(k) == best.get(k) for k in ("val_objective", "val_avg_layers"))
+    )
+    if layers is not None and (result.extra.get("best_step") == 0 or unchanged):
+        status = "untrained"
+        message = (
+            "kept its initial policy: no checkpoint after training scored better on "
+            f"validation ({layers:.2f} layers; the oracle stops at {oracle:.2f})"
+        )
+    elif layers is not None and layers >= T - 1e-6 and oracle < T - gap:
+        status = "never stops"
+        message = f"never stops ({layers:.2f} of {T} layers) while the oracle stops at {oracle:.2f}"
+    elif layers is not None and layers <= 1 + 1e-6 and oracle > 1 + gap:
+        status = "always stops"
+        message = f"always stops at layer 1 while the oracle stops at {oracle:.2f} on average"
+    elif layers is None:
+        status, message = "ok", "no validation curve to judge"
+    else:
+        status, message = "ok", f"stops at {layers:.2f} layers (the oracle at {oracle:.2f})"
+    return {
+        "status": status,
+        "message": message,
+        "val_avg_layers": layers,
+        "oracle_val_avg_layers": oracle,
+    }
 
 
 class Validator:

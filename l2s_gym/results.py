@@ -3,22 +3,31 @@
 The one evaluation of a run (``evaluate_run``): every row and every curve is scored on
 the seeded test set through ``l2s_gym.evaluation``; every choice (a fixed depth, a
 heuristic's threshold, a learner's read-out and checkpoint) was made on the validation
-set before. Intervals:
+set before. One seed is scored by small steps (``evaluate_seed``): the baselines' rows,
+the learners' rows and frontier points, the paired differences, the frontier curves and
+their summaries, the time to target. The results are typed (``l2s_gym.result_types``).
 
-- over test instances: a bootstrap of the task's metric (the same resamples for every
-  row of a seed, so differences between rows are paired);
+Every row carries the metric and the **objective**, ``mean_i l_{stop_i} + lambda
+C_{stop_i}`` at the table's price: with a price per layer the objective is what the
+learners, the oracle and the validation choices optimise, and the metric alone would
+rank a rule that never stops first. Intervals:
+
+- over test instances: a bootstrap of the task's metric, and of the objective's mean (the
+  same resamples for every row of a seed, so differences between rows are paired);
 - over seeds (``--seeds``): a t interval of the per-seed values (their mean is what the
   table shows). With one seed, rows carry the test-instance interval.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats as scipy_stats
 from torch import Tensor
 
 from l2s_gym import frontier as fr
@@ -30,12 +39,28 @@ from l2s_gym.evaluation import (
     evaluate_stop_logits,
     is_better,
     metric_at,
+    metric_follows_loss,
     stop_logits,
     stop_objective,
     stop_summary,
     threshold_sweep,
 )
-from l2s_gym.predictor import Trace
+from l2s_gym.predictor import LayeredPredictor, Trace
+from l2s_gym.result_types import (
+    Curve,
+    FailedTrial,
+    FrontierSummary,
+    Health,
+    LayersToMatch,
+    PairedDifference,
+    Point,
+    Row,
+    RunResults,
+    SeedResult,
+    SeedRow,
+    ThresholdCurve,
+    TimeToTarget,
+)
 from l2s_gym.rules import (
     THRESHOLD_RULES,
     ReadoutRule,
@@ -45,7 +70,7 @@ from l2s_gym.rules import (
     threshold_stop,
 )
 from l2s_gym.runs import load_checkpoint, load_state
-from l2s_gym.stopping import cumulative_costs
+from l2s_gym.stopping import cost_adjusted_losses, cumulative_costs
 from l2s_gym.task import Task
 from l2s_gym.trials import (
     PLAN_KEYS,
@@ -70,21 +95,17 @@ HEURISTIC_POINTS = 24
 SWEEP_QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 """Read-out quantiles ``q`` of one trained policy's sweep (a frontier at no training cost):
 the quantile rule at each, on the policy trained at the compare price (a frontier's lowest)."""
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-         9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+ORACLE_CURVE = "oracle (label-using)"
 
 
 def t_quantile(dof: int) -> float:
-    """The 97.5% quantile of Student's t with ``dof`` degrees of freedom (1.96 beyond 30)."""
+    """The 97.5% quantile of Student's t with ``dof`` degrees of freedom."""
     if dof <= 0:
         return math.nan
-    for k in sorted(T_975):
-        if dof <= k:
-            return T_975[k]
-    return 1.96
+    return float(scipy_stats.t.ppf(0.975, dof))
 
 
-def seed_interval(values: list[float]) -> list[float] | None:
+def seed_interval(values: list[float | None]) -> list[float] | None:
     """A 95% t interval of the mean of per-seed ``values`` (``None`` for fewer than two)."""
     v = [x for x in values if x is not None and math.isfinite(x)]
     if len(v) < 2:
@@ -94,7 +115,7 @@ def seed_interval(values: list[float]) -> list[float] | None:
     return [mean - half, mean + half]
 
 
-def _mean(values: list[Any]) -> float | None:
+def _mean(values: list[float | None]) -> float | None:
     v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
     return float(np.mean(v)) if v else None
 
@@ -111,14 +132,27 @@ class Bootstrap:
         s = stats.detach().cpu()
         return np.array([self.task.aggregate(s[i]) for i in self.idx])
 
+    def means(self, values: Tensor) -> np.ndarray:
+        return values.detach().cpu().double()[self.idx].mean(dim=1).numpy()
+
     def interval(self, stats: Tensor) -> list[float]:
-        lo, hi = np.percentile(self.values(stats), [2.5, 97.5])
-        return [float(lo), float(hi)]
+        return _percentiles(self.values(stats))
 
     def difference(self, a: Tensor, b: Tensor) -> list[float]:
         """95% interval of ``metric(a) - metric(b)`` (paired: same instances)."""
-        lo, hi = np.percentile(self.values(a) - self.values(b), [2.5, 97.5])
-        return [float(lo), float(hi)]
+        return _percentiles(self.values(a) - self.values(b))
+
+    def mean_interval(self, values: Tensor) -> list[float]:
+        """95% interval of the mean of per-instance ``values`` (the objective)."""
+        return _percentiles(self.means(values))
+
+    def mean_difference(self, a: Tensor, b: Tensor) -> list[float]:
+        return _percentiles(self.means(a) - self.means(b))
+
+
+def _percentiles(values: np.ndarray) -> list[float]:
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return [float(lo), float(hi)]
 
 
 def _stats_at(trace: Trace, stop: Tensor) -> Tensor:
@@ -140,293 +174,384 @@ def _pick_depth(task: Task, val: Trace, cost: float, cum: Tensor) -> tuple[int, 
     return best_k, best_score
 
 
-def _points(task: Task, trace: Trace, stops: list[Tensor], boot: Bootstrap) -> dict[str, list]:
-    out: dict[str, list] = {"avg_layers": [], "metric": [], "ci_low": [], "ci_high": []}
+# --- one seed: the context every step shares -----------------------------------------------
+
+
+@dataclass
+class _Seed:
+    """What every step of one seed's evaluation reads."""
+
+    seed: int
+    cfg: ExperimentConfig
+    task: Task
+    predictor: LayeredPredictor
+    test: Trace
+    val: Trace
+    test_fixed: Trace
+    val_fixed: Trace
+    cum: Tensor
+    unit: float
+    lam: float
+    """The compare price in units of the loss."""
+    boot: Bootstrap
+    stage1: dict
+    rows: list[Row] = field(default_factory=list)
+    stats: dict[str, Tensor] = field(default_factory=dict)
+    """Per-instance metric statistics of each row, for paired differences."""
+    objectives: dict[str, Tensor] = field(default_factory=dict)
+    """Per-instance objective of each row."""
+
+    @property
+    def T(self) -> int:
+        return self.test.num_layers
+
+    @property
+    def name(self) -> str:
+        return self.predictor.display_name
+
+    def objective_stats(self, trace: Trace, stop: Tensor) -> Tensor:
+        adjusted = cost_adjusted_losses(trace.losses, self.lam, self.cum)
+        return adjusted.gather(1, stop.long().unsqueeze(1)).squeeze(1).double()
+
+    def add_row(self, row_id: str, method: str, kind: str, trace: Trace, stop: Tensor, **extra):  # noqa: ANN003, ANN201
+        """Score a stop rule on ``trace`` and append its row."""
+        summary = stop_summary(self.task, trace, stop)
+        row = self._row(row_id, method, kind, trace, stop, summary, **extra)
+        self.rows.append(row)
+        return row
+
+    def _row(self, row_id, method, kind, trace, stop, summary, **extra) -> Row:  # noqa: ANN001, ANN003
+        stats = _stats_at(trace, stop)
+        objective = self.objective_stats(trace, stop)
+        self.stats[row_id], self.objectives[row_id] = stats, objective
+        return Row(
+            id=row_id,
+            method=method,
+            kind=kind,
+            metric=summary["metric"],
+            avg_layers=summary["avg_layers"],
+            objective=float(objective.mean()),
+            ci95=self.boot.interval(stats),
+            objective_ci95=self.boot.mean_interval(objective),
+            groups=summary["groups"],
+            histogram=summary["histogram"],
+            **extra,
+        )
+
+
+def _load_seed(run_dir: Path, cfg_dict: dict, seed: int, trials: list[Trial], compare_cost: float, split: str) -> _Seed:  # fmt: skip
+    cfg = trial_config(cfg_dict, seed)
+    task, predictor = load_stop_model(run_dir, cfg, seed, torch.device("cpu"))
+    stage1_dir = run_dir / Trial("stage1", seed).key
+    traces = load_traces(stage1_dir)
+    v_stop = traces["oracle"]["val"]
+    unit = gain_per_layer(v_stop)
+    scale = trials[0].scale if trials else "loss"
+    lam = compare_cost * (unit if scale == "gain" else 1.0)
+    test = traces["oracle"][split]
+    return _Seed(
+        seed=seed,
+        cfg=cfg,
+        task=task,
+        predictor=predictor,
+        test=test,
+        val=v_stop,
+        test_fixed=traces["fixed"][split],
+        val_fixed=traces["fixed"]["val"],
+        cum=cumulative_costs(test.num_layers, predictor.layer_costs()),
+        unit=unit,
+        lam=lam,
+        boot=Bootstrap(task, len(test), seed),
+        stage1=_stage1_result(stage1_dir),
+    )
+
+
+# --- the steps ------------------------------------------------------------------------------
+
+
+def baseline_rows(s: _Seed, split: str) -> dict[str, ThresholdCurve]:
+    """Classical methods, the fixed depths, the oracle and the heuristics; returns the
+    heuristics' test curves."""
+    task, T, P = s.task, s.T, s.name
+    for label, baseline in registry.classical_baselines(task, T):
+        bs = s.cfg.compare.eval_batch_size
+        tr = baseline.to("cpu").trace_eval(task.eval_set(split), task, bs)
+        s.add_row(f"classical:{label}", label, "classical", tr, fixed_depth_stop(tr, baseline.num_layers))  # fmt: skip
+    s1 = s.stage1
+    trained = s1["oracle"].get("trained", True)
+    s.add_row("fixed_T", f"{P} (T={T})", "fixed", s.test_fixed, fixed_depth_stop(s.test_fixed, T),
+              train_wall_time_s=s1["fixed"]["wall_time_s"], layer_evals=s1["fixed"]["layer_evals"])  # fmt: skip
+    # The strongest honest fixed-depth rival: the best (model, depth) on validation.
+    k_fixed, score_fixed = _pick_depth(task, s.val_fixed, s.lam, s.cum)
+    k_stop, score_stop = _pick_depth(task, s.val, s.lam, s.cum)
+    if score_stop > score_fixed:
+        which, k, trace = "oracle", k_stop, s.test
+    else:
+        which, k, trace = "fixed-depth", k_fixed, s.test_fixed
+    training = f"{which} training" if trained else "untrained"
+    s.add_row("best_fixed", f"{P} best fixed depth (k={k}, {training}; chosen on validation)",
+              "fixed", trace, fixed_depth_stop(trace, k), depth=k, training=which)  # fmt: skip
+    follows = s.lam == 0 and metric_follows_loss(task, s.test)
+    bound = "the objective and the metric" if follows else "the objective"
+    s.add_row("oracle", f"{P}-stop oracle (label-using bound on {bound})", "oracle", s.test,
+              oracle_stop(s.test, s.lam, s.cum), train_wall_time_s=s1["oracle"]["wall_time_s"],
+              layer_evals=s1["oracle"]["layer_evals"])  # fmt: skip
+    curves: dict[str, ThresholdCurve] = {}
+    for key in THRESHOLD_RULES:
+        if key in s.test.extras:
+            row, curve = threshold_sweep(task, s.val, s.test, key, cost=s.lam, cum_costs=s.cum)
+            tau = row["threshold"]
+            s.add_row(f"heuristic:{key}", row["method"], "heuristic", s.test,
+                      threshold_stop(s.test, key, tau), threshold=tau)  # fmt: skip
+            curves[key] = ThresholdCurve(**curve)
+    return curves
+
+
+@dataclass
+class _Learned:
+    """The learners' trials of one seed, scored: frontier points, curves, health."""
+
+    points: dict[str, Curve] = field(default_factory=dict)
+    sweep_logits: dict[str, Tensor] = field(default_factory=dict)
+    curves: dict[str, list] = field(default_factory=dict)
+    results: dict[str, dict] = field(default_factory=dict)
+    health: list[Health] = field(default_factory=list)
+
+
+def _load_policy(s: _Seed, folder: Path):  # noqa: ANN202
+    policy = make_policy(s.cfg, s.predictor)
+    path = folder / "best.pt"
+    payload = load_checkpoint(
+        path, "policy", s.cfg.to_dict(), s.task, ignore=IGNORED, warn=lambda _: None
+    )
+    load_state(policy, payload["state_dict"], path)
+    return policy.eval()
+
+
+def learner_rows(s: _Seed, run_dir: Path, trials: list[Trial], compare_cost: float) -> _Learned:
+    """Every learner at every cost: a test row at the compare price, frontier points, the
+    validation curves and the health of each trial."""
+    out = _Learned()
+    for trial in trials:
+        result = _trial_result(run_dir / trial.key)
+        if result is None:
+            continue
+        out.results[trial.key] = result
+        rule = ReadoutRule.from_dict(result["readout"])
+        logits = stop_logits(_load_policy(s, run_dir / trial.key), s.test)
+        summary = evaluate_stop_logits(s.task, s.test, logits, seed=s.seed, rule=rule)
+        stop = rule.stop(logits)
+        stats = _stats_at(s.test, stop)
+        lo, hi = s.boot.interval(stats)
+        pts = out.points.setdefault(trial.learner, _empty_learned_curve(trial.learner))
+        adjusted = cost_adjusted_losses(s.test.losses, result["lambda"], s.cum)
+        pts.stats.append(stats)  # type: ignore[union-attr]
+        for target, value in (
+            (pts.cost, trial.cost), (pts.lambdas, result["lambda"]),
+            (pts.avg_layers, summary["avg_layers"]), (pts.metric, summary["metric"]),
+            (pts.ci_low, lo), (pts.ci_high, hi),
+            (pts.objective, float(adjusted.gather(1, stop.unsqueeze(1)).double().mean())),
+        ):  # fmt: skip
+            target.append(value)  # type: ignore[union-attr]
+        out.curves[f"{trial.learner}@{format_cost(trial.cost)}"] = result["curve"]
+        health = _health_of(trial, result)
+        if health is not None:
+            out.health.append(health)
+        if trial.cost == compare_cost:
+            out.sweep_logits[trial.learner] = logits
+            _learner_row(s, trial, result, summary, stop, health)
+    return out
+
+
+def _empty_learned_curve(learner: str) -> Curve:
+    return Curve(kind="learned", param=[], avg_layers=[], metric=[], ci_low=[], ci_high=[],
+                 learner=learner, cost=[], lambdas=[], objective=[], stats=[])  # fmt: skip
+
+
+def _learner_row(s: _Seed, trial: Trial, result: dict, summary: dict, stop: Tensor, health) -> None:  # noqa: ANN001
+    label = result.get("label", registry.LEARNER_LABELS.get(trial.learner, trial.learner))
+    row_id = f"learner:{trial.learner}"
+    row = s._row(
+        row_id, f"{s.name}-stop ({label})", "learner", s.test, stop, summary,
+        learner=trial.learner, readout=summary["readout"],
+        stochastic=Point(**summary["stochastic"]), paper_rule=Point(**summary["paper_rule"]),
+        train_wall_time_s=result["wall_time_s"], layer_evals=result["layer_evals"],
+        best_val_metric=result["extra"].get("best_val_metric"),
+        health=None if health is None else health.status,
+    )  # fmt: skip
+    s.rows.append(row)
+
+
+def _health_of(trial: Trial, result: dict) -> Health | None:
+    data = result.get("health")
+    if not data:
+        return None
+    return Health(key=trial.key, learner=trial.learner, cost=trial.cost, seed=trial.seed, **data)
+
+
+def paired_differences(s: _Seed) -> dict[str, PairedDifference]:
+    """Every row against the primary learner (same test instances, same resamples)."""
+    ref_id = "learner:reverse_kl"
+    ref = s.stats.get(ref_id)
+    if ref is None:
+        return {}
+    ref_metric, ref_obj = s.task.aggregate(ref), s.objectives[ref_id]
+    out = {}
+    for row in s.rows:
+        if row.id not in s.stats or row.id == ref_id or row.kind == "classical":
+            continue
+        stats, obj = s.stats[row.id], s.objectives[row.id]
+        out[row.id] = PairedDifference(
+            method=row.method,
+            difference=row.metric - ref_metric,
+            ci95=s.boot.difference(stats, ref),
+            objective_difference=float(obj.mean() - ref_obj.mean()),
+            objective_ci95=s.boot.mean_difference(obj, ref_obj),
+            seed=s.seed,
+        )
+    return out
+
+
+def _points(s: _Seed, trace: Trace, stops: list[Tensor], kind: str, param: list) -> Curve:
+    curve = Curve(kind=kind, param=list(param), avg_layers=[], metric=[], ci_low=[], ci_high=[])
+    curve.stats = []
     for stop in stops:
         stats = _stats_at(trace, stop)
-        lo, hi = boot.interval(stats)
-        out["avg_layers"].append(float((stop.double() + 1).mean()))
-        out["metric"].append(task.aggregate(stats))
-        out["ci_low"].append(lo)
-        out["ci_high"].append(hi)
-    return out
+        lo, hi = s.boot.interval(stats)
+        curve.avg_layers.append(float((stop.double() + 1).mean()))
+        curve.metric.append(s.task.aggregate(stats))
+        curve.ci_low.append(lo)
+        curve.ci_high.append(hi)
+        curve.stats.append(stats)
+    return curve
+
+
+def mixture(task: Task) -> fr.Mix:
+    """The task's metric of running one rule on a share ``a`` of the instances and another
+    on the rest: its aggregate of ``a stats_a + (1 - a) stats_b`` (exact in expectation for
+    an aggregate of a mean: a mean, a dB of a mean, an accuracy)."""
+
+    def mix(stats_a: Tensor, stats_b: Tensor, a: float) -> float:
+        return task.aggregate(a * stats_a.double() + (1 - a) * stats_b.double())
+
+    return mix
+
+
+def frontier_curves(s: _Seed, learned: _Learned, frontier_mode: bool, compare_cost: float) -> dict[str, Curve]:  # fmt: skip
+    """The frontier: every label-free baseline, the oracle, every learner, the sweeps."""
+    T, P = s.T, s.name
+    frontiers = {
+        "fixed depth (oracle-trained)": _points(
+            s, s.test, [fixed_depth_stop(s.test, k) for k in range(1, T + 1)], "fixed",
+            list(range(1, T + 1)),
+        ),
+        f"{P} (T={T}), fixed-depth training": _points(
+            s, s.test_fixed, [fixed_depth_stop(s.test_fixed, T)], "fixed", [T]
+        ),
+    }  # fmt: skip
+    for key in THRESHOLD_RULES:
+        if key in s.test.extras:
+            taus = default_thresholds(s.val, key, HEURISTIC_POINTS)
+            stops = [threshold_stop(s.test, key, tau) for tau in taus]
+            frontiers[THRESHOLD_RULES[key][0]] = _points(s, s.test, stops, "heuristic", taus)
+    prices = [p * s.unit for p in ORACLE_PRICES]
+    stops = [oracle_stop(s.test, p, s.cum) for p in prices]
+    frontiers[ORACLE_CURVE] = _points(s, s.test, stops, "oracle", ORACLE_PRICES)
+    for name, pts in learned.points.items():
+        frontiers[registry.LEARNER_LABELS.get(name, name)] = replace(pts, param=list(pts.cost))
+    for name, logits in learned.sweep_logits.items() if frontier_mode else ():
+        stops = [ReadoutRule("quantile", q).stop(logits) for q in SWEEP_QUANTILES]
+        curve = _points(s, s.test, stops, "sweep", list(SWEEP_QUANTILES))
+        curve.learner, curve.price = name, compare_cost
+        frontiers[sweep_curve_name(name)] = curve
+    return frontiers
+
+
+def sweep_curve_name(learner: str) -> str:
+    return f"{registry.LEARNER_LABELS.get(learner, learner)}, one policy, read-out swept"
+
+
+def frontier_summaries(s: _Seed, frontiers: dict[str, Curve], full_depth: float) -> tuple[dict[str, FrontierSummary], dict[str, FrontierSummary], dict[str, float | None]]:  # fmt: skip
+    """Each learner's and each sweep's summary against the baselines, and the references."""
+    hib, mix = s.task.higher_is_better, mixture(s.task)
+
+    def points(curve: Curve) -> fr.Points:
+        return (curve.avg_layers, curve.metric, curve.stats)
+
+    baselines = [points(f) for f in frontiers.values() if f.kind in ("fixed", "heuristic")]
+    oracle = points(frontiers[ORACLE_CURVE])
+
+    def summarize(curve: Curve) -> FrontierSummary:
+        figures = fr.summarize(points(curve), baselines, oracle, s.T, hib, full_depth, mix)
+        return FrontierSummary(**figures)
+
+    learned = {f.learner: summarize(f) for f in frontiers.values() if f.kind == "learned"}
+    sweeps = {f.learner: summarize(f) for f in frontiers.values() if f.kind == "sweep"}
+    reference = fr.reference_layers_to_match(baselines, oracle, hib, full_depth, mix)
+    return learned, sweeps, reference  # type: ignore[return-value]
 
 
 def evaluate_seed(
     run_dir: Path,
-    cfg_dict: dict[str, Any],
+    cfg_dict: dict,
     seed: int,
     trials: list[Trial],
     compare_cost: float,
     split: str = "test",
-) -> dict[str, Any]:
+) -> SeedResult:
     """Rows (at ``compare_cost``), frontier curves and summaries of one seed's trials.
 
     ``split="val"`` scores everything on the validation set instead of the test set: for
     choosing settings without looking at test numbers (the choices made on validation
     are then scored on the same data, so those numbers are optimistic).
     """
-    cfg: ExperimentConfig = trial_config(cfg_dict, seed)
-    device = torch.device("cpu")
-    task, predictor = load_stop_model(run_dir, cfg, seed, device)
-    stage1_dir = run_dir / Trial("stage1", seed).key
-    traces = load_traces(stage1_dir)
-    t_stop, v_stop = traces["oracle"][split], traces["oracle"]["val"]
-    t_fixed, v_fixed = traces["fixed"][split], traces["fixed"]["val"]
-    T, P = t_stop.num_layers, predictor.display_name
-    cum = cumulative_costs(T, predictor.layer_costs())
-    unit = gain_per_layer(v_stop)
-    scale = trials[0].scale if trials else "loss"
-    lam0 = compare_cost * (unit if scale == "gain" else 1.0)
-    boot = Bootstrap(task, len(t_stop), seed)
-    rows: list[dict[str, Any]] = []
-    stats_of: dict[str, Tensor] = {}
-
-    def add(row_id: str, method: str, kind: str, trace: Trace, stop: Tensor, **extra: Any) -> dict:
-        summary = stop_summary(task, trace, stop)
-        summary.pop("ci95", None)
-        stats = _stats_at(trace, stop)
-        stats_of[row_id] = stats
-        row = {"id": row_id, "method": method, "kind": kind, **summary, **extra}
-        row["ci95"] = boot.interval(stats)
-        rows.append(row)
-        return row
-
-    # Classical methods at full depth (their test traces are cheap to recompute).
-    for label, baseline in registry.classical_baselines(task, T):
-        tr = baseline.to(device).trace_eval(task.eval_set(split), task, cfg.compare.eval_batch_size)
-        add(f"classical:{label}", label, "classical", tr, fixed_depth_stop(tr, baseline.num_layers))
-
-    s1 = _stage1_result(stage1_dir)
-    add(
-        "fixed_T",
-        f"{P} (T={T})",
-        "fixed",
-        t_fixed,
-        fixed_depth_stop(t_fixed, T),
-        train_wall_time_s=s1["fixed"]["wall_time_s"],
-        layer_evals=s1["fixed"]["layer_evals"],
-    )
-    # The strongest honest fixed-depth rival: the best (model, depth) on validation.
-    k_fixed, score_fixed = _pick_depth(task, v_fixed, lam0, cum)
-    k_stop, score_stop = _pick_depth(task, v_stop, lam0, cum)
-    which, k, trace = (
-        ("oracle", k_stop, t_stop)
-        if score_stop > score_fixed
-        else ("fixed-depth", k_fixed, t_fixed)
-    )
-    add(
-        "best_fixed",
-        f"{P} best fixed depth (k={k}, {which} training; chosen on validation)",
-        "fixed",
-        trace,
-        fixed_depth_stop(trace, k),
-        depth=k,
-        training=which,
-    )
-    add(
-        "oracle",
-        f"{P}-stop oracle (label-using bound)",
-        "oracle",
-        t_stop,
-        oracle_stop(t_stop, lam0, cum),
-        train_wall_time_s=s1["oracle"]["wall_time_s"],
-        layer_evals=s1["oracle"]["layer_evals"],
-    )
-    heuristic_curves: dict[str, dict[str, Any]] = {}
-    for key in THRESHOLD_RULES:
-        if key in t_stop.extras:
-            row, curve = threshold_sweep(task, v_stop, t_stop, key, cost=lam0, cum_costs=cum)
-            tau = row["threshold"]
-            add(f"heuristic:{key}", row["method"], "heuristic", t_stop,
-                threshold_stop(t_stop, key, tau), threshold=tau)  # fmt: skip
-            heuristic_curves[key] = curve
-
-    # Every learner at every cost: test rows, frontier points, learning curves.
-    learner_points: dict[str, dict[str, list]] = {}
-    sweep_logits: dict[str, Tensor] = {}  # the compare-price policy's stop logits, per learner
-    curves: dict[str, list[dict[str, Any]]] = {}
-    trial_results: dict[str, dict[str, Any]] = {}
-    for trial in trials:
-        folder = run_dir / trial.key
-        result = _trial_result(folder)
-        if result is None:
-            continue
-        trial_results[trial.key] = result
-        policy = make_policy(cfg, predictor)
-        path = folder / "best.pt"
-        payload = load_checkpoint(
-            path, "policy", cfg.to_dict(), task, ignore=IGNORED, warn=lambda _: None
-        )
-        load_state(policy, payload["state_dict"], path)
-        policy.eval()
-        rule = ReadoutRule.from_dict(result["readout"])
-        label = result.get("label", registry.LEARNER_LABELS.get(trial.learner, trial.learner))
-        logits = stop_logits(policy, t_stop)
-        summary = evaluate_stop_logits(task, t_stop, logits, seed=seed, rule=rule)
-        summary.pop("ci95", None)
-        stop = rule.stop(logits)
-        stats = _stats_at(t_stop, stop)
-        pts = learner_points.setdefault(
-            trial.learner,
-            {
-                "cost": [],
-                "lambda": [],
-                "avg_layers": [],
-                "metric": [],
-                "ci_low": [],
-                "ci_high": [],
-            },  # fmt: skip
-        )
-        lo, hi = boot.interval(stats)
-        pts["cost"].append(trial.cost)
-        pts["lambda"].append(result["lambda"])
-        pts["avg_layers"].append(summary["avg_layers"])
-        pts["metric"].append(summary["metric"])
-        pts["ci_low"].append(lo)
-        pts["ci_high"].append(hi)
-        curves[f"{trial.learner}@{format_cost(trial.cost)}"] = result["curve"]
-        if trial.cost == compare_cost:
-            sweep_logits[trial.learner] = logits
-            row_id = f"learner:{trial.learner}"
-            stats_of[row_id] = stats
-            rows.append(
-                {
-                    "id": row_id,
-                    "method": f"{P}-stop ({label})",
-                    "kind": "learner",
-                    "learner": trial.learner,
-                    **summary,
-                    "ci95": [lo, hi],
-                    "train_wall_time_s": result["wall_time_s"],
-                    "layer_evals": result["layer_evals"],
-                    "best_val_metric": result["extra"].get("best_val_metric"),
-                }
-            )
-
-    # Paired differences against the primary learner (same test instances, same resamples).
-    paired = {}
-    ref = stats_of.get("learner:reverse_kl")
-    if ref is not None:
-        ref_metric = task.aggregate(ref)
-        for row in rows:
-            if (
-                row["id"] in stats_of
-                and row["id"] != "learner:reverse_kl"
-                and row["kind"] != "classical"
-            ):
-                paired[row["id"]] = {
-                    "method": row["method"],
-                    "difference": row["metric"] - ref_metric,
-                    "ci95": boot.difference(stats_of[row["id"]], ref),
-                }
-
-    # The frontier: every label-free baseline, the oracle, every learner.
-    frontiers: dict[str, dict[str, Any]] = {}
-    depth_stops = [fixed_depth_stop(t_stop, k) for k in range(1, T + 1)]
-    frontiers["fixed depth (oracle-trained)"] = {
-        "kind": "fixed", "param": list(range(1, T + 1)), **_points(task, t_stop, depth_stops, boot)
-    }  # fmt: skip
-    frontiers[f"{P} (T={T}), fixed-depth training"] = {
-        "kind": "fixed", "param": [T], **_points(task, t_fixed, [fixed_depth_stop(t_fixed, T)], boot)
-    }  # fmt: skip
-    for key in heuristic_curves:
-        taus = default_thresholds(v_stop, key, HEURISTIC_POINTS)
-        frontiers[THRESHOLD_RULES[key][0]] = {
-            "kind": "heuristic",
-            "param": taus,
-            **_points(task, t_stop, [threshold_stop(t_stop, key, tau) for tau in taus], boot),
-        }
-    prices = [p * unit for p in ORACLE_PRICES]
-    frontiers["oracle (label-using)"] = {
-        "kind": "oracle",
-        "param": ORACLE_PRICES,
-        **_points(task, t_stop, [oracle_stop(t_stop, p, cum) for p in prices], boot),
-    }
-    for name, pts in learner_points.items():
-        label = registry.LEARNER_LABELS.get(name, name)
-        frontiers[label] = {"kind": "learned", "learner": name, "param": pts["cost"], **pts}
+    s = _load_seed(run_dir, cfg_dict, seed, trials, compare_cost, split)
+    heuristic_curves = baseline_rows(s, split)
+    learned = learner_rows(s, run_dir, trials, compare_cost)
     frontier_mode = len({t.cost for t in trials}) > 1
-    sweep_names: dict[str, str] = {}
-    for name, logits in sweep_logits.items() if frontier_mode else ():
-        label = registry.LEARNER_LABELS.get(name, name)
-        sweep_names[name] = f"{label}, one policy, read-out swept"
-        stops = [ReadoutRule("quantile", q).stop(logits) for q in SWEEP_QUANTILES]
-        frontiers[sweep_names[name]] = {
-            "kind": "sweep", "learner": name, "param": list(SWEEP_QUANTILES),
-            "price": compare_cost, **_points(task, t_stop, stops, boot),
-        }  # fmt: skip
-
-    baselines = [
-        (f["avg_layers"], f["metric"])
-        for f in frontiers.values()
-        if f["kind"] in ("fixed", "heuristic")
-    ]
-    oracle_pts = (
-        frontiers["oracle (label-using)"]["avg_layers"],
-        frontiers["oracle (label-using)"]["metric"],
-    )
-    full_depth = max(
-        (r["metric"] for r in rows if r["id"] == "fixed_T"),
-        key=lambda m: m if task.higher_is_better else -m,
-    )
-    stop_at_T = depth_curve(task, t_stop)[-1]
-    if is_better(task, stop_at_T, full_depth):
+    frontiers = frontier_curves(s, learned, frontier_mode, compare_cost)
+    full_depth = max((r.metric for r in s.rows if r.id == "fixed_T"), key=lambda m: m if s.task.higher_is_better else -m)  # fmt: skip
+    stop_at_T = depth_curve(s.task, s.test)[-1]
+    if is_better(s.task, stop_at_T, full_depth):
         full_depth = stop_at_T
-    summary = {}
-    sweep_summary = {}
-    reference: dict[str, float | None] = {}
+    summary, sweeps, reference = ({}, {}, {})
     if frontier_mode:
-        for name, pts in learner_points.items():
-            summary[name] = fr.summarize(
-                (pts["avg_layers"], pts["metric"]), baselines, oracle_pts, T,
-                task.higher_is_better, full_depth,
-            )  # fmt: skip
-        for name, curve_name in sweep_names.items():
-            f = frontiers[curve_name]
-            sweep_summary[name] = fr.summarize(
-                (f["avg_layers"], f["metric"]), baselines, oracle_pts, T,
-                task.higher_is_better, full_depth,
-            )  # fmt: skip
-        reference = fr.reference_layers_to_match(
-            baselines, oracle_pts, task.higher_is_better, full_depth
-        )
-
-    return {
-        "seed": seed,
-        "group_names": list(task.group_names),
-        "num_layers": T,
-        "predictor": P,
-        "test_size": len(t_stop),
-        "gain_per_layer": unit,
-        "compare_lambda": lam0,
-        "rows": rows,
-        "paired_differences": paired,
-        "heuristic_curves": heuristic_curves,
-        "depth_curves": {
-            f"{P}, fixed-depth training": depth_curve(task, t_fixed),
-            f"{P}, oracle training (truncated)": depth_curve(task, t_stop),
+        summary, sweeps, reference = frontier_summaries(s, frontiers, full_depth)
+    return SeedResult(
+        seed=seed,
+        group_names=list(s.task.group_names),
+        num_layers=s.T,
+        predictor=s.name,
+        test_size=len(s.test),
+        gain_per_layer=s.unit,
+        compare_lambda=s.lam,
+        rows=s.rows,
+        paired_differences=paired_differences(s),
+        heuristic_curves=heuristic_curves,
+        depth_curves={
+            f"{s.name}, fixed-depth training": depth_curve(s.task, s.test_fixed),
+            f"{s.name}, oracle training (truncated)": depth_curve(s.task, s.test),
         },
-        "frontiers": frontiers,
-        "frontier_summary": summary,
-        "frontier_sweep_summary": sweep_summary,
-        "frontier_reference": reference,
-        "full_depth_metric": full_depth,
-        "learning_curves": curves,
-        "time_to_target": time_to_target(task, trial_results, trials, compare_cost),
-    }
+        frontiers=frontiers,
+        frontier_summary=summary,
+        frontier_sweep_summary=sweeps,
+        frontier_reference=reference,
+        full_depth_metric=full_depth,
+        learning_curves=learned.curves,
+        time_to_target=time_to_target(s.task, learned.results, trials, compare_cost, s.lam),
+        health=learned.health,
+        metric_follows_loss=metric_follows_loss(s.task, s.test),
+    )
 
 
-def _trial_result(folder: Path) -> dict[str, Any] | None:
-    import json
-
+def _trial_result(folder: Path) -> dict | None:
     path = folder / "result.json"
     if not (folder / "done").is_file() or not path.is_file():
         return None
     return json.loads(path.read_text())
 
 
-def _stage1_result(folder: Path) -> dict[str, Any]:
+def _stage1_result(folder: Path) -> dict:
     result = _trial_result(folder)
     if result is None:
         raise FileNotFoundError(f"stage-1 trial in {folder} did not finish")
@@ -434,187 +559,218 @@ def _stage1_result(folder: Path) -> dict[str, Any]:
 
 
 def time_to_target(
-    task: Task, results: dict[str, dict[str, Any]], trials: list[Trial], cost: float
-) -> dict[str, dict[str, Any]]:
+    task: Task, results: dict[str, dict], trials: list[Trial], cost: float, lam: float = 0.0
+) -> dict[str, TimeToTarget]:
     """For every learner at ``cost``: when it first reached the best RL learner's final
-    validation metric (wall time and layer evaluations), ``None`` when it never did."""
+    validation figure (wall time and layer evaluations), ``None`` when it never did.
+
+    The figure is the metric at no layer price (``lam == 0``) and the objective with one:
+    with a price, a rule that never stops has the best metric from its first point on."""
     at_cost = [t for t in trials if t.cost == cost and t.key in results]
+    by_objective = lam != 0
+    key, point_key = ("best_val_objective", "val_objective") if by_objective else ("best_val_metric", "val_metric")  # fmt: skip
+
+    def better_or_equal(a: float, b: float) -> bool:
+        return a <= b if by_objective else (a == b or is_better(task, a, b))
+
     finals = {
-        t.learner: results[t.key]["extra"].get("best_val_metric")
+        t.learner: results[t.key]["extra"].get(key)
         for t in at_cost
         if registry.LEARNER_KINDS.get(t.learner, "rl") == "rl"
     }
     finals = {k: v for k, v in finals.items() if v is not None and math.isfinite(v)}
     if not finals:
         return {}
-    best_rl = max(finals, key=lambda k: finals[k] if task.higher_is_better else -finals[k])
+    best_rl = next(k for k in finals if all(better_or_equal(finals[k], v) for v in finals.values()))
     target = finals[best_rl]
     out = {}
     for t in at_cost:
-        hit = next(
-            (
-                p
-                for p in results[t.key]["curve"]
-                if p["val_metric"] == target or is_better(task, p["val_metric"], target)
-            ),
-            None,
+        res = results[t.key]
+        hit = next((p for p in res["curve"] if better_or_equal(p[point_key], target)), None)
+        out[t.learner] = TimeToTarget(
+            target=target,
+            target_learner=best_rl,
+            criterion="objective" if by_objective else "metric",
+            wall_time_s=None if hit is None else hit["wall_time_s"],
+            layer_evals=None if hit is None else int(hit["layer_evals"]),
+            final_wall_time_s=res["wall_time_s"],
+            final_layer_evals=res["layer_evals"],
         )
-        out[t.learner] = {
-            "target": target,
-            "target_learner": best_rl,
-            "wall_time_s": None if hit is None else hit["wall_time_s"],
-            "layer_evals": None if hit is None else int(hit["layer_evals"]),
-            "final_wall_time_s": results[t.key]["wall_time_s"],
-            "final_layer_evals": results[t.key]["layer_evals"],
-        }
     return out
 
 
-def _aggregate_rows(per_seed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+# --- over seeds ---------------------------------------------------------------------------
+
+
+def _aggregate_rows(per_seed: list[SeedResult]) -> list[Row]:
     """Rows over seeds: the mean of each number, the seeds' t interval (or, with one seed,
     the test-instance interval), and the per-seed values."""
-    order: list[str] = []
-    by_id: dict[str, list[dict[str, Any]]] = {}
+    by_id: dict[str, list[tuple[int, Row]]] = {}
     for res in per_seed:
-        for row in res["rows"]:
-            if row["id"] not in by_id:
-                order.append(row["id"])
-            by_id.setdefault(row["id"], []).append({**row, "seed": res["seed"]})
+        for row in res.rows:
+            by_id.setdefault(row.id, []).append((res.seed, row))
     out = []
-    for row_id in order:
-        rs = by_id[row_id]
-        first = rs[0]
-        row = {k: v for k, v in first.items() if k not in ("seed",)}
+    for rs in by_id.values():
+        first = rs[0][1]
+        rows = [r for _, r in rs]
+        row = replace(first)
         if len(per_seed) > 1:
-            metrics = [r["metric"] for r in rs]
-            row["metric"] = _mean(metrics)
-            row["ci95"] = seed_interval(metrics)
-            row["ci_over"] = f"{len(rs)} seeds"
-            row["avg_layers"] = _mean([r["avg_layers"] for r in rs])
-            row["groups"] = {
-                g: _mean([r["groups"].get(g) for r in rs]) for g in first.get("groups", {})
-            }
-            for key in ("stochastic", "paper_rule"):
-                if key in first:
-                    row[key] = {
-                        "metric": _mean([r[key]["metric"] for r in rs]),
-                        "avg_layers": _mean([r[key]["avg_layers"] for r in rs]),
-                    }
-            for key in ("train_wall_time_s", "layer_evals"):
-                if key in first:
-                    row[key] = _mean([r.get(key) for r in rs])
-            if first["kind"] in ("fixed", "heuristic") and row_id != "fixed_T":
-                row["method"] = first["method"].split(" (k=")[0].split(", tau=")[0] + (
-                    " (chosen on validation, per seed)"
-                )
-            row.pop("histogram", None)
-        else:
-            row["ci_over"] = "test instances"
-        row["per_seed"] = [
-            {"seed": r["seed"], "metric": r["metric"], "avg_layers": r["avg_layers"],
-             **({"method": r["method"]} if r["method"] != first["method"] else {})}
-            for r in rs
-        ]  # fmt: skip
+            row = _mean_row(first, rows, len(rs))
+        row.per_seed = [
+            SeedRow(
+                seed,
+                r.metric,
+                r.avg_layers,
+                r.objective,
+                None if r.method == first.method else r.method,
+            )  # fmt: skip
+            for seed, r in rs
+        ]
         out.append(row)
     return out
 
 
-def _aggregate_frontiers(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _mean_row(first: Row, rows: list[Row], n: int) -> Row:
+    def mean_point(points: list[Point | None]) -> Point | None:
+        if any(p is None for p in points):
+            return None
+        return Point(_mean([p.metric for p in points]), _mean([p.avg_layers for p in points]), {})  # type: ignore[union-attr,arg-type]
+
+    method = first.method
+    if first.kind in ("fixed", "heuristic") and first.id != "fixed_T":
+        method = method.split(" (k=")[0].split(", tau=")[0] + " (chosen on validation, per seed)"
+    metrics, objectives = [r.metric for r in rows], [r.objective for r in rows]
+    return replace(
+        first,
+        method=method,
+        metric=_mean(metrics),
+        ci95=seed_interval(metrics),
+        objective=_mean(objectives),
+        objective_ci95=seed_interval(objectives),
+        ci_over=f"{n} seeds",
+        avg_layers=_mean([r.avg_layers for r in rows]),
+        groups={g: _mean([r.groups.get(g) for r in rows]) for g in first.groups},
+        stochastic=mean_point([r.stochastic for r in rows]) if first.stochastic else None,
+        paper_rule=mean_point([r.paper_rule for r in rows]) if first.paper_rule else None,
+        train_wall_time_s=_mean([r.train_wall_time_s for r in rows])
+        if first.train_wall_time_s is not None
+        else None,  # fmt: skip
+        layer_evals=_mean([r.layer_evals for r in rows]) if first.layer_evals is not None else None,
+        histogram=None,
+    )
+
+
+def _aggregate_frontiers(per_seed: list[SeedResult]) -> dict[str, Curve]:
     """Curves over seeds, point by point (points share a parameter across seeds)."""
-    out: dict[str, dict[str, Any]] = {}
-    names = list(per_seed[0]["frontiers"])
-    for name in names:
-        curves = [res["frontiers"][name] for res in per_seed if name in res["frontiers"]]
-        n = min(len(c["metric"]) for c in curves)
+    out: dict[str, Curve] = {}
+    for name in per_seed[0].frontiers:
+        curves = [res.frontiers[name] for res in per_seed if name in res.frontiers]
+        n = min(len(c.metric) for c in curves)
         first = curves[0]
-        agg: dict[str, Any] = {"kind": first["kind"], "param": first["param"][:n]}
-        for key in ("learner", "price"):
-            if key in first:
-                agg[key] = first[key]
-        agg["avg_layers"] = [_mean([c["avg_layers"][i] for c in curves]) for i in range(n)]
-        agg["metric"] = [_mean([c["metric"][i] for c in curves]) for i in range(n)]
+        agg = Curve(
+            kind=first.kind,
+            param=first.param[:n],
+            avg_layers=[_mean([c.avg_layers[i] for c in curves]) for i in range(n)],
+            metric=[_mean([c.metric[i] for c in curves]) for i in range(n)],
+            ci_low=first.ci_low[:n],
+            ci_high=first.ci_high[:n],
+            learner=first.learner,
+            price=first.price,
+            band_over="test instances",
+        )
+        if first.objective is not None:
+            agg.objective = [_mean([c.objective[i] for c in curves]) for i in range(n)]  # type: ignore[index]
         if len(curves) > 1:
-            ivs = [seed_interval([c["metric"][i] for c in curves]) for i in range(n)]
-            agg["ci_low"] = [iv[0] if iv else None for iv in ivs]
-            agg["ci_high"] = [iv[1] if iv else None for iv in ivs]
-            agg["band_over"] = f"{len(curves)} seeds"
-        else:
-            agg["ci_low"], agg["ci_high"] = first["ci_low"][:n], first["ci_high"][:n]
-            agg["band_over"] = "test instances"
+            ivs = [seed_interval([c.metric[i] for c in curves]) for i in range(n)]
+            agg.ci_low = [iv[0] if iv else None for iv in ivs]
+            agg.ci_high = [iv[1] if iv else None for iv in ivs]
+            agg.band_over = f"{len(curves)} seeds"
         out[name] = agg
     return out
 
 
-def _over_seeds(vals: list[Any], key: str, all_or_none: bool) -> dict[str, Any]:
-    """``key``, ``key_ci95`` and ``key_per_seed`` of one figure over seeds: the mean of the
-    finite values (``None`` when ``all_or_none`` and some seed has none, e.g. a curve that
-    never matched), and a t interval only when every seed has a finite value."""
+def _over_seeds(vals: list[float | None], all_or_none: bool) -> tuple[float | None, list[float] | None]:  # fmt: skip
+    """The mean of the finite values over seeds (``None`` when ``all_or_none`` and some seed
+    has none, e.g. a curve that never matched), and a t interval only when every seed has
+    a finite value."""
     finite = [x for x in vals if x is not None and math.isfinite(x)]
     complete = len(finite) == len(vals)
-    return {
-        key: None if all_or_none and not complete else _mean(finite),
-        f"{key}_ci95": seed_interval(finite) if complete else None,
-        f"{key}_per_seed": vals,
-    }
+    mean = None if all_or_none and not complete else _mean(finite)
+    return mean, seed_interval(finite) if complete else None
 
 
-def _aggregate_summary(
-    per_seed: list[dict[str, Any]], field: str = "frontier_summary"
-) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    learners = list(per_seed[0].get(field) or {})
-    for name in learners:
-        entry: dict[str, Any] = {}
-        values = [(res.get(field) or {}).get(name, {}) for res in per_seed]
-        for key in ("dominance", "oracle_gap_closed", "layers_to_match_full_depth"):
-            vals = [v.get(key) for v in values]
-            entry.update(_over_seeds(vals, key, key == "layers_to_match_full_depth"))
-        out[name] = entry
+SUMMARY_KEYS = ("dominance", "strict_dominance", "oracle_gap_closed", "layers_to_match_full_depth")
+
+
+def _aggregate_summary(per_seed: list[SeedResult], sweep: bool = False) -> dict[str, FrontierSummary]:  # fmt: skip
+    out: dict[str, FrontierSummary] = {}
+    first = per_seed[0].frontier_sweep_summary if sweep else per_seed[0].frontier_summary
+    for name in first:
+        kwargs = {}
+        for key in SUMMARY_KEYS:
+            vals = []
+            for res in per_seed:
+                table = res.frontier_sweep_summary if sweep else res.frontier_summary
+                vals.append(getattr(table[name], key) if name in table else None)
+            kwargs[key], kwargs[f"{key}_ci95"] = _over_seeds(vals, key == "layers_to_match_full_depth")  # fmt: skip
+            kwargs[f"{key}_per_seed"] = vals
+        out[name] = FrontierSummary(**kwargs)
     return out
 
 
-def _aggregate_reference(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+def _aggregate_reference(per_seed: list[SeedResult]) -> dict[str, LayersToMatch]:
     """The layers to match full depth of the oracle and of the label-free baselines, as
     ``_aggregate_summary`` gives a learner's (``None`` if some seed never matches)."""
-    key = "layers_to_match_full_depth"
-    return {
-        name: _over_seeds(
-            [res.get("frontier_reference", {}).get(name) for res in per_seed], key, True
-        )
-        for name in per_seed[0].get("frontier_reference") or {}
-    }
-
-
-def _aggregate_paired(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for res in per_seed:
-        for row_id, d in res["paired_differences"].items():
-            out.setdefault(row_id, {"method": d["method"], "per_seed": []})["per_seed"].append(
-                {"seed": res["seed"], "difference": d["difference"], "ci95": d["ci95"]}
-            )
-    for d in out.values():
-        diffs = [p["difference"] for p in d["per_seed"]]
-        d["difference"] = _mean(diffs)
-        d["ci95"] = seed_interval(diffs) if len(diffs) > 1 else d["per_seed"][0]["ci95"]
-        d["ci_over"] = f"{len(diffs)} seeds" if len(diffs) > 1 else "test instances (paired)"
+    out = {}
+    for name in per_seed[0].frontier_reference or {}:
+        vals = [res.frontier_reference.get(name) for res in per_seed]
+        mean, ci = _over_seeds(vals, True)
+        out[name] = LayersToMatch(mean, ci, vals)
     return out
 
 
-def _aggregate_time_to_target(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def _aggregate_paired(per_seed: list[SeedResult]) -> dict[str, PairedDifference]:
+    grouped: dict[str, list[PairedDifference]] = {}
     for res in per_seed:
-        for name, t in res["time_to_target"].items():
-            out.setdefault(name, {"per_seed": []})["per_seed"].append({"seed": res["seed"], **t})
-    for entry in out.values():
-        ps = entry["per_seed"]
-        reached = [p for p in ps if p["wall_time_s"] is not None]
-        entry["target"] = _mean([p["target"] for p in ps])
-        entry["reached"] = f"{len(reached)}/{len(ps)} seeds"
+        for row_id, d in res.paired_differences.items():
+            grouped.setdefault(row_id, []).append(d)
+    out = {}
+    for row_id, ds in grouped.items():
+        diffs = [d.difference for d in ds]
+        objs = [d.objective_difference for d in ds]
+        many = len(ds) > 1
+        out[row_id] = PairedDifference(
+            method=ds[0].method,
+            difference=_mean(diffs),  # type: ignore[arg-type]
+            ci95=seed_interval(diffs) if many else ds[0].ci95,
+            objective_difference=_mean(objs),  # type: ignore[arg-type]
+            objective_ci95=seed_interval(objs) if many else ds[0].objective_ci95,
+            ci_over=f"{len(ds)} seeds" if many else "test instances (paired)",
+            per_seed=[replace(d, method="", ci_over="") for d in ds],
+        )
+    return out
+
+
+def _aggregate_time_to_target(per_seed: list[SeedResult]) -> dict[str, TimeToTarget]:
+    grouped: dict[str, list[TimeToTarget]] = {}
+    for res in per_seed:
+        for name, t in res.time_to_target.items():
+            grouped.setdefault(name, []).append(replace(t, seed=res.seed))
+    out = {}
+    for name, ps in grouped.items():
+        reached = [p for p in ps if p.wall_time_s is not None]
         all_reached = len(reached) == len(ps)
-        entry["wall_time_s"] = _mean([p["wall_time_s"] for p in ps]) if all_reached else None
-        entry["layer_evals"] = _mean([p["layer_evals"] for p in ps]) if all_reached else None
-        entry["final_wall_time_s"] = _mean([p["final_wall_time_s"] for p in ps])
-        entry["final_layer_evals"] = _mean([p["final_layer_evals"] for p in ps])
+        out[name] = TimeToTarget(
+            target=_mean([p.target for p in ps]),
+            target_learner=ps[0].target_learner,
+            criterion=ps[0].criterion,
+            wall_time_s=_mean([p.wall_time_s for p in ps]) if all_reached else None,
+            layer_evals=_mean([p.layer_evals for p in ps]) if all_reached else None,
+            final_wall_time_s=_mean([p.final_wall_time_s for p in ps]),
+            final_layer_evals=_mean([p.final_layer_evals for p in ps]),
+            reached=f"{len(reached)}/{len(ps)} seeds",
+            per_seed=ps,
+        )
     return out
 
 
@@ -626,7 +782,7 @@ def evaluate_run(
     mode: str,
     compare_cost: float,
     split: str = "test",
-) -> dict[str, Any]:
+) -> RunResults:
     """Evaluate every finished trial of a run: per seed, then over seeds (see
     ``evaluate_seed`` for ``split``)."""
     cfg_dict = cfg.to_dict()
@@ -636,47 +792,63 @@ def evaluate_run(
     for seed in seeds:
         trials = [t for t in plan if t.kind == "stage2" and t.seed == seed and t in done]
         per_seed.append(evaluate_seed(run_dir, cfg_dict, seed, trials, compare_cost, split))
-    task_name = cfg.task.name
-    failed = [o.to_dict() for o in outcomes if o.status in ("failed", "skipped")]
-    if not per_seed:
-        return {"experiment": cfg.experiment, "mode": mode, "failed": failed, "rows": []}
-    first = per_seed[0]
-    entry = registry.TASKS[task_name].cls
-    results: dict[str, Any] = {
-        "experiment": cfg.experiment,
-        "mode": mode,
-        "eval_split": split,
-        "task": task_name,
-        "metric": entry.metric_name,
-        "higher_is_better": entry.higher_is_better,
-        "num_layers": first["num_layers"],
-        "device": str(cfg.device),
-        "test_size": first["test_size"],
-        "group_title": entry.group_title,
-        "group_names": first["group_names"],
-        "seeds": seeds,
-        "costs": sorted({t.cost for t in plan if t.kind == "stage2"}),
-        "cost_scale": next((t.scale for t in plan if t.kind == "stage2"), "loss"),
-        "compare_cost": compare_cost,
-        "rows": _aggregate_rows(per_seed),
-        "paired_differences": _aggregate_paired(per_seed),
-        "time_to_target": _aggregate_time_to_target(per_seed),
-        "frontiers": _aggregate_frontiers(per_seed),
-        "frontier_summary": _aggregate_summary(per_seed),
-        "frontier_sweep_summary": _aggregate_summary(per_seed, "frontier_sweep_summary"),
-        "frontier_reference": _aggregate_reference(per_seed),
-        "full_depth_metric": _mean([res["full_depth_metric"] for res in per_seed]),
-        "depth_curves": first["depth_curves"],
-        "heuristic_curves": first["heuristic_curves"],
-        "learning_curves": {
-            registry.LEARNER_LABELS.get(k.split("@")[0], k): v
-            for k, v in first["learning_curves"].items()
-            if k.endswith("@" + format_cost(compare_cost))
-        },
-        "per_seed": per_seed,
-        "failed": failed,
-    }
+    entry = registry.TASKS[cfg.task.name].cls
+    failed = [
+        FailedTrial(o.trial.key, o.status, o.error, o.attempts, o.trial.to_dict())
+        for o in outcomes
+        if o.status in ("failed", "skipped")
+    ]
+    results = RunResults(
+        experiment=cfg.experiment,
+        metric=entry.metric_name,
+        higher_is_better=entry.higher_is_better,
+        mode=mode,
+        eval_split=split,
+        task=cfg.task.name,
+        device=str(cfg.device),
+        group_title=entry.group_title,
+        seeds=seeds,
+        costs=sorted({t.cost for t in plan if t.kind == "stage2"}),
+        cost_scale=next((t.scale for t in plan if t.kind == "stage2"), "loss"),
+        compare_cost=compare_cost,
+        failed=failed,
+    )
+    if per_seed:
+        _fill_over_seeds(results, per_seed, compare_cost)
     return results
 
 
-__all__ = ["Bootstrap", "evaluate_run", "evaluate_seed", "seed_interval", "time_to_target"]
+def _fill_over_seeds(results: RunResults, per_seed: list[SeedResult], compare_cost: float) -> None:
+    first = per_seed[0]
+    results.num_layers = first.num_layers
+    results.test_size = first.test_size
+    results.group_names = first.group_names
+    results.compare_lambda = first.compare_lambda
+    results.rows = _aggregate_rows(per_seed)
+    results.paired_differences = _aggregate_paired(per_seed)
+    results.time_to_target = _aggregate_time_to_target(per_seed)
+    results.frontiers = _aggregate_frontiers(per_seed)
+    results.frontier_summary = _aggregate_summary(per_seed)
+    results.frontier_sweep_summary = _aggregate_summary(per_seed, sweep=True)
+    results.frontier_reference = _aggregate_reference(per_seed)
+    results.full_depth_metric = _mean([res.full_depth_metric for res in per_seed])
+    results.depth_curves = first.depth_curves
+    results.heuristic_curves = first.heuristic_curves
+    results.learning_curves = {
+        registry.LEARNER_LABELS.get(k.split("@")[0], k): v
+        for k, v in first.learning_curves.items()
+        if k.endswith("@" + format_cost(compare_cost))
+    }
+    results.health = [h for res in per_seed for h in res.health]
+    results.metric_follows_loss = all(res.metric_follows_loss for res in per_seed)
+    results.per_seed = per_seed
+
+
+__all__ = [
+    "Bootstrap",
+    "evaluate_run",
+    "evaluate_seed",
+    "seed_interval",
+    "t_quantile",
+    "time_to_target",
+]

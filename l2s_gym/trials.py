@@ -35,12 +35,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from l2s_gym import registry
 from l2s_gym.build import make_predictor, make_task, resolve_device
 from l2s_gym.config import ConfigError, ExperimentConfig, from_dict, through_schema
 from l2s_gym.predictor import Trace
+from l2s_gym.progress import WorkMeter, collect_notes, metering, notify
 from l2s_gym.runs import (
     flatten_config,
     load_checkpoint,
@@ -204,14 +204,27 @@ def _seed_everything(trial: Trial) -> None:
     random.seed(seed)
 
 
-def _trial_digest(cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    """What a finished trial's ``done`` marker records of the config it ran under."""
-    flat = flatten_config(cfg_dict)
+STAGE1_KEYS = ("task", "predictor", "stage1", "seed", "beta", "cost")
+"""The config keys a stage-1 trial depends on: a run that differs only in stage-2 settings
+(``imitation``, ``rl``, ``policy``, ...) can reuse its seed's stage-1 trial."""
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _digest_keys(flat: dict[str, Any], kind: TrialKind) -> dict[str, Any]:
     return {
         k: v
         for k, v in flat.items()
-        if not any(k == i or k.startswith(i + ".") for i in PLAN_KEYS + RUNTIME_KEYS)
+        if not _under(k, PLAN_KEYS + RUNTIME_KEYS) and (kind != "stage1" or _under(k, STAGE1_KEYS))
     }
+
+
+def _trial_digest(cfg_dict: dict[str, Any], kind: TrialKind = "stage2") -> dict[str, Any]:
+    """What a finished trial's ``done`` marker records of the config it ran under: every key
+    but the plan's and the runtime's, and for a stage-1 trial only ``STAGE1_KEYS``."""
+    return _digest_keys(flatten_config(cfg_dict), kind)
 
 
 def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
@@ -226,8 +239,9 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def is_done(folder: Path, cfg_dict: dict[str, Any]) -> bool:
-    """Whether the trial in ``folder`` finished under this config (its ``done`` marker).
+def is_done(folder: Path, cfg_dict: dict[str, Any], kind: TrialKind = "stage2") -> bool:
+    """Whether the ``kind`` trial in ``folder`` finished under this config (its ``done``
+    marker).
 
     The marker's digest is read through today's schema, as the run's config snapshot is
     on ``--resume``: a trial finished before a config key was added to the library (with
@@ -241,12 +255,21 @@ def is_done(folder: Path, cfg_dict: dict[str, Any]) -> bool:
         return False
     if not isinstance(saved, dict):
         return False
-    current = _trial_digest(cfg_dict)
-    return saved == current or _trial_digest(through_schema(_unflatten(saved))) == current
+    current = _trial_digest(cfg_dict, kind)
+    if _digest_keys(saved, kind) == current:
+        return True
+    # A stage-1 marker holds only its own keys: the rest, which it does not depend on,
+    # come from today's config so that the snapshot parses.
+    flat = flatten_config(cfg_dict)
+    filler = (
+        {k: v for k, v in flat.items() if not _under(k, STAGE1_KEYS)} if kind == "stage1" else {}
+    )
+    return _trial_digest(through_schema(_unflatten({**filler, **saved})), kind) == current
 
 
-def _mark_done(folder: Path, cfg_dict: dict[str, Any]) -> None:
-    write_json(folder / DONE, {"config": _trial_digest(cfg_dict), "finished": time.time()})
+def _mark_done(folder: Path, cfg_dict: dict[str, Any], kind: TrialKind) -> None:
+    record = {"config": _trial_digest(cfg_dict, kind), "finished": time.time()}
+    write_json(folder / DONE, record)
 
 
 def trace_to_dict(trace: Trace, with_features: bool = True) -> dict[str, Any]:
@@ -339,11 +362,15 @@ def _run_stage1(
         }
         out[name] = {
             "wall_time_s": result.wall_time_s,
-            "layer_evals": s1.steps * s1.batch_size * model.num_layers,
+            "layer_evals": s1.steps * s1.batch_size * model.num_layers if result.trained else 0,
             "best_step": result.best_step,
             "best_val_loss": result.best_val,
             "loss": mode,
+            "trained": result.trained,
         }
+        if not result.trained and name == "oracle":
+            why = "stage1.steps is 0" if s1.steps == 0 else "it has no trainable parameters"
+            notify(f"stage 1 (seed {trial.seed}): {model.display_name} used as built ({why})")
     torch.save(traces, folder / TRACES)
     val = trace_from_dict(traces["oracle"]["val"])
     out["gain_per_layer"] = gain_per_layer(val)
@@ -354,7 +381,7 @@ def _run_stage1(
 def _run_stage2(
     trial: Trial, run_dir: Path, folder: Path, cfg: ExperimentConfig, progress: bool
 ) -> dict[str, Any]:
-    from l2s_gym.learner import LearnerContext
+    from l2s_gym.learner import LearnerContext, assess_health
 
     registry.load_plugins()
     if trial.learner not in registry.LEARNERS:
@@ -367,6 +394,9 @@ def _run_stage2(
     lam = trial.cost * unit
     ctx = LearnerContext(cfg, task, predictor, val, folder, trial.seed, progress, cost=lam)
     result = registry.LEARNERS[trial.learner](ctx)
+    health = assess_health(ctx, result)
+    if health["status"] != "ok":
+        notify(f"{trial.key}: {health['message']}")
     return {
         "learner": trial.learner,
         "label": registry.LEARNER_LABELS[trial.learner],
@@ -379,6 +409,7 @@ def _run_stage2(
         "readout_label": result.readout.label,
         "curve": result.curve,
         "extra": result.extra,
+        "health": health,
     }
 
 
@@ -399,7 +430,7 @@ def run_trial(
 
     run_dir = Path(run_dir)
     folder = run_dir / trial.key
-    if is_done(folder, cfg_dict):
+    if is_done(folder, cfg_dict, trial.kind):
         return json.loads((folder / RESULT).read_text())
     if folder.exists():
         shutil.rmtree(folder)
@@ -415,13 +446,14 @@ def run_trial(
         # The same thread count in every backend: torch's reductions depend on it.
         torch.set_num_threads(threads)
     _seed_everything(trial)
-    if trial.kind == "stage1":
-        result = _run_stage1(trial, folder, cfg, progress)
-    else:
-        result = _run_stage2(trial, run_dir, folder, cfg, progress)
-    result = {"trial": trial.to_dict(), "key": trial.key, **result}
+    with collect_notes() as notes:
+        if trial.kind == "stage1":
+            result = _run_stage1(trial, folder, cfg, progress)
+        else:
+            result = _run_stage2(trial, run_dir, folder, cfg, progress)
+    result = {"trial": trial.to_dict(), "key": trial.key, **result, "notes": notes}
     write_json(folder / RESULT, result)
-    _mark_done(folder, cfg_dict)
+    _mark_done(folder, cfg_dict, trial.kind)
     return result
 
 
@@ -454,6 +486,16 @@ def write_trials_file(run_dir: Path, outcomes: list[TrialOutcome]) -> None:
     write_json(run_dir / "trials.json", {"trials": [o.to_dict() for o in outcomes]})
 
 
+def trial_work(trial: Trial, cfg: ExperimentConfig, num_layers: int) -> tuple[str, float]:
+    """A trial's kind of work (``stage1`` or its learner) and its size in layer evaluations:
+    stage 1 trains two predictors of ``steps * batch_size * T`` each; a learner may spend
+    ``compare.layer_budget``. What ``l2s_gym.progress.WorkMeter`` counts."""
+    if trial.kind == "stage1":
+        s1 = cfg.stage1
+        return "stage1", float(max(1, 2 * s1.steps * s1.batch_size * num_layers))
+    return trial.learner, float(cfg.compare.layer_budget)
+
+
 class LocalRunner:
     """Runs a plan in this process, one trial after another, in plan order.
 
@@ -461,48 +503,69 @@ class LocalRunner:
     ``failed`` with its error line) and the trials that need it are ``skipped``; the
     rest of the plan goes on. ``KeyboardInterrupt`` stops at once (finished trials keep
     their ``done`` markers, so ``--resume`` continues from there).
+
+    Progress (``progress``) is counted in work, not trials (``trial_work``; ``num_layers``,
+    the predictor's ``T``, sizes stage 1): a bar on a terminal, plain lines otherwise.
     """
 
     retries = 1
 
-    def __init__(self, progress: bool = True, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+        num_layers: int = 1,
+    ) -> None:
         self.progress = progress
         self.log = log
+        self.num_layers = num_layers
 
     def run(self, plan: list[Trial], run_dir: Path, cfg_dict: dict[str, Any]) -> list[TrialOutcome]:
+        cfg = from_dict(json.loads(json.dumps(cfg_dict)))
+        work = {t.key: trial_work(t, cfg, self.num_layers) for t in plan}
+        meter = WorkMeter(work, enabled=self.progress)
         outcomes: dict[Trial, TrialOutcome] = {}
-        bar = tqdm(plan, desc="trials", unit="trial", disable=not self.progress, dynamic_ncols=True)
-        for trial in bar:
-            bar.set_postfix_str(trial.key)
-            if any(outcomes[n].status in ("failed", "skipped") for n in trial.needs):
-                outcomes[trial] = TrialOutcome(trial, "skipped", error="a trial it needs failed")
-                continue
-            folder = run_dir / trial.key
-            if is_done(folder, cfg_dict):
-                outcomes[trial] = TrialOutcome(
-                    trial, "reused", result=json.loads((folder / RESULT).read_text())
-                )
-                continue
-            outcome = TrialOutcome(trial, "failed")
-            for attempt in range(1, self.retries + 2):
-                outcome.attempts = attempt
-                try:
-                    outcome.result = run_trial(trial, run_dir, cfg_dict, self.progress)
-                    outcome.status, outcome.error = "done", ""
-                    break
-                except KeyboardInterrupt:
-                    raise
-                except (ConfigError, registry.PluginError):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
-                    outcome.error = error_line(exc)
-                    folder.mkdir(parents=True, exist_ok=True)
-                    (folder / "error.txt").write_text("".join(traceback.format_exception(exc)))
-                    self.log(f"[l2s] trial {trial.key} failed (attempt {attempt}): {outcome.error}")
-            outcomes[trial] = outcome
-            write_trials_file(run_dir, [outcomes[t] for t in plan if t in outcomes])
+        try:
+            for trial in plan:
+                outcomes[trial] = self._one(trial, outcomes, run_dir, cfg_dict, meter)
+                meter.finish(trial.key, reused=outcomes[trial].status != "done")
+                write_trials_file(run_dir, [outcomes[t] for t in plan if t in outcomes])
+        finally:
+            meter.close()
         write_trials_file(run_dir, [outcomes[t] for t in plan])
         return [outcomes[t] for t in plan]
+
+    def _one(
+        self,
+        trial: Trial,
+        outcomes: dict[Trial, TrialOutcome],
+        run_dir: Path,
+        cfg_dict: dict[str, Any],
+        meter: WorkMeter,
+    ) -> TrialOutcome:
+        if any(outcomes[n].status in ("failed", "skipped") for n in trial.needs):
+            return TrialOutcome(trial, "skipped", error="a trial it needs failed")
+        folder = run_dir / trial.key
+        if is_done(folder, cfg_dict, trial.kind):
+            return TrialOutcome(trial, "reused", result=json.loads((folder / RESULT).read_text()))
+        outcome = TrialOutcome(trial, "failed")
+        for attempt in range(1, self.retries + 2):
+            outcome.attempts = attempt
+            try:
+                with metering(meter, trial.key):
+                    outcome.result = run_trial(trial, run_dir, cfg_dict, self.progress)
+                outcome.status, outcome.error = "done", ""
+                break
+            except KeyboardInterrupt:
+                raise
+            except (ConfigError, registry.PluginError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
+                outcome.error = error_line(exc)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "error.txt").write_text("".join(traceback.format_exception(exc)))
+                notify(f"trial {trial.key} failed (attempt {attempt}): {outcome.error}")
+        return outcome
 
 
 def prepare_run(

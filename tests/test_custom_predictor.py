@@ -46,7 +46,7 @@ def test_example_registers_task_predictor_and_env() -> None:
 
 def test_learned_stop_rules_use_fewer_layers_where_the_oracle_does(results: dict) -> None:
     T = results["num_layers"]
-    oracle = row(results, "oracle (label-using bound)")
+    oracle = row(results, "oracle (label-using bound on")
     full = row(results, f"(T={T})")
     imitation = row(results, "(reverse KL)")
     reinforce = row(results, "(REINFORCE)")

@@ -62,6 +62,43 @@ def test_envelope_dominance_and_gap_on_hand_made_curves() -> None:
     assert fr.oracle_gap_closed(late, env, orc, grid) == pytest.approx(expected, abs=3e-3)
 
 
+def db_of_mean(stats) -> float:
+    return float(10 * torch.log10(torch.as_tensor(stats, dtype=torch.float64).mean()))
+
+
+def db_mix(sa, sb, a: float) -> float:
+    return db_of_mean(a * torch.as_tensor(sa) + (1 - a) * torch.as_tensor(sb))
+
+
+def test_a_segment_is_what_mixing_the_two_rules_gives_not_a_straight_line_in_db() -> None:
+    # Two rules on four instances (per-instance squared errors; the metric is dB of the
+    # mean, lower is better): A at 2 layers, B at 4.
+    sa, sb = [1.0, 1.0, 1.0, 1.0], [0.01, 0.01, 0.01, 0.01]
+    xs, ms = [2.0, 4.0], [db_of_mean(sa), db_of_mean(sb)]  # 0 dB and -20 dB
+    grid = np.array([2.0, 3.0, 4.0])
+    straight = fr.budget_curve(xs, ms, grid, False)
+    mixed = fr.budget_curve(xs, ms, grid, False, stats=[sa, sb], mix=db_mix)
+    assert straight[1] == pytest.approx(10.0)  # -(-10 dB): the dB midpoint
+    # Half the instances on each rule: 10 log10(0.505) = -2.97 dB, far from -10.
+    assert mixed[1] == pytest.approx(-10 * math.log10(0.505))
+    assert mixed[0] == pytest.approx(straight[0]) and mixed[2] == pytest.approx(straight[2])
+    # Reaching -10 dB takes B on (1 - 0.1) / 0.99 of the instances, not half of them.
+    layers = fr.layers_to_match(xs, ms, -10.0, False, stats=[sa, sb], mix=db_mix)
+    assert layers == pytest.approx(2 + 2 * (0.9 / 0.99), abs=1e-6)
+    assert fr.layers_to_match(xs, ms, -10.0, False) == pytest.approx(3.0)
+
+
+def test_strict_dominance_does_not_count_ties() -> None:
+    # The fixed depths themselves, scored as if they were a learner: at least as good as
+    # the envelope everywhere, strictly better nowhere.
+    fixed = ([1, 2, 3, 4], [0.0, 1.0, 2.0, 2.5])
+    s = fr.summarize(fixed, [fixed], ([1, 4], [0.0, 4.0]), 4, True, 2.5)
+    assert s["dominance"] == 1.0 and s["strict_dominance"] == 0.0
+    better = ([1, 2, 3, 4], [0.5, 1.5, 2.5, 3.0])
+    s = fr.summarize(better, [fixed], ([1, 4], [1.0, 4.0]), 4, True, 2.5)
+    assert s["dominance"] == 1.0 and s["strict_dominance"] == 1.0
+
+
 def test_gap_is_nan_without_an_oracle_gain() -> None:
     grid = fr.budget_grid(4)
     env = fr.budget_curve([1, 4], [0.0, 3.0], grid, True)
@@ -88,7 +125,12 @@ def test_summarize_keys_and_ranges() -> None:
         True,
         4.0,
     )
-    assert set(s) == {"dominance", "oracle_gap_closed", "layers_to_match_full_depth"}
+    assert set(s) == {
+        "dominance",
+        "strict_dominance",
+        "oracle_gap_closed",
+        "layers_to_match_full_depth",
+    }
     assert 0.0 <= s["dominance"] <= 1.0
     assert s["layers_to_match_full_depth"] == pytest.approx(3.0 + (4.0 - 2.5) / (4.2 - 2.5) * 2)
 
@@ -112,23 +154,27 @@ def test_reference_layers_to_match() -> None:
 
 
 def test_reference_is_aggregated_over_seeds_and_reported() -> None:
+    from types import SimpleNamespace
+
     from l2s_gym.report import _reference_lines
+    from l2s_gym.result_types import RunResults
     from l2s_gym.results import _aggregate_reference
 
     per_seed = [
-        {"frontier_reference": {"oracle": 3.0, "baselines": 6.0}},
-        {"frontier_reference": {"oracle": 5.0, "baselines": None}},
+        SimpleNamespace(frontier_reference={"oracle": 3.0, "baselines": 6.0}),
+        SimpleNamespace(frontier_reference={"oracle": 5.0, "baselines": None}),
     ]
     agg = _aggregate_reference(per_seed)
-    assert agg["oracle"]["layers_to_match_full_depth"] == pytest.approx(4.0)
-    assert agg["oracle"]["layers_to_match_full_depth_ci95"] is not None
+    assert agg["oracle"].layers_to_match_full_depth == pytest.approx(4.0)
+    assert agg["oracle"].layers_to_match_full_depth_ci95 is not None
     # A seed that never matches makes the mean "never", as for a learner.
-    assert agg["baselines"]["layers_to_match_full_depth"] is None
-    assert agg["baselines"]["layers_to_match_full_depth_per_seed"] == [6.0, None]
-    lines = "\n".join(_reference_lines({"frontier_reference": agg}))
+    assert agg["baselines"].layers_to_match_full_depth is None
+    assert agg["baselines"].layers_to_match_full_depth_per_seed == [6.0, None]
+    results = RunResults("x", "metric", False, frontier_reference=agg)
+    lines = "\n".join(_reference_lines(results))
     assert "label-using oracle" in lines and "4.00" in lines and "(per seed: 3.00, 5.00)" in lines
     assert "label-free baseline" in lines and "never (per seed: 6.00, never)" in lines
-    assert _reference_lines({}) == []
+    assert _reference_lines(RunResults("x", "metric", False)) == []
 
 
 def brute_force_quantile(probs: list[float], q: float) -> int:
@@ -198,26 +244,23 @@ def test_quantile_rule_stops_earlier_than_the_threshold_rule_on_a_spread_q() -> 
 
 def test_frontier_figure_marks_the_full_depth_target() -> None:
     from l2s_gym.report import frontier_figure
+    from l2s_gym.result_types import Curve, FrontierSummary, RunResults
 
-    curve = {
-        "avg_layers": [1.0, 2.0],
-        "metric": [0.5, 0.9],
-        "ci_low": [None] * 2,
-        "ci_high": [None] * 2,
-    }
-    results = {
-        "experiment": "toy",
-        "metric": "accuracy",
-        "seeds": [0],
-        "frontiers": {"reverse KL": {"kind": "learned", **curve}},
-        "frontier_summary": {"reverse_kl": {}},
-        "full_depth_metric": 0.8,
-    }
+    curve = Curve("learned", [0, 1], [1.0, 2.0], [0.5, 0.9], [None] * 2, [None] * 2)
+    results = RunResults(
+        "toy",
+        "accuracy",
+        True,
+        seeds=[0],
+        frontiers={"reverse KL": curve},
+        frontier_summary={"reverse_kl": FrontierSummary(1.0, 0.5, None)},
+        full_depth_metric=0.8,
+    )
     fig = frontier_figure(results)
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     target = next(v for k, v in lines.items() if k.startswith("full depth T"))
     assert list(target.get_ydata()) == [0.8, 0.8]
-    del results["full_depth_metric"]
+    results.full_depth_metric = None
     labels = [line.get_label() for line in frontier_figure(results).axes[0].get_lines()]
     assert not any(label.startswith("full depth T") for label in labels)
 
@@ -234,7 +277,8 @@ def test_one_policy_read_out_sweep(tmp_path) -> None:
     from l2s_gym.results import SWEEP_QUANTILES
 
     cfg = from_dict({**yaml.safe_load(TOY_FRONTIER), "seeds": [0, 1]})
-    _, res = run_experiment(cfg, tmp_path, "frontier", progress=False, log=lambda *_: None)
+    _, run = run_experiment(cfg, tmp_path, "frontier", progress=False, log=lambda *_: None)
+    res = run.to_json()
     name = "reverse KL, one policy, read-out swept"
     for per in res["per_seed"]:
         sweep = per["frontiers"][name]
@@ -255,10 +299,12 @@ def test_one_policy_read_out_sweep(tmp_path) -> None:
             False,
             per["full_depth_metric"],
         )
-        assert per["frontier_sweep_summary"]["reverse_kl"] == expected
+        got = per["frontier_sweep_summary"]["reverse_kl"]
+        # The toy's metric is a mean, so mixing two rules is the straight line.
+        assert {k: got.get(k) for k in expected} == pytest.approx(expected, abs=1e-9)
     agg = res["frontier_sweep_summary"]["reverse_kl"]
     assert len(agg["dominance_per_seed"]) == 2
     assert agg["dominance"] == pytest.approx(np.mean(agg["dominance_per_seed"]))
-    text = full_report(res)
+    text = full_report(run)
     assert "One policy per learner, the one trained at price 0" in text
     assert "0.01, 0.02, 0.05" in text

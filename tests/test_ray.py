@@ -40,22 +40,25 @@ def test_ray_frontier_equals_local_and_reports_a_failed_trial(
     tmp_path: Path, ray_runtime: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = from_dict({**yaml.safe_load(TOY_FRONTIER), "seeds": [0, 1]})
-    _, local = run_experiment(
+    _, local_run = run_experiment(
         cfg, tmp_path / "local", "frontier", progress=False, log=lambda *_: None
     )
+    local = local_run.to_json()
     runner = RayRunner("auto", num_cpus=2, progress=False, log=lambda *_: None)
-    ray_dir, remote = run_experiment(
+    ray_dir, remote_run = run_experiment(
         cfg, tmp_path / "ray", "frontier", progress=False, runner=runner, log=lambda *_: None
     )
-    assert not remote["failed"] and not local["failed"]
+    remote = remote_run.to_json()
+    assert not remote.get("failed") and not local.get("failed")
     assert numbers(remote) == numbers(local)
     assert (ray_dir / "seed-1" / "reverse_kl" / "cost-1" / "done").is_file()
 
     # A trial made to fail is retried once, then reported; the rest of the sweep completes.
     monkeypatch.setenv("L2S_FAIL_TRIALS", "seed-1/reverse_kl/cost-1")
-    fail_dir, failing = run_experiment(
+    fail_dir, failing_run = run_experiment(
         cfg, tmp_path / "fail", "frontier", progress=False, runner=runner, log=lambda *_: None
     )
+    failing = failing_run.to_json()
     assert [f["key"] for f in failing["failed"]] == ["seed-1/reverse_kl/cost-1"]
     assert "injected failure" in failing["failed"][0]["error"]
     trials = json.loads((fail_dir / "trials.json").read_text())["trials"]

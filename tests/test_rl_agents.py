@@ -356,8 +356,8 @@ def test_rl_continuation_anneals_the_env_beta_to_beta(
     seen: list[float] = []
     original = base.anneal_env_beta
 
-    def spy(ctx: LearnerContext, env: BatchedStopEnv) -> float:
-        seen.append(original(ctx, env))
+    def spy(ctx: LearnerContext, env: BatchedStopEnv, multiple: float) -> float:
+        seen.append(original(ctx, env, multiple))
         return seen[-1]
 
     module = "l2s_gym.agents.reinforce" if name == "reinforce" else "l2s_gym.agents.sb3_callbacks"
