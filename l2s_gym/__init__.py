@@ -3,7 +3,7 @@
 Importing the package registers the built-in tasks and predictors and their Gymnasium
 ids. The built-in learners (``l2s_gym.agents``) and those of other installed packages
 load on first use through the ``l2s_gym.plugins`` entry points
-(``l2s_gym.registry.load_plugins``). The toy task of the tests and docs registers only
+(``l2s_gym.plugins.load_plugins``). The toy task of the tests and docs registers only
 when ``l2s_gym.testing`` is imported.
 """
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from l2s_gym.config import ConfigError, ExperimentConfig, find_config, load_config
-from l2s_gym.registry import PluginError
+from l2s_gym.plugins import PluginError
 from l2s_gym.runs import CheckpointError, TrainingDiverged
 
 LOSS_MODES = ("oracle", "last", "mean")
@@ -27,11 +27,11 @@ def plain_text(text: str) -> str:
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
-    from l2s_gym import registry
+    from l2s_gym import plugins
 
     for spec in args.imports or []:
-        registry.import_module_or_file(spec)
-    registry.load_plugins()
+        plugins.import_module_or_file(spec)
+    plugins.load_plugins()
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f"device={args.device}")
@@ -86,18 +86,16 @@ def _setup(cfg: ExperimentConfig):  # noqa: ANN202
 
 def _new_run(cfg: ExperimentConfig, runs: str) -> Path:
     """A run folder of its own for a ``train-*`` command (never overwrites; sets ``latest``)."""
-    from l2s_gym.trials import new_run_dir
+    from l2s_gym.runs import new_run_dir
 
     return new_run_dir(runs, cfg.experiment)
 
 
 def _load_predictor(predictor, path: str, cfg: ExperimentConfig, task) -> None:  # noqa: ANN001
     """Load a predictor checkpoint, refusing one of another config, data or size."""
-    from l2s_gym.runs import load_checkpoint, load_state
+    from l2s_gym.runs import load_predictor
 
-    state = load_checkpoint(path, "predictor", expect_config=cfg.to_dict(), task=task)
-    load_state(predictor, state["state_dict"], path)
-    predictor.eval().requires_grad_(False)
+    load_predictor(path, predictor, cfg, task)
 
 
 def _run_experiment(args: argparse.Namespace, mode: str) -> int:
@@ -163,7 +161,7 @@ def cmd_train_predictor(args: argparse.Namespace) -> int:
 
 
 def cmd_train_policy(args: argparse.Namespace) -> int:
-    from l2s_gym import registry
+    from l2s_gym import plugins, registry
     from l2s_gym.evaluation import evaluate_stop_model
     from l2s_gym.learner import LearnerContext
     from l2s_gym.runs import write_config_snapshot
@@ -172,7 +170,7 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     if args.learner not in registry.LEARNERS:
         raise ConfigError(
             f"--learner: unknown learner {args.learner!r}; known: "
-            f"{', '.join(registry.learner_names())}"
+            f"{', '.join(plugins.learner_names())}"
         )
     task, predictor = _setup(cfg)
     _load_predictor(predictor, args.predictor, cfg, task)
@@ -205,7 +203,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from l2s_gym.report import markdown_table
     from l2s_gym.result_types import Point, Row, RunResults
     from l2s_gym.rules import ReadoutRule, fixed_depth_stop, oracle_stop
-    from l2s_gym.runs import load_checkpoint, load_state
+    from l2s_gym.runs import load_policy
     from l2s_gym.stopping import cumulative_costs
 
     cfg = _config(args)
@@ -232,10 +230,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ):  # fmt: skip
         rows.append(row(method, kind, stop_summary(task, test, stop), stop))
     for path in args.policy or []:
-        state = load_checkpoint(path, "policy", expect_config=cfg.to_dict(), task=task)
         policy = make_policy(cfg, predictor)
-        load_state(policy, state["state_dict"], path)
-        policy.eval()
+        state = load_policy(path, policy, cfg, task)
         label = registry.LEARNER_LABELS.get(state.get("learner", ""), Path(path).parent.name)
         rule = ReadoutRule.from_dict(state.get("readout", {"kind": "threshold", "value": 0.5}))
         logits = stop_logits(policy, test)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from l2s_gym import registry
+from l2s_gym import plugins, registry
 from l2s_gym.build import make_predictor, make_task, resolve_device
 from l2s_gym.config import ExperimentConfig, check_layer_budget
 from l2s_gym.report import (
@@ -75,7 +75,7 @@ def run_experiment(
     ``eval_split="val"`` scores the finished trials on the validation set (for choosing
     settings without test numbers; results.md and results.json say so).
     """
-    registry.load_plugins()
+    plugins.load_plugins()
     device = resolve_device(cfg.device)  # fails before any folder is written
     plan, _ = experiment_plan(cfg, mode)
     num_layers = preflight(cfg, device, plan)

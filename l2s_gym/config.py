@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from l2s_gym import registry
+from l2s_gym import plugins, registry
 
 
 class ConfigError(ValueError):
@@ -406,7 +406,7 @@ class CompareConfig:
     batches, or its trace buffer). Imitation also stops after ``imitation.steps``."""
 
     def validate(self, path: str) -> None:
-        known = registry.learner_names()
+        known = plugins.learner_names()
         if not self.learners:
             raise ConfigError(
                 f"{path}.learners: must list at least one learner; known: {', '.join(known)}"
@@ -443,7 +443,7 @@ class FrontierConfig:
             raise ConfigError(f"{path}.costs: costs must be finite and >= 0, got {self.costs}")
         if len(set(self.costs)) != len(self.costs):
             raise ConfigError(f"{path}.costs: a cost is listed twice: {self.costs}")
-        known = registry.learner_names()
+        known = plugins.learner_names()
         for name in self.learners:
             if name not in known:
                 raise ConfigError(

@@ -64,6 +64,29 @@ class Trace:
     def __len__(self) -> int:
         return int(self.losses.shape[0])
 
+    def to_dict(self, with_features: bool = True) -> dict[str, Tensor | dict[str, Tensor]]:
+        """Tensors on the CPU, for ``torch.save`` (``weights_only`` loads it back);
+        ``with_features=False`` stores an empty features tensor. The predictions are
+        not kept."""
+        return {
+            "losses": self.losses.detach().cpu(),
+            "metric_stats": self.metric_stats.cpu(),
+            "features": self.features.cpu() if with_features else torch.zeros(0),
+            "groups": self.groups.cpu(),
+            "extras": {k: v.cpu() for k, v in self.extras.items()},
+        }
+
+    @staticmethod
+    def from_dict(data: dict, device: torch.device | str = "cpu") -> Trace:
+        """``to_dict``'s inverse, on ``device``."""
+        return Trace(
+            losses=data["losses"].to(device),
+            metric_stats=data["metric_stats"].to(device),
+            features=data["features"].to(device),
+            groups=data["groups"].to(device),
+            extras={k: v.to(device) for k, v in data["extras"].items()},
+        )
+
     @staticmethod
     def cat(traces: list[Trace]) -> Trace:
         preds = None

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from l2s_gym import registry
+from l2s_gym import plugins
 from l2s_gym.config import ConfigError
 from l2s_gym.trials import RESULT, Trial, TrialOutcome, error_line, is_done, write_trials_file
 
@@ -34,13 +34,13 @@ def _trainable(config: dict[str, Any]) -> None:
     os.environ.update(config.get("env", {}))
     from ray import tune
 
-    from l2s_gym import registry as reg
+    from l2s_gym import plugins as plug
     from l2s_gym.trials import Trial as T
     from l2s_gym.trials import run_trial
 
     for spec in config.get("imports", []):
-        reg.import_module_or_file(spec)
-    reg.load_plugins()
+        plug.import_module_or_file(spec)
+    plug.load_plugins()
     trial = T.from_dict(config["trial"])
     run_trial(trial, config["run_dir"], config["cfg"], progress=False)
     tune.report({"finished": 1})
@@ -111,7 +111,7 @@ class RayRunner:
             "trial": tune.grid_search([t.to_dict() for t in trials]),
             "run_dir": str(run_dir.resolve()),
             "cfg": cfg_dict,
-            "imports": list(registry.IMPORTED),
+            "imports": list(plugins.IMPORTED),
             "env": env,
         }
         tuner = tune.Tuner(

@@ -4,24 +4,16 @@ Tasks and predictors register themselves (``@register_task``, ``@register_predic
 when their modules are imported; ``l2s_gym.tasks`` and ``l2s_gym.predictors`` import
 every built-in one. Learners register with ``@register_learner``; the built-in ones
 (``l2s_gym.agents``) and those of other installed packages are imported through the
-``l2s_gym.plugins`` entry-point group by ``load_plugins`` (the library itself never
-imports a learner). ``import_module_or_file`` imports a user's module or ``.py`` file,
-which is what ``l2s --import`` does.
+``l2s_gym.plugins`` entry-point group by ``l2s_gym.plugins.load_plugins`` (the library
+itself never imports a learner). This module holds the tables and the decorators only
+and imports nothing of the package: everything may import it.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
-from pathlib import Path
 from typing import Any
-
-PLUGIN_GROUP = "l2s_gym.plugins"
-"""Entry-point group: each entry names a module whose import registers components."""
 
 
 @dataclass
@@ -104,82 +96,3 @@ def classical_baselines(task: Any, num_layers: int) -> list[tuple[str, Any]]:
     for fn in BASELINES.get(task.name, []):
         out.extend(fn(task, num_layers))
     return out
-
-
-_plugins_loaded = False
-IMPORTED: list[str] = []
-"""What ``import_module_or_file`` imported, in order (a cluster's workers import it too)."""
-
-
-class PluginError(RuntimeError):
-    """A plugin module (entry point or ``--import``) could not be imported."""
-
-
-def load_plugins() -> None:
-    """Import every module of the ``l2s_gym.plugins`` entry-point group, once.
-
-    l2s-gym's own learners arrive this way (``builtin_learners = "l2s_gym.agents"``), so
-    a package that declares ``[project.entry-points."l2s_gym.plugins"]`` gets its tasks,
-    predictors and learners registered without any flag.
-    """
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for ep in metadata.entry_points(group=PLUGIN_GROUP):
-        try:
-            ep.load()
-        except Exception as exc:  # a broken plugin is named, not a traceback
-            raise PluginError(
-                f"plugin {ep.name!r} ({ep.value}, entry point group {PLUGIN_GROUP}) failed to "
-                f"import: {type(exc).__name__}: {exc}"
-            ) from exc
-    # Register a gymnasium id for tasks the plugins added.
-    from l2s_gym.envs import register_envs
-
-    register_envs()
-
-
-def import_module_or_file(spec: str) -> Any:
-    """Import a dotted module (``my_pkg.stoppers``) or a ``.py`` file; its import registers.
-
-    A file is imported under its stem as the module name (so dataclasses and pickling
-    can find it). Raises ``PluginError`` with one line saying what went wrong.
-    """
-    path = Path(spec)
-    try:
-        if spec.endswith(".py") or path.is_file():
-            if not path.is_file():
-                raise PluginError(f"--import {spec}: no such file")
-            name = path.stem
-            if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(
-                path.resolve()
-            ):
-                return sys.modules[name]
-            file_spec = importlib.util.spec_from_file_location(name, path.resolve())
-            if file_spec is None or file_spec.loader is None:
-                raise PluginError(f"--import {spec}: cannot import this file")
-            module = importlib.util.module_from_spec(file_spec)
-            sys.modules[name] = module  # dataclasses look their module up by name
-            try:
-                file_spec.loader.exec_module(module)
-            except BaseException:
-                sys.modules.pop(name, None)
-                raise
-        else:
-            module = importlib.import_module(spec)
-    except PluginError:
-        raise
-    except Exception as exc:
-        raise PluginError(f"--import {spec}: {type(exc).__name__}: {exc}") from exc
-    if spec not in IMPORTED:
-        IMPORTED.append(spec)
-    from l2s_gym.envs import register_envs
-
-    register_envs()
-    return module
-
-
-def learner_names() -> list[str]:
-    load_plugins()
-    return sorted(LEARNERS)

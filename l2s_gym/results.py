@@ -69,8 +69,8 @@ from l2s_gym.rules import (
     oracle_stop,
     threshold_stop,
 )
-from l2s_gym.runs import load_checkpoint, load_state
-from l2s_gym.stopping import cost_adjusted_losses, cumulative_costs
+from l2s_gym.runs import load_policy
+from l2s_gym.stopping import cost_adjusted_losses, cumulative_costs, gain_per_layer
 from l2s_gym.task import Task
 from l2s_gym.trials import (
     PLAN_KEYS,
@@ -78,7 +78,6 @@ from l2s_gym.trials import (
     Trial,
     TrialOutcome,
     format_cost,
-    gain_per_layer,
     load_stop_model,
     load_traces,
     trial_config,
@@ -320,12 +319,8 @@ class _Learned:
 
 def _load_policy(s: _Seed, folder: Path):  # noqa: ANN202
     policy = make_policy(s.cfg, s.predictor)
-    path = folder / "best.pt"
-    payload = load_checkpoint(
-        path, "policy", s.cfg.to_dict(), s.task, ignore=IGNORED, warn=lambda _: None
-    )
-    load_state(policy, payload["state_dict"], path)
-    return policy.eval()
+    load_policy(folder / "best.pt", policy, s.cfg, s.task, ignore=IGNORED, warn=lambda _: None)
+    return policy
 
 
 def learner_rows(s: _Seed, run_dir: Path, trials: list[Trial], compare_cost: float) -> _Learned:

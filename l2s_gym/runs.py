@@ -1,5 +1,9 @@
 """Run folders, crash-safe checkpoints that know what they belong to, TensorBoard writers.
 
+Run folders (``new_run_dir``) never overwrite: every run of a command gets
+``runs/<experiment>/<YYYYMMDD-HHMMSS>[-N]/``, and ``runs/<experiment>/latest`` points at
+the newest (``resolve_run_dir`` finds it again for ``--resume``).
+
 A checkpoint (``save_checkpoint``) holds tensors and plain containers only (dicts, lists,
 strings, numbers), so that ``load_checkpoint`` can open it with
 ``torch.load(..., weights_only=True)``: opening a file someone else made never runs code.
@@ -7,7 +11,9 @@ Every checkpoint l2s-gym writes carries its ``kind`` (``"predictor"`` or ``"poli
 experiment ``config`` it was trained under and the ``data_fingerprint`` of its task
 (``Task.fingerprint``). ``load_checkpoint`` turns every way a file can be wrong (missing,
 empty, truncated, not a checkpoint, another kind, trained under another config or on
-other data) into one ``CheckpointError`` line that names the file.
+other data) into one ``CheckpointError`` line that names the file. ``load_predictor`` and
+``load_policy`` are the one way a run's artifacts are loaded into a model: read and check
+the file, load its weights, freeze the model.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +34,7 @@ import torch
 import yaml
 from torch import nn
 
-from l2s_gym.config import through_schema
+from l2s_gym.config import ConfigError, ExperimentConfig, through_schema
 
 
 class TrainingDiverged(RuntimeError):
@@ -363,7 +370,114 @@ def load_state(module: nn.Module, state_dict: dict[str, Any], path: str | Path) 
     return module
 
 
+def _load_into(
+    kind: str,
+    path: str | Path,
+    module: nn.Module,
+    cfg: ExperimentConfig | None,
+    task: Any,
+    ignore: Iterable[str],
+    warn: Callable[[str], None],
+    freeze: bool,
+) -> dict[str, Any]:
+    payload = load_checkpoint(
+        path, kind, None if cfg is None else cfg.to_dict(), task, ignore=ignore, warn=warn
+    )
+    load_state(module, payload["state_dict"], path)
+    if freeze:
+        module.eval().requires_grad_(False)
+    return payload
+
+
+def load_predictor(
+    path: str | Path,
+    predictor: nn.Module,
+    cfg: ExperimentConfig | None = None,
+    task: Any = None,
+    *,
+    ignore: Iterable[str] = (),
+    warn: Callable[[str], None] = _warn_stderr,
+    freeze: bool = True,
+) -> dict[str, Any]:
+    """Load the predictor checkpoint ``path`` (a ``best.pt``) into ``predictor``, built
+    by the caller for ``cfg`` and ``task`` (``l2s_gym.build.make_predictor``).
+
+    ``cfg`` (the config it is loaded under) and ``task`` (the data it is used on) are
+    checked as ``load_checkpoint`` checks them (``None``: not checked); a size mismatch is
+    a ``CheckpointError`` too (``load_state``). ``freeze``: leave the predictor in eval mode
+    with no gradients. Returns the checkpoint's payload.
+    """
+    return _load_into("predictor", path, predictor, cfg, task, ignore, warn, freeze)
+
+
+def load_policy(
+    path: str | Path,
+    policy: nn.Module,
+    cfg: ExperimentConfig | None = None,
+    task: Any = None,
+    *,
+    ignore: Iterable[str] = (),
+    warn: Callable[[str], None] = _warn_stderr,
+    freeze: bool = True,
+) -> dict[str, Any]:
+    """Load the policy checkpoint ``path`` into ``policy`` (``l2s_gym.build.make_policy``),
+    checked as in ``load_predictor``. Returns the payload (``learner``, ``readout``,
+    ``cost``, ... as the learner saved them)."""
+    return _load_into("policy", path, policy, cfg, task, ignore, warn, freeze)
+
+
 # --- run folders --------------------------------------------------------------------------
+
+
+def new_run_dir(runs_root: str | Path, experiment: str) -> Path:
+    """A fresh folder ``runs_root/experiment/<timestamp>[-N]``; ``latest`` then points at it."""
+    exp = Path(runs_root) / experiment
+    exp.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        folder = exp / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        point_latest(folder)
+        return folder
+    raise RuntimeError(f"could not create a new run folder under {exp}")
+
+
+def point_latest(run_dir: Path) -> None:
+    """Make ``<experiment>/latest`` name ``run_dir`` (a symlink; a text file where links fail)."""
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest-{os.getpid()}"
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        if link.is_symlink():
+            link.unlink()
+        (run_dir.parent / "latest.txt").write_text(run_dir.name + "\n")
+
+
+def resolve_run_dir(runs_root: str | Path, experiment: str, spec: str) -> Path:
+    """``--resume`` target: ``latest`` (the newest run of ``experiment``) or a folder path."""
+    if spec == "latest":
+        exp = Path(runs_root) / experiment
+        link = exp / "latest"
+        if link.exists():
+            return link.resolve()
+        marker = exp / "latest.txt"
+        if marker.is_file():
+            return exp / marker.read_text().strip()
+        runs = sorted(p for p in exp.glob("[0-9]*") if p.is_dir()) if exp.is_dir() else []
+        if not runs:
+            raise ConfigError(f"--resume latest: no run of experiment {experiment!r} under {exp}")
+        return runs[-1]
+    folder = Path(spec)
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(f"--resume {spec}: not a run folder (no config.yaml in it)")
+    return folder
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -9,10 +9,14 @@ The last layer always stops, whatever its logit says.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from l2s_gym.predictor import Trace
 
 __all__ = [
     "stop_log_q",
@@ -28,6 +32,7 @@ __all__ = [
     "oracle_stage_loss",
     "reverse_kl",
     "forward_kl",
+    "gain_per_layer",
 ]
 
 
@@ -180,3 +185,17 @@ def forward_kl(stop_log_q: Tensor, target_log_q: Tensor) -> Tensor:
     p = target_log_q.exp()
     cross = torch.where(p > 0, p * stop_log_q, torch.zeros_like(p))
     return _plogp(target_log_q).sum(dim=-1) - cross.sum(dim=-1)
+
+
+def gain_per_layer(val_trace: Trace) -> float:
+    """The oracle's average gain per layer on validation: the ``gain`` cost unit.
+
+    ``(mean_i l_{i,1} - mean_i min_t l_{i,t}) / (T - 1)``; 1.0 when that is not positive
+    (a predictor whose first layer is already best everywhere) or ``T = 1``.
+    """
+    losses = val_trace.losses.double()
+    T = losses.shape[1]
+    if T < 2:
+        return 1.0
+    gain = float(losses[:, 0].mean() - losses.min(dim=1).values.mean()) / (T - 1)
+    return gain if gain > 0 and math.isfinite(gain) else 1.0

@@ -12,15 +12,15 @@ cluster (``l2s_gym.ray_backend``), and a resumed run skips the trials whose ``do
 marker exists and whose config matches. Each trial seeds torch, numpy and ``random``
 from its key before it starts, so its result does not depend on what ran before it.
 
-Run folders (``new_run_dir``) never overwrite: every run of a command gets
-``runs/<experiment>/<YYYYMMDD-HHMMSS>[-N]/``, and ``runs/<experiment>/latest`` points at
-the newest.
+Trials take the typed config (``ExperimentConfig``); it is serialised only where it
+leaves the process: the run's ``config.yaml``, the ``done`` markers, and Ray (which hands
+``run_trial`` a dict). Run folders themselves are ``l2s_gym.runs``'s (``new_run_dir``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import math
 import os
 import random
 import shutil
@@ -29,25 +29,27 @@ import traceback
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from l2s_gym import registry
+from l2s_gym import plugins, registry
 from l2s_gym.build import make_predictor, make_task, resolve_device
 from l2s_gym.config import ConfigError, ExperimentConfig, from_dict, through_schema
 from l2s_gym.predictor import Trace
 from l2s_gym.progress import WorkMeter, collect_notes, metering, notify
 from l2s_gym.runs import (
+    config_differences,
     flatten_config,
-    load_checkpoint,
-    load_state,
+    load_predictor,
+    new_run_dir,
+    resolve_run_dir,
     write_config_snapshot,
     write_json,
 )
+from l2s_gym.stopping import gain_per_layer
 
 TrialKind = Literal["stage1", "stage2"]
 CostScale = Literal["loss", "gain"]
@@ -104,81 +106,15 @@ def make_plan(
     return plan
 
 
-# --- run folders ----------------------------------------------------------------------------
-
-
-def new_run_dir(runs_root: str | Path, experiment: str) -> Path:
-    """A fresh folder ``runs_root/experiment/<timestamp>[-N]``; ``latest`` then points at it."""
-    exp = Path(runs_root) / experiment
-    exp.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        folder = exp / (stamp if n == 0 else f"{stamp}-{n}")
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            continue
-        point_latest(folder)
-        return folder
-    raise RuntimeError(f"could not create a new run folder under {exp}")
-
-
-def point_latest(run_dir: Path) -> None:
-    """Make ``<experiment>/latest`` name ``run_dir`` (a symlink; a text file where links fail)."""
-    link = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest-{os.getpid()}"
-    try:
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        tmp.symlink_to(run_dir.name, target_is_directory=True)
-        os.replace(tmp, link)
-    except OSError:
-        if link.is_symlink():
-            link.unlink()
-        (run_dir.parent / "latest.txt").write_text(run_dir.name + "\n")
-
-
-def resolve_run_dir(runs_root: str | Path, experiment: str, spec: str) -> Path:
-    """``--resume`` target: ``latest`` (the newest run of ``experiment``) or a folder path."""
-    if spec == "latest":
-        exp = Path(runs_root) / experiment
-        link = exp / "latest"
-        if link.exists():
-            return link.resolve()
-        marker = exp / "latest.txt"
-        if marker.is_file():
-            return exp / marker.read_text().strip()
-        runs = sorted(p for p in exp.glob("[0-9]*") if p.is_dir()) if exp.is_dir() else []
-        if not runs:
-            raise ConfigError(f"--resume latest: no run of experiment {experiment!r} under {exp}")
-        return runs[-1]
-    folder = Path(spec)
-    if not (folder / "config.yaml").is_file():
-        raise ConfigError(f"--resume {spec}: not a run folder (no config.yaml in it)")
-    return folder
-
-
-def first_difference(
-    a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ()
-) -> str | None:
-    """The first (sorted) dotted key whose value differs between two config dicts."""
-    fa, fb = flatten_config(a), flatten_config(b)
-    for key in sorted(set(fa) | set(fb)):
-        if any(key == i or key.startswith(i + ".") for i in ignore):
-            continue
-        if fa.get(key, "<missing>") != fb.get(key, "<missing>"):
-            return key
-    return None
-
-
 def check_resume_config(saved: dict[str, Any], current: dict[str, Any], folder: Path) -> None:
     """Refuse to resume ``folder`` under a config that computes something else.
 
     The saved config is read through today's schema first, so a key added to the library
     since the run began compares as its default rather than as missing."""
     saved = through_schema(saved)
-    key = first_difference(saved, current, ignore=PLAN_KEYS + RUNTIME_KEYS)
-    if key is not None:
+    differences = sorted(config_differences(saved, current, ignore=PLAN_KEYS + RUNTIME_KEYS))
+    if differences:
+        key = differences[0]
         fs, fc = flatten_config(saved), flatten_config(current)
         raise ConfigError(
             f"--resume {folder}: the config differs from the run's at {key} "
@@ -189,9 +125,14 @@ def check_resume_config(saved: dict[str, Any], current: dict[str, Any], folder: 
 # --- the trials themselves ---------------------------------------------------------------
 
 
-def trial_config(cfg_dict: dict[str, Any], seed: int) -> ExperimentConfig:
-    """The experiment config as one seed's trials see it (``seed`` set, ``seeds`` cleared)."""
-    data = json.loads(json.dumps(cfg_dict))
+def trial_config(cfg: ExperimentConfig | dict[str, Any], seed: int) -> ExperimentConfig:
+    """The experiment config as one seed's trials see it (``seed`` set, ``seeds`` cleared).
+
+    A typed config is copied (deeply: no trial shares a mutable part of it with another);
+    a dict (a config snapshot, what Ray hands a worker) is validated into one."""
+    if isinstance(cfg, ExperimentConfig):
+        return replace(copy.deepcopy(cfg), seed=seed, seeds=[])
+    data = json.loads(json.dumps(cfg))
     data["seed"] = seed
     data["seeds"] = []
     return from_dict(data)
@@ -272,46 +213,12 @@ def _mark_done(folder: Path, cfg_dict: dict[str, Any], kind: TrialKind) -> None:
     write_json(folder / DONE, record)
 
 
-def trace_to_dict(trace: Trace, with_features: bool = True) -> dict[str, Any]:
-    return {
-        "losses": trace.losses.detach().cpu(),
-        "metric_stats": trace.metric_stats.cpu(),
-        "features": trace.features.cpu() if with_features else torch.zeros(0),
-        "groups": trace.groups.cpu(),
-        "extras": {k: v.cpu() for k, v in trace.extras.items()},
-    }
-
-
-def trace_from_dict(data: dict[str, Any], device: torch.device | str = "cpu") -> Trace:
-    return Trace(
-        losses=data["losses"].to(device),
-        metric_stats=data["metric_stats"].to(device),
-        features=data["features"].to(device),
-        groups=data["groups"].to(device),
-        extras={k: v.to(device) for k, v in data["extras"].items()},
-    )
-
-
 def load_traces(
     stage1_dir: Path, device: torch.device | str = "cpu"
 ) -> dict[str, dict[str, Trace]]:
     """``{"oracle"|"fixed": {"val"|"test": Trace}}`` saved by a stage-1 trial."""
     data = torch.load(stage1_dir / TRACES, map_location="cpu", weights_only=True)
-    return {m: {s: trace_from_dict(t, device) for s, t in d.items()} for m, d in data.items()}
-
-
-def gain_per_layer(val_trace: Trace) -> float:
-    """The oracle's average gain per layer on validation: the ``gain`` cost unit.
-
-    ``(mean_i l_{i,1} - mean_i min_t l_{i,t}) / (T - 1)``; 1.0 when that is not positive
-    (a predictor whose first layer is already best everywhere) or ``T = 1``.
-    """
-    losses = val_trace.losses.double()
-    T = losses.shape[1]
-    if T < 2:
-        return 1.0
-    gain = float(losses[:, 0].mean() - losses.min(dim=1).values.mean()) / (T - 1)
-    return gain if gain > 0 and math.isfinite(gain) else 1.0
+    return {m: {s: Trace.from_dict(t, device) for s, t in d.items()} for m, d in data.items()}
 
 
 def load_stop_model(run_dir: Path, cfg: ExperimentConfig, seed: int, device: torch.device):  # noqa: ANN201
@@ -319,12 +226,13 @@ def load_stop_model(run_dir: Path, cfg: ExperimentConfig, seed: int, device: tor
     task = make_task(cfg.task, seed, device)
     predictor = make_predictor(cfg.predictor, task)
     path = run_dir / Trial("stage1", seed).key / "predictor-oracle" / "best.pt"
-    payload = load_checkpoint(
-        path, "predictor", cfg.to_dict(), task, ignore=PLAN_KEYS + RUNTIME_KEYS, warn=lambda _: None
-    )
-    load_state(predictor, payload["state_dict"], path)
-    predictor.eval().requires_grad_(False)
+    load_predictor(path, predictor, cfg, task, ignore=PLAN_KEYS + RUNTIME_KEYS, warn=_quiet)
     return task, predictor
+
+
+def _quiet(_: str) -> None:
+    """Drops a warning: a run's own checkpoints differ from its config in nothing that
+    matters (what would is refused, not warned about)."""
 
 
 def _run_stage1(
@@ -355,8 +263,8 @@ def _run_stage1(
         model.requires_grad_(False)
         bs = cfg.compare.eval_batch_size
         traces[name] = {
-            split: trace_to_dict(
-                model.trace_eval(task.eval_set(split), task, bs), with_features=name == "oracle"
+            split: model.trace_eval(task.eval_set(split), task, bs).to_dict(
+                with_features=name == "oracle"
             )
             for split in ("val", "test")
         }
@@ -372,7 +280,7 @@ def _run_stage1(
             why = "stage1.steps is 0" if s1.steps == 0 else "it has no trainable parameters"
             notify(f"stage 1 (seed {trial.seed}): {model.display_name} used as built ({why})")
     torch.save(traces, folder / TRACES)
-    val = trace_from_dict(traces["oracle"]["val"])
+    val = Trace.from_dict(traces["oracle"]["val"])
     out["gain_per_layer"] = gain_per_layer(val)
     out["num_layers"] = val.num_layers
     return out
@@ -383,7 +291,7 @@ def _run_stage2(
 ) -> dict[str, Any]:
     from l2s_gym.learner import LearnerContext, assess_health
 
-    registry.load_plugins()
+    plugins.load_plugins()
     if trial.learner not in registry.LEARNERS:
         raise ConfigError(f"unknown learner {trial.learner!r}")
     device = resolve_device(cfg.device)
@@ -416,18 +324,20 @@ def _run_stage2(
 def run_trial(
     trial: Trial,
     run_dir: str | Path,
-    cfg_dict: dict[str, Any],
+    cfg: ExperimentConfig | dict[str, Any],
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run one trial into ``run_dir/trial.key`` (from scratch) and return its result.
 
-    A finished trial (``done`` under the same config) is not run again: its saved result
-    is returned. An unfinished one is cleared and restarted. The environment variable
+    ``cfg``: the run's config (all its seeds), typed, or as a dict (what Ray hands a
+    worker). A finished trial (``done`` under the same config) is not run again: its saved
+    result is returned. An unfinished one is cleared and restarted. The environment variable
     ``L2S_FAIL_TRIALS`` (a comma-separated list of ``fnmatch`` patterns of trial keys) makes
     matching trials raise, to test failure handling.
     """
     import fnmatch
 
+    cfg_dict = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else cfg
     run_dir = Path(run_dir)
     folder = run_dir / trial.key
     if is_done(folder, cfg_dict, trial.kind):
@@ -440,17 +350,17 @@ def run_trial(
             with open(run_dir / "injected_failures.log", "a") as log:
                 log.write(trial.key + "\n")  # one line per attempt: shows the retry
             raise RuntimeError(f"injected failure (L2S_FAIL_TRIALS={pattern.strip()})")
-    cfg = trial_config(cfg_dict, trial.seed)
-    threads = int(getattr(cfg, "threads", 0) or 0)
+    seed_cfg = trial_config(cfg, trial.seed)
+    threads = int(getattr(seed_cfg, "threads", 0) or 0)
     if threads > 0:
         # The same thread count in every backend: torch's reductions depend on it.
         torch.set_num_threads(threads)
     _seed_everything(trial)
     with collect_notes() as notes:
         if trial.kind == "stage1":
-            result = _run_stage1(trial, folder, cfg, progress)
+            result = _run_stage1(trial, folder, seed_cfg, progress)
         else:
-            result = _run_stage2(trial, run_dir, folder, cfg, progress)
+            result = _run_stage2(trial, run_dir, folder, seed_cfg, progress)
     result = {"trial": trial.to_dict(), "key": trial.key, **result, "notes": notes}
     write_json(folder / RESULT, result)
     _mark_done(folder, cfg_dict, trial.kind)
@@ -521,13 +431,13 @@ class LocalRunner:
         self.num_layers = num_layers
 
     def run(self, plan: list[Trial], run_dir: Path, cfg_dict: dict[str, Any]) -> list[TrialOutcome]:
-        cfg = from_dict(json.loads(json.dumps(cfg_dict)))
+        cfg = from_dict(json.loads(json.dumps(cfg_dict)))  # once: the trials take it typed
         work = {t.key: trial_work(t, cfg, self.num_layers) for t in plan}
         meter = WorkMeter(work, enabled=self.progress)
         outcomes: dict[Trial, TrialOutcome] = {}
         try:
             for trial in plan:
-                outcomes[trial] = self._one(trial, outcomes, run_dir, cfg_dict, meter)
+                outcomes[trial] = self._one(trial, outcomes, run_dir, cfg, cfg_dict, meter)
                 meter.finish(trial.key, reused=outcomes[trial].status != "done")
                 write_trials_file(run_dir, [outcomes[t] for t in plan if t in outcomes])
         finally:
@@ -540,6 +450,7 @@ class LocalRunner:
         trial: Trial,
         outcomes: dict[Trial, TrialOutcome],
         run_dir: Path,
+        cfg: ExperimentConfig,
         cfg_dict: dict[str, Any],
         meter: WorkMeter,
     ) -> TrialOutcome:
@@ -553,12 +464,12 @@ class LocalRunner:
             outcome.attempts = attempt
             try:
                 with metering(meter, trial.key):
-                    outcome.result = run_trial(trial, run_dir, cfg_dict, self.progress)
+                    outcome.result = run_trial(trial, run_dir, cfg, self.progress)
                 outcome.status, outcome.error = "done", ""
                 break
             except KeyboardInterrupt:
                 raise
-            except (ConfigError, registry.PluginError):
+            except (ConfigError, plugins.PluginError):
                 raise
             except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
                 outcome.error = error_line(exc)
@@ -595,13 +506,11 @@ __all__ = [
     "LocalRunner",
     "Trial",
     "TrialOutcome",
-    "gain_per_layer",
     "is_done",
     "load_stop_model",
     "load_traces",
     "make_plan",
-    "new_run_dir",
     "prepare_run",
-    "resolve_run_dir",
     "run_trial",
+    "trial_config",
 ]

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import l2s_gym.testing  # noqa: F401  (registers the toy task and predictor)
-from l2s_gym import registry
+from l2s_gym import plugins
 
 torch.set_num_threads(1)
-registry.load_plugins()
+plugins.load_plugins()
 
 TOY_CONFIG = """
 experiment: toy_run

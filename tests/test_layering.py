@@ -1,6 +1,8 @@
 """The package's layering, read from the source (nothing is imported): the library never
-imports its learners (they arrive through the ``l2s_gym.plugins`` entry points), and the
-module-level imports between the package's modules have no cycle."""
+imports its learners (they arrive through the ``l2s_gym.plugins`` entry points), the
+imports between the package's modules have no cycle (at module level, nor counting the
+imports inside functions), the registry imports nothing of the package, and reading a
+config reaches neither the environments nor the learners."""
 
 from __future__ import annotations
 
@@ -64,14 +66,15 @@ def imported_names(name: str, path: Path, everywhere: bool) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the package modules it imports at module level (the module itself, not
-    its parent packages: Python has those half-initialised already)."""
+def import_graph(everywhere: bool = False) -> dict[str, set[str]]:
+    """Module -> the package modules it imports at module level, or ``everywhere`` (function
+    bodies too): the module itself, not its parent packages (Python has those
+    half-initialised already)."""
     modules = package_modules()
     graph = {}
     for name, path in modules.items():
         targets = set()
-        for imported in imported_names(name, path, everywhere=False):
+        for imported in imported_names(name, path, everywhere=everywhere):
             # `from pkg import x`: x is a submodule, or else an attribute of pkg.
             target = imported if imported in modules else imported.rpartition(".")[0]
             if target in modules and target != name:
@@ -114,14 +117,47 @@ def test_the_library_never_imports_the_learners() -> None:
     assert not offenders, offenders
 
 
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
 def test_no_import_cycles() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle or [])
 
 
+def test_no_import_cycles_counting_imports_inside_functions() -> None:
+    """A function-level import that closes a cycle only hides it: none may."""
+    cycle = find_cycle(import_graph(everywhere=True))
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_the_registry_imports_nothing_of_the_package() -> None:
+    assert import_graph(everywhere=True)["l2s_gym.registry"] == set()
+
+
+def test_reading_a_config_reaches_neither_the_envs_nor_the_learners() -> None:
+    """Validating a config may load the plugins (``l2s_gym.plugins``: what makes a user's
+    learners known) but imports no env module and no learner of its own accord."""
+    graph = import_graph(everywhere=True)
+    reached = reachable(graph, "l2s_gym.config")
+    assert "l2s_gym.plugins" in reached
+    offenders = sorted(m for m in reached if m.startswith(("l2s_gym.envs", "l2s_gym.agents")))
+    assert not offenders, offenders
+
+
 def test_the_cycle_finder_finds_a_cycle_and_the_walker_sees_relative_imports(tmp_path) -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    assert reachable({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a"}}, "a") == {"b", "c"}
     module = tmp_path / "m.py"
     module.write_text(
         "from typing import TYPE_CHECKING\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from l2s_gym import registry
+from l2s_gym import plugins, registry
 from l2s_gym.cli import main
 from l2s_gym.config import load_config
 
@@ -156,7 +156,7 @@ def _fake_installed_package(site: Path, module: str, source: str) -> None:
     dist.mkdir(parents=True)
     name = module.replace("_", "-")
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[{registry.PLUGIN_GROUP}]\n{module} = {module}\n")
+    (dist / "entry_points.txt").write_text(f"[{plugins.PLUGIN_GROUP}]\n{module} = {module}\n")
 
 
 def test_an_installed_packages_entry_point_registers_without_any_flag(
@@ -167,15 +167,15 @@ def test_an_installed_packages_entry_point_registers_without_any_flag(
     source = PLUGIN.format(task="ep_shrink", predictor="ep_shrink_net")
     _fake_installed_package(site, "l2s_user_ep_pkg", source)
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(plugins, "_plugins_loaded", False)
     assert "ep_shrink" not in registry.TASKS
-    registry.load_plugins()
+    plugins.load_plugins()
     assert "ep_shrink" in registry.TASKS and "ep_shrink_net" in registry.PREDICTORS
     assert "reverse_kl" in registry.LEARNERS  # l2s-gym's own entry point still loads
 
     # The command line finds it the same way: no --import.
     del registry.TASKS["ep_shrink"]
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(plugins, "_plugins_loaded", False)
     sys.modules.pop("l2s_user_ep_pkg", None)
     config = tmp_path / "cfg.yaml"
     config.write_text(TINY.format(experiment="ep_run", task="ep_shrink"))
@@ -189,19 +189,58 @@ def test_a_broken_plugin_is_one_line(tmp_path, capsys, monkeypatch, toy_config, 
     site.mkdir()
     _fake_installed_package(site, "l2s_user_broken", "raise ImportError('needs foo')\n")
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(plugins, "_plugins_loaded", False)
     assert main(["compare", str(toy_config), "--runs", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "plugin 'l2s_user_broken'" in err[0] and "needs foo" in err[0]
     assert not (tmp_path / "runs").exists()
-    monkeypatch.setattr(registry, "_plugins_loaded", True)
+    monkeypatch.setattr(plugins, "_plugins_loaded", True)
+
+
+QUIET_EXTRA = """
+from l2s_gym.registry import register_learner
+
+ShrinkTask.env_id = "l2s/QuietShrink-v1"
+register_learner("quiet_learner", "Quiet", kind="imitation")(lambda ctx: None)
+"""
+
+
+def test_reading_a_config_loads_plugins_but_registers_no_gymnasium_id(
+    tmp_path, monkeypatch, clean_registry
+):
+    """Validation needs the learner names, so it loads the entry-point plugins (a plugin's
+    learner is then known), but a Gymnasium id is registered only by ``load_plugins``
+    (which every ``l2s`` command calls) or by importing ``l2s_gym``."""
+    import gymnasium
+
+    site = tmp_path / "site"
+    site.mkdir()
+    source = PLUGIN.format(task="quiet_shrink", predictor="quiet_shrink_net") + QUIET_EXTRA
+    _fake_installed_package(site, "l2s_user_quiet_pkg", source)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(plugins, "_plugins_loaded", False)
+    for table in ("LEARNERS", "LEARNER_LABELS", "LEARNER_KINDS"):
+        monkeypatch.setattr(registry, table, dict(getattr(registry, table)))
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        TINY.format(experiment="quiet", task="toy").replace("[reverse_kl]", "[quiet_learner]")
+    )
+    env_id = "l2s/QuietShrink-v1"
+    try:
+        assert load_config(config).compare.learners == ["quiet_learner"]
+        assert "quiet_shrink" in registry.TASKS  # the plugin was imported ...
+        assert env_id not in gymnasium.registry  # ... and nothing registered with gymnasium
+        plugins.load_plugins()
+        assert env_id in gymnasium.registry
+    finally:
+        gymnasium.registry.pop(env_id, None)
 
 
 def test_the_example_runs_from_the_command_line(tmp_path, capsys):
     """``l2s compare examples/custom_predictor.yaml --import examples/custom_predictor.py``,
     shrunk to seconds with the example's own TINY overrides (and one learner)."""
     example = REPO / "examples" / "custom_predictor.py"
-    module = registry.import_module_or_file(str(example))  # what --import does; reused there
+    module = plugins.import_module_or_file(str(example))  # what --import does; reused there
     full = load_config(REPO / "examples" / "custom_predictor.yaml")
     assert full.task.name == "least_squares" and full.stage1.steps == 300  # the full budget
     sets = [arg for o in module.TINY for arg in ("--set", o)]

@@ -29,9 +29,9 @@ def numbers(results: dict) -> list:
 def ray_runtime():
     import ray
 
-    from l2s_gym import registry
+    from l2s_gym import plugins
 
-    registry.IMPORTED.append("l2s_gym.testing")  # workers register the toy task too
+    plugins.IMPORTED.append("l2s_gym.testing")  # workers register the toy task too
     yield
     ray.shutdown()
 

@@ -1,8 +1,8 @@
 """Gymnasium views of the stop environment: one instance (``StopEnv``) and its vector twin.
 
 Both wrap ``BatchedStopEnv`` (``batched.py``), so the maths lives in one place; this file
-only builds the task and predictor from keyword arguments and converts to numpy at the
-library boundary.
+only checks the keyword arguments, builds the task and predictor from them
+(``l2s_gym.build.build_components``) and converts to numpy at the library boundary.
 """
 
 from __future__ import annotations
@@ -19,106 +19,17 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
-from l2s_gym import registry
-from l2s_gym.config import ComponentSpec, build_dataclass, from_dict
+from l2s_gym.build import DEFAULT_BETA, build_components
 from l2s_gym.envs.batched import REWARD_MODES, BatchedStopEnv, split_obs
 from l2s_gym.predictor import LayeredPredictor
 from l2s_gym.task import Batch, Task
 
-DEFAULT_BETA = 0.1
 RENDER_FPS = 4
 """Frames per second a viewer should play the ``rgb_array`` frames at (one per layer)."""
 
 StopLogits = Callable[[Tensor, Tensor], Tensor]
 """A stop policy for rendering: ``(features (N, *feature_shape), t (N,)) -> stop logits (N,)``
 (a ``StopPolicy``, a learner's model, or any such function)."""
-
-
-def build_components(
-    task: str | Task = "sparse_recovery",
-    predictor: LayeredPredictor | None = None,
-    checkpoint: str | Path | None = None,
-    task_config: dict[str, Any] | None = None,
-    predictor_config: dict[str, Any] | None = None,
-    device: str = "auto",
-    beta: float | None = None,
-    task_seed: int = 0,
-) -> tuple[Task, LayeredPredictor, float]:
-    """The task, the predictor and beta an environment runs on, from the env's kwargs.
-
-    - ``checkpoint``: a predictor ``best.pt`` written by ``l2s``; its config snapshot
-      rebuilds the task (with the experiment's seed) and the predictor, and gives beta.
-    - ``predictor``: used as given (on its own device). Pass the ``Task`` instance it was
-      built for as ``task``; a task name builds a fresh task from ``task_config`` and
-      ``task_seed``, which is only right if the predictor does not depend on the task's
-      draw (a sparse-recovery LISTA does: it holds the task's matrix A).
-    - neither: the task from ``task_config`` (defaults for missing keys) and its
-      ``default_predictor``, untrained, from ``predictor_config`` (LISTA starts as ISTA).
-
-    ``beta=None`` means the checkpoint's beta, or ``DEFAULT_BETA``.
-    """
-    from l2s_gym.build import make_predictor, make_task, resolve_device
-    from l2s_gym.runs import load_checkpoint
-
-    if checkpoint is not None:
-        if predictor is not None:
-            raise ValueError("pass either predictor= or checkpoint=, not both")
-        if task_config is not None or predictor_config is not None:
-            raise ValueError(
-                "task_config / predictor_config cannot be combined with checkpoint=: "
-                "the checkpoint's config snapshot defines the task and the predictor"
-            )
-        payload = load_checkpoint(checkpoint, "predictor")
-        if not payload.get("config"):
-            raise ValueError(
-                f"{checkpoint} holds no config snapshot under 'config'; expected a best.pt "
-                "written by l2s"
-            )
-        cfg = from_dict(payload["config"])
-        task_name = task.name if isinstance(task, Task) else task
-        if task_name != cfg.task.name:
-            raise ValueError(
-                f"checkpoint {checkpoint} is for task {cfg.task.name!r}, "
-                f"but this env is for {task_name!r}"
-            )
-        dev = resolve_device(device)
-        built_task = task if isinstance(task, Task) else make_task(cfg.task, cfg.seed, dev)
-        model = make_predictor(cfg.predictor, built_task)
-        model.load_state_dict(payload["state_dict"])
-        return built_task, model, float(cfg.beta if beta is None else beta)
-
-    if isinstance(task, Task):
-        if task_config is not None:
-            raise ValueError("task_config cannot be combined with a Task instance as task=")
-        built_task = task
-    else:
-        if task not in registry.TASKS:
-            raise ValueError(f"unknown task {task!r}; known: {', '.join(sorted(registry.TASKS))}")
-        entry = registry.TASKS[task]
-        params = build_dataclass(entry.config_cls, task_config or {}, "task_config")
-        if predictor is not None:
-            dev = predictor.device
-        else:
-            dev = resolve_device(device)
-        built_task = make_task(ComponentSpec(task, params), task_seed, dev)
-
-    if predictor is None:
-        name = type(built_task).default_predictor
-        if not name or name not in registry.PREDICTORS:
-            raise ValueError(
-                f"task {built_task.name!r} names no registered default_predictor "
-                f"(got {name!r}); pass predictor= or checkpoint="
-            )
-        pentry = registry.PREDICTORS[name]
-        pparams = build_dataclass(pentry.config_cls, predictor_config or {}, "predictor_config")
-        # A fixed initialisation without disturbing the caller's global RNG.
-        with torch.random.fork_rng(devices=[]):
-            predictor = make_predictor(ComponentSpec(name, pparams), built_task, seed=0)
-    elif predictor_config is not None:
-        raise ValueError("predictor_config applies only when the env builds the predictor")
-    if not isinstance(predictor, LayeredPredictor):
-        raise TypeError(f"predictor must be a LayeredPredictor, got {type(predictor).__name__}")
-    return built_task, predictor, float(DEFAULT_BETA if beta is None else beta)
 
 
 def _check_reward(reward: str) -> None:
@@ -323,7 +234,7 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
     them), ``reward``, ``beta`` (default: the checkpoint's, else 0.1), ``cost``,
     ``device`` (``"auto"``: CUDA when present), ``seed``, ``task_seed``, ``render_mode``,
     ``policy`` (for ``ansi`` rendering only; it never acts).
-    See ``build_components`` for how they combine.
+    See ``l2s_gym.build.build_components`` for how they combine.
 
     ## Version history
     - v1: continuing into layer ``T`` ends the episode in that step (v0 asked one more
