@@ -109,7 +109,8 @@ AUTO_BUFFER_MAX = 16384
 class ImitationConfig:
     """Stage 2, learning to stop by imitating the oracle with an exact KL over all T."""
 
-    steps: int = 400
+    steps: int = 2000
+    """Optimiser steps (each on a batch of ``batch_size`` traces over all ``T`` layers)."""
     batch_size: int = 256
     lr: float = 3e-3
     val_every: int = 50
@@ -119,14 +120,14 @@ class ImitationConfig:
     it weighs the expected loss against the entropy of ``q_phi``
     (``KL(q_phi || q*) = E_q[loss] / beta - H(q_phi) + const``): a lower stage-2 beta asks
     for a sharper policy. Stage 1 (the oracle the predictor trains under) keeps ``beta``."""
-    beta_anneal_from: float | Literal["auto"] = 1.0
+    beta_anneal_from: float | Literal["auto"] = "auto"
     """Continuation: the KL target's temperature starts at this multiple of beta and falls
     geometrically to beta over the first ``anneal_fraction`` of the steps (1.0: off;
     ``auto``: the multiple that starts it at the typical spread of the objective's losses
     across layers, ``l2s_gym.learner.auto_anneal_multiple``). The objective at the end is
     the exact KL at beta."""
     anneal_fraction: float = 0.5
-    buffer_size: int | Literal["auto"] = 0
+    buffer_size: int | Literal["auto"] = "auto"
     """Stage 2 from cached traces: trace this many training instances once with the frozen
     predictor (features, losses, groups; ``buffer_size * T`` layer evaluations, counted
     against ``compare.layer_budget``) and draw every step's batch from that buffer.
@@ -426,8 +427,11 @@ class CompareConfig:
 class FrontierConfig:
     """``l2s frontier``: the grid of layer prices ``lambda`` each learner is trained at."""
 
-    costs: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 1.0, 3.0])
-    """Prices of a layer, in units of ``cost_scale``."""
+    costs: list[float] = field(default_factory=lambda: [0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
+    """Prices of a layer, in units of ``cost_scale``. The default reaches from the paper's
+    price 0 to 10 times the average gain per layer, where nearly every instance stops
+    after a layer or two: a curve over all budgets in ``[1, T]`` (below a learner's fewest
+    average layers its curve is undefined and counts against its dominance)."""
     learners: list[str] = field(default_factory=list)
     """Learners trained at every price (empty: ``compare.learners``)."""
     cost_scale: Literal["loss", "gain"] = "gain"
