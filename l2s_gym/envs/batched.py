@@ -311,27 +311,11 @@ class BatchedStopEnv:
         assert old is not None
         self._batch = _where_batch(done, fresh, old)
         if self.reward_mode == "log_oracle":
-            all_losses = self._all_losses
-            assert all_losses is not None and self._all_features is not None
-            adjusted = cost_adjusted_losses(all_losses, self.cost, self.cum_costs)
-            log_q = oracle_log_q(adjusted, self.beta)
-            # The cost part of log q*_lambda is paid per layer below, as in the other modes.
-            payoff = log_q + self.cost * self.cum_costs / self.beta
-            stop_reward = payoff.gather(1, t_end.unsqueeze(1)).squeeze(1)
-            ended_best = adjusted.argmin(dim=1) + 1
-            ended_loss = all_losses.gather(1, t_end.unsqueeze(1)).squeeze(1)
-            ended_stat = self._all_stats.gather(1, t_end.unsqueeze(1)).squeeze(1)  # type: ignore[union-attr]
-            ended_features = self._all_features[self._rows, t_end]
+            stop_reward, ended_best, ended_loss, ended_stat, ended_features = self._end_full_pass(
+                done, t_end
+            )
             self._t = new_t
-            idx = torch.nonzero(done).squeeze(1)  # host sync: run the full pass on these only
-            k = int(idx.numel())
-            if k:
-                losses, stats, feats = self._full_pass(self._batch.select(idx))
-                self._all_losses.index_copy_(0, idx, losses)  # type: ignore[union-attr]
-                self._all_stats.index_copy_(0, idx, stats)  # type: ignore[union-attr]
-                self._all_features.index_copy_(0, idx, feats)
-                self.layer_evals += self.num_layers * k
-            self._read_full_pass()
+            self._refill_full_pass(done)
         else:
             ended_best = torch.full_like(t_old, -1)
             reached_loss, reached_stat, reached_features = self._walk(stop, arrive, fresh, old)
@@ -377,6 +361,36 @@ class BatchedStopEnv:
         return obs, reward.to(torch.float32), done, info
 
     # --- internals ------------------------------------------------------------------------
+    def _end_full_pass(self, done: Tensor, t_end: Tensor) -> tuple[Tensor, ...]:
+        """``log_oracle`` mode: the stop reward, best layer, loss, metric statistic and
+        features where each row's episode ends (at ``t_end``), from its full pass."""
+        all_losses = self._all_losses
+        assert all_losses is not None and self._all_features is not None
+        adjusted = cost_adjusted_losses(all_losses, self.cost, self.cum_costs)
+        log_q = oracle_log_q(adjusted, self.beta)
+        # The cost part of log q*_lambda is paid per layer in ``step``, as in the other modes.
+        payoff = log_q + self.cost * self.cum_costs / self.beta
+        at_end = t_end.unsqueeze(1)
+        stop_reward = payoff.gather(1, at_end).squeeze(1)
+        ended_best = adjusted.argmin(dim=1) + 1
+        ended_loss = all_losses.gather(1, at_end).squeeze(1)
+        ended_stat = self._all_stats.gather(1, at_end).squeeze(1)  # type: ignore[union-attr]
+        ended_features = self._all_features[self._rows, t_end]
+        return stop_reward, ended_best, ended_loss, ended_stat, ended_features
+
+    def _refill_full_pass(self, done: Tensor) -> None:
+        """``log_oracle`` mode: the full pass of the fresh instances in the ``done`` rows."""
+        idx = torch.nonzero(done).squeeze(1)  # host sync: run the full pass on these only
+        k = int(idx.numel())
+        if k:
+            assert self._batch is not None and self._all_features is not None
+            losses, stats, feats = self._full_pass(self._batch.select(idx))
+            self._all_losses.index_copy_(0, idx, losses)  # type: ignore[union-attr]
+            self._all_stats.index_copy_(0, idx, stats)  # type: ignore[union-attr]
+            self._all_features.index_copy_(0, idx, feats)
+            self.layer_evals += self.num_layers * k
+        self._read_full_pass()
+
     def _check_actions(self, actions: Tensor) -> Tensor:
         """Validate the actions; returns the stop mask ``(N,)`` bool on the device."""
         if not isinstance(actions, Tensor):
