@@ -242,7 +242,8 @@ def flatten_config(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: data}
 
 
-def _under(key: str, prefixes: Iterable[str]) -> bool:
+def is_under(key: str, prefixes: Iterable[str]) -> bool:
+    """Whether dotted ``key`` is one of ``prefixes`` or lies under one of them."""
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
@@ -257,7 +258,7 @@ def config_differences(
     return [
         k
         for k in keys
-        if not _under(k, ignore) and fs.get(k, "<missing>") != fe.get(k, "<missing>")
+        if not is_under(k, ignore) and fs.get(k, "<missing>") != fe.get(k, "<missing>")
     ]
 
 
@@ -282,7 +283,7 @@ def check_checkpoint_config(
     saved = through_schema(saved)
     diffs = config_differences(saved, expected, (*UNRELATED_KEYS.get(kind, ()), *ignore))
     model_keys = MODEL_KEYS.get(kind, MODEL_KEYS["policy"])
-    refused = [k for k in diffs if _under(k, model_keys)]
+    refused = [k for k in diffs if is_under(k, model_keys)]
     if refused:
         key = refused[0]
         fs, fe = flatten_config(saved), flatten_config(expected)

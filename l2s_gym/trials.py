@@ -43,6 +43,7 @@ from l2s_gym.progress import WorkMeter, collect_notes, metering, notify
 from l2s_gym.runs import (
     config_differences,
     flatten_config,
+    is_under,
     load_predictor,
     new_run_dir,
     resolve_run_dir,
@@ -150,15 +151,12 @@ STAGE1_KEYS = ("task", "predictor", "stage1", "seed", "beta", "cost")
 (``imitation``, ``rl``, ``policy``, ...) can reuse its seed's stage-1 trial."""
 
 
-def _under(key: str, prefixes: tuple[str, ...]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
 def _digest_keys(flat: dict[str, Any], kind: TrialKind) -> dict[str, Any]:
     return {
         k: v
         for k, v in flat.items()
-        if not _under(k, PLAN_KEYS + RUNTIME_KEYS) and (kind != "stage1" or _under(k, STAGE1_KEYS))
+        if not is_under(k, PLAN_KEYS + RUNTIME_KEYS)
+        and (kind != "stage1" or is_under(k, STAGE1_KEYS))
     }
 
 
@@ -203,7 +201,7 @@ def is_done(folder: Path, cfg_dict: dict[str, Any], kind: TrialKind = "stage2") 
     # come from today's config so that the snapshot parses.
     flat = flatten_config(cfg_dict)
     filler = (
-        {k: v for k, v in flat.items() if not _under(k, STAGE1_KEYS)} if kind == "stage1" else {}
+        {k: v for k, v in flat.items() if not is_under(k, STAGE1_KEYS)} if kind == "stage1" else {}
     )
     return _trial_digest(through_schema(_unflatten({**filler, **saved})), kind) == current
 
