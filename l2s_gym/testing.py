@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from l2s_gym.config import positive
 from l2s_gym.predictor import LayeredPredictor, State, select_rows
-from l2s_gym.registry import register_predictor, register_task
+from l2s_gym.registry import register_learner, register_predictor, register_task
 from l2s_gym.task import Batch, Task
 
 
@@ -112,6 +112,19 @@ class ToyCounter(LayeredPredictor):
     ) -> Tensor:
         hint = inputs["hint"][:, 0]
         return torch.stack([hint, prediction / self.num_layers - hint], dim=1)
+
+
+FAILING_LOG = "failing_attempts.log"
+
+
+@register_learner("failing", "always fails")
+def failing_learner(ctx):  # noqa: ANN001, ANN201
+    """A learner that always raises, for tests of how the runners retry a failed trial and
+    report it. Each attempt appends its trial folder to ``<run>/failing_attempts.log``."""
+    run_root = ctx.run_dir.parents[2]  # <run>/seed-S/failing/cost-C
+    with open(run_root / FAILING_LOG, "a") as log:
+        log.write(ctx.run_dir.relative_to(run_root).as_posix() + "\n")
+    raise RuntimeError("the failing learner failed, as it always does")
 
 
 def _close(got: Tensor, want: Tensor, rtol: float, atol: float) -> bool:

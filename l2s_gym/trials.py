@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import shutil
 import time
@@ -329,12 +328,8 @@ def run_trial(
 
     ``cfg``: the run's config (all its seeds), typed, or as a dict (what Ray hands a
     worker). A finished trial (``done`` under the same config) is not run again: its saved
-    result is returned. An unfinished one is cleared and restarted. The environment variable
-    ``L2S_FAIL_TRIALS`` (a comma-separated list of ``fnmatch`` patterns of trial keys) makes
-    matching trials raise, to test failure handling.
+    result is returned. An unfinished one is cleared and restarted.
     """
-    import fnmatch
-
     cfg_dict = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else cfg
     run_dir = Path(run_dir)
     folder = run_dir / trial.key
@@ -343,11 +338,6 @@ def run_trial(
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    for pattern in filter(None, os.environ.get("L2S_FAIL_TRIALS", "").split(",")):
-        if fnmatch.fnmatch(trial.key, pattern.strip()):
-            with open(run_dir / "injected_failures.log", "a") as log:
-                log.write(trial.key + "\n")  # one line per attempt: shows the retry
-            raise RuntimeError(f"injected failure (L2S_FAIL_TRIALS={pattern.strip()})")
     seed_cfg = trial_config(cfg, trial.seed)
     threads = int(getattr(seed_cfg, "threads", 0) or 0)
     if threads > 0:

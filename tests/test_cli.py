@@ -240,21 +240,12 @@ def test_resume_reuses_trials_finished_before_a_config_key_existed(toy_config, t
 
 
 def test_local_runner_retries_a_failing_trial_once_then_reports_it(toy_config, tmp_path):
-    import os
-
-    env = {**os.environ, "L2S_FAIL_TRIALS": "seed-0/forward_kl/*"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "l2s_gym.cli", "compare", str(toy_config), "--runs",
-         str(tmp_path), "--no-progress", "--import", "l2s_gym.testing",
-         "--set", "imitation.steps=20"],
-        capture_output=True, text=True, timeout=900, env=env,
-    )  # fmt: skip
+    proc = run_cli("compare", str(toy_config), "--runs", str(tmp_path), "--no-progress",
+                   "--set", "imitation.steps=20", "--set", "compare.learners=[reverse_kl, failing]")  # fmt: skip
     assert proc.returncode == 1
-    assert "trial seed-0/forward_kl/cost-0 failed: RuntimeError: injected failure" in proc.stderr
+    assert "trial seed-0/failing/cost-0 failed: RuntimeError: the failing learner" in proc.stderr
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
-    assert (run_dir / "injected_failures.log").read_text().split() == [
-        "seed-0/forward_kl/cost-0"
-    ] * 2
+    assert (run_dir / "failing_attempts.log").read_text().split() == ["seed-0/failing/cost-0"] * 2
     results = _results(run_dir)
-    assert [f["key"] for f in results["failed"]] == ["seed-0/forward_kl/cost-0"]
+    assert [f["key"] for f in results["failed"]] == ["seed-0/failing/cost-0"]
     assert "learner:reverse_kl" in {r["id"] for r in results["rows"]}  # the rest completed
