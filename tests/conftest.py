@@ -1,3 +1,5 @@
+"""Shared fixtures: the tiny configs every end-to-end test runs, and the test session's setup."""
+
 from __future__ import annotations
 
 import textwrap
@@ -6,11 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import l2s_gym.testing  # noqa: F401  (registers the toy task and predictor)
-from l2s_gym import plugins
 
-torch.set_num_threads(1)
-plugins.load_plugins()
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test module is collected: one torch thread (results are reproducible at a
+    fixed thread count, and tests run side by side), the toy task, predictor and failing
+    learner of ``l2s_gym.testing``, and the installed plugins (the built-in learners)."""
+    import l2s_gym.testing  # noqa: F401  (registers the toy components)
+    from l2s_gym import plugins
+
+    torch.set_num_threads(1)
+    plugins.load_plugins()
 
 TOY_CONFIG = """
 experiment: toy_run
