@@ -181,7 +181,8 @@ def assess_health(ctx: LearnerContext, result: LearnerResult) -> dict[str, Any]:
         and first is not None
         and all(first.get(k) == best.get(k) for k in ("val_objective", "val_avg_layers"))
     )
-    if layers is not None and (result.extra.get("best_step") == 0 or unchanged):
+    stayed = layers is not None and (result.extra.get("best_step") == 0 or unchanged)
+    if stayed and abs(layers - oracle) > gap:  # type: ignore[operator]
         status = "untrained"
         message = (
             "kept its initial policy: no checkpoint after training scored better on "
