@@ -228,16 +228,34 @@ def test_health_flags_a_policy_that_never_moved_or_collapsed(tmp_path) -> None:
     assert assess_health(ctx, fake_result(1.0, 10))["status"] == "always stops"
 
 
-def test_a_learner_that_cannot_move_is_flagged_in_the_log_the_table_and_results(tmp_path) -> None:
-    path = write_config(tmp_path, TOY_CONFIG)
-    proc = run_cli("compare", str(path), "--runs", str(tmp_path / "runs"), "--no-progress",
-                   "--set", "imitation.lr=1e-12", "--set", "compare.learners=[reverse_kl]")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert "kept its initial policy" in proc.stderr
-    run_dir = Path(proc.stdout.strip().splitlines()[-1])
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["health"][0]["status"] == "untrained"
-    row = next(r for r in results["rows"] if r["id"] == "learner:reverse_kl")
+def stuck_learner(ctx: LearnerContext) -> LearnerResult:
+    """A learner that never trains: its policy stops every instance at layer 1."""
+    from l2s_gym.build import make_policy
+    from l2s_gym.learner import Validator
+
+    policy = make_policy(ctx.cfg, ctx.predictor)
+    with torch.no_grad():
+        policy.head.bias.fill_(10.0)
+    validator = Validator(ctx, policy, "stuck")
+    validator(policy, 0, 0)
+    return validator.finish(policy, 0)
+
+
+def test_a_learner_that_never_moved_is_flagged_in_the_log_the_table_and_results(
+    tmp_path, capsys
+) -> None:
+    registry.register_learner("stuck", "stuck")(stuck_learner)
+    try:
+        cfg = from_dict(toy(compare={"learners": ["reverse_kl", "stuck"]}))
+        run_dir, results = run_experiment(cfg, tmp_path, "compare", progress=False, log=lambda *_: None)  # fmt: skip
+    finally:
+        for table in (registry.LEARNERS, registry.LEARNER_LABELS, registry.LEARNER_KINDS):
+            table.pop("stuck")
+    assert "seed-0/stuck/cost-0: kept its initial policy" in capsys.readouterr().err
+    flagged = [h for h in results.health if h.status != "ok"]
+    assert [(h.learner, h.status) for h in flagged] == [("stuck", "untrained")]
+    data = json.loads((run_dir / "results.json").read_text())
+    row = next(r for r in data["rows"] if r["id"] == "learner:stuck")
     assert row["health"] == "untrained"
     assert "[untrained]" in (run_dir / "results.md").read_text()
 
