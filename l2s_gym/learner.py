@@ -161,20 +161,42 @@ class LearnerResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def health_verdict(
+    stayed: bool, layers: float | None, oracle: float, num_layers: int
+) -> tuple[str, str]:
+    """``(status, message)`` of a trained policy from what ``assess_health`` measures:
+    whether it ``stayed`` at its initial behaviour, its average stop on validation
+    (``layers``) and the oracle's (``oracle``), for a predictor of ``num_layers``."""
+    T, gap = num_layers, max(0.5, num_layers / 20)
+    if layers is None:
+        return "ok", "no validation curve to judge"
+    if stayed and abs(layers - oracle) > gap:
+        return "untrained", (
+            "kept its initial policy: no checkpoint after training scored better on "
+            f"validation ({layers:.2f} layers; the oracle stops at {oracle:.2f})"
+        )
+    if layers >= T - 1e-6 and oracle < T - gap:
+        return "never stops", f"never stops ({layers:.2f} of {T} layers) while the oracle stops at {oracle:.2f}"  # fmt: skip
+    if layers <= 1 + 1e-6 and oracle > 1 + gap:
+        return "always stops", f"always stops at layer 1 while the oracle stops at {oracle:.2f} on average"  # fmt: skip
+    return "ok", f"stops at {layers:.2f} layers (the oracle at {oracle:.2f})"
+
+
 def assess_health(ctx: LearnerContext, result: LearnerResult) -> dict[str, Any]:
     """Whether a trained policy left its initial behaviour, judged on the validation set.
 
-    ``status``: ``untrained`` where the kept checkpoint is the initial policy (no later
-    validation scored better), ``never stops`` / ``always stops`` where the kept policy
-    stops every instance at ``T`` / at layer 1 while the oracle's average stop (at the same
-    price) is more than ``max(0.5, T / 20)`` layers away, else ``ok``. ``message`` says it
-    with the numbers."""
+    ``status`` (``health_verdict``): ``untrained`` where the kept checkpoint is the initial
+    policy, or scores and stops exactly as it did, and its average stop is more than
+    ``max(0.5, T / 20)`` layers from the oracle's (an initial policy that already stops
+    where the oracle does, e.g. at layer 1 at a high price, is ``ok``); ``never stops`` /
+    ``always stops`` where the kept policy stops every instance at ``T`` / at layer 1 while
+    the oracle's average stop (at the same price) is that far away; else ``ok``. ``message``
+    says it with the numbers."""
     T = ctx.predictor.num_layers
     losses = ctx.objective_losses(ctx.val_trace.losses)
     oracle = float((losses.argmin(dim=1) + 1).double().mean())
     best = next((p for p in result.curve if p["step"] == result.extra.get("best_step")), None)
     layers = None if best is None else float(best["val_avg_layers"])
-    gap = max(0.5, T / 20)
     first = result.curve[0] if result.curve else None
     unchanged = (
         best is not None
@@ -182,27 +204,13 @@ def assess_health(ctx: LearnerContext, result: LearnerResult) -> dict[str, Any]:
         and all(first.get(k) == best.get(k) for k in ("val_objective", "val_avg_layers"))
     )
     stayed = layers is not None and (result.extra.get("best_step") == 0 or unchanged)
-    if stayed and abs(layers - oracle) > gap:  # type: ignore[operator]
-        status = "untrained"
-        message = (
-            "kept its initial policy: no checkpoint after training scored better on "
-            f"validation ({layers:.2f} layers; the oracle stops at {oracle:.2f})"
-        )
-    elif layers is not None and layers >= T - 1e-6 and oracle < T - gap:
-        status = "never stops"
-        message = f"never stops ({layers:.2f} of {T} layers) while the oracle stops at {oracle:.2f}"
-    elif layers is not None and layers <= 1 + 1e-6 and oracle > 1 + gap:
-        status = "always stops"
-        message = f"always stops at layer 1 while the oracle stops at {oracle:.2f} on average"
-    elif layers is None:
-        status, message = "ok", "no validation curve to judge"
-    else:
-        status, message = "ok", f"stops at {layers:.2f} layers (the oracle at {oracle:.2f})"
+    status, message = health_verdict(stayed, layers, oracle, T)
     return {
         "status": status,
         "message": message,
         "val_avg_layers": layers,
         "oracle_val_avg_layers": oracle,
+        "stayed": stayed,
     }
 
 

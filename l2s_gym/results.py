@@ -45,6 +45,7 @@ from l2s_gym.evaluation import (
     stop_summary,
     threshold_sweep,
 )
+from l2s_gym.learner import health_verdict
 from l2s_gym.predictor import LayeredPredictor, Trace
 from l2s_gym.result_types import (
     Curve,
@@ -349,7 +350,7 @@ def learner_rows(s: _Seed, run_dir: Path, trials: list[Trial], compare_cost: flo
         ):  # fmt: skip
             target.append(value)  # type: ignore[union-attr]
         out.curves[f"{trial.learner}@{format_cost(trial.cost)}"] = result["curve"]
-        health = _health_of(trial, result)
+        health = _health_of(trial, result, s.T)
         if health is not None:
             out.health.append(health)
         if trial.cost == compare_cost:
@@ -377,10 +378,16 @@ def _learner_row(s: _Seed, trial: Trial, result: dict, summary: dict, stop: Tens
     s.rows.append(row)
 
 
-def _health_of(trial: Trial, result: dict) -> Health | None:
-    data = result.get("health")
+def _health_of(trial: Trial, result: dict, num_layers: int) -> Health | None:
+    """A trial's health, its verdict given by today's rule from what the trial measured (a
+    trial saved before ``stayed`` was recorded stayed where it was flagged untrained)."""
+    data = dict(result.get("health") or {})
     if not data:
         return None
+    stayed = bool(data.pop("stayed", data.get("status") == "untrained"))
+    layers, oracle = data.get("val_avg_layers"), data.get("oracle_val_avg_layers")
+    if oracle is not None:
+        data["status"], data["message"] = health_verdict(stayed, layers, oracle, num_layers)
     return Health(key=trial.key, learner=trial.learner, cost=trial.cost, seed=trial.seed, **data)
 
 
