@@ -385,7 +385,7 @@ def add_predict_parser(sub) -> None:  # noqa: ANN001 - argparse's private subpar
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from l2s_gym.runner import format_summary, predict_run
+    from l2s_gym.predict import format_summary, predict_run
 
     cfg = _config(args)
     summary = predict_run(

@@ -7,26 +7,25 @@ drops the instances that stopped, so layer ``t + 1`` runs only on the instances 
 going. Its stop layers are the trace's (same predictor, same policy, same read-out rule:
 ``tests/test_runner.py`` checks it on every family).
 
-``predict_run`` loads a run folder's predictor and policy and runs the test set (or a
-user's batch) through the runner, timing it against the full-depth predictor.
+``run_full_depth`` is the baseline it is timed against. ``l2s_gym.predict`` runs a run
+folder's stop model through the runner (``l2s predict``).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from functools import partial
 
 import torch
 from torch import Tensor
 
-from l2s_gym.config import ConfigError, ExperimentConfig
 from l2s_gym.policy import StopPolicy
 from l2s_gym.predictor import LayeredPredictor, State, select_rows
 from l2s_gym.rules import PAPER_RULE, ReadoutRule
-from l2s_gym.task import Batch, Task
+from l2s_gym.task import Batch
 
 
 @dataclass
@@ -62,11 +61,12 @@ def _inputs_of(batch: Batch | dict[str, Tensor]) -> dict[str, Tensor]:
     return batch.inputs if isinstance(batch, Batch) else dict(batch)
 
 
-def _write(out: Tensor | None, n: int, rows: Tensor, pred: Tensor) -> Tensor:
-    """Copy ``pred`` into rows ``rows`` of the ``(n, ...)`` output (made on first use)."""
-    if out is None:
-        out = pred.new_empty((n, *pred.shape[1:]))
-    return out.index_copy_(0, rows, pred)
+def _where_stopped(stop: Tensor, first: int | Tensor, otherwise: int) -> int | Tensor:
+    """The layer in a chunk where each row stops: ``first`` where ``stop``, else
+    ``otherwise`` (an int ``first``: the chunk's one layer, for every row)."""
+    if isinstance(first, int):
+        return first
+    return torch.where(stop, first, torch.full_like(first, otherwise))
 
 
 def _batch_size(inputs: dict[str, Tensor]) -> int:
@@ -92,6 +92,16 @@ class _Laps:
         now = self._now()
         self.parts[part] = self.parts.get(part, 0.0) + now - self.last
         self.last = now
+
+
+class _NoLaps:
+    """``_Laps`` doing nothing: the runner's loop when no profile is asked for."""
+
+    def __call__(self, part: str) -> None:
+        pass
+
+
+_NO_LAPS = _NoLaps()
 
 
 class StopRunner:
@@ -152,19 +162,28 @@ class StopRunner:
         self.generator = generator
         self.num_layers = int(predictor.num_layers)
         self.lookahead = lookahead
+        # The chunks of k layers (the last may be shorter): each one's first layer and layers.
+        T = self.num_layers
+        self._chunks = [(t0, range(t0, min(t0 + lookahead, T))) for t0 in range(0, T, lookahead)]
         value = rule.value if rule.kind == "threshold" else 0.5
         self._threshold_logit = math.log(value / (1.0 - value))
+        self._log_quantile = math.log1p(-rule.value) if rule.kind == "quantile" else 0.0
 
     def _decide(self, logit: Tensor, log_survival: Tensor) -> tuple[Tensor, Tensor]:
-        if self.rule.kind == "threshold":
+        """``ReadoutRule.stop_now`` after one layer, its bounds computed once (this runs
+        after every layer; at batch 1 its Python costs as much as a kernel launch)."""
+        kind = self.rule.kind
+        if kind == "threshold":
             # Needs no survival (stop_now's comparison, without its logsigmoid and sum).
             return logit > self._threshold_logit, log_survival
-        if self.rule.kind == "sample":
+        if kind == "sample":
             draw = torch.rand(
                 logit.shape, generator=self.generator, device=logit.device, dtype=logit.dtype
             )
             return draw < torch.sigmoid(logit), log_survival
-        return self.rule.stop_now(logit, log_survival)
+        # quantile: stop_now's sum and comparison.
+        log_survival = log_survival + torch.nn.functional.logsigmoid(-logit)
+        return log_survival <= self._log_quantile, log_survival
 
     @torch.inference_mode()
     def __call__(
@@ -183,83 +202,111 @@ class StopRunner:
         also reading out the stopped instances). On a GPU it synchronises after each part,
         which costs time of its own: profile separately from timing.
         """
-        device = self.predictor.device
-        lap = _Laps(profile, device) if profile is not None else None
+        predictor = self.predictor
+        device = predictor.device
+        # The bound method: a no-op's call costs a third of an instance's (at batch 1 a
+        # layer is a few kernel launches, and the loop calls it five times a layer).
+        lap = (_Laps(profile, device) if profile is not None else _NO_LAPS).__call__
         inputs = {k: v.to(device) for k, v in _inputs_of(batch).items()}
         n = _batch_size(inputs)
-        if self.lookahead > 1:
-            return self._run_chunks(inputs, n, return_probabilities, lap)
-        T = self.num_layers
-        stop_out = torch.full((n,), T - 1, dtype=torch.long, device=device)
-        probs = torch.full((n, T), math.nan, device=device) if return_probabilities else None
-        pred_out: Tensor | None = None
+        T, k = self.num_layers, self.lookahead
+        out = _Outputs(n, T, device, return_probabilities)
         active = torch.arange(n, device=device)
         log_survival = torch.zeros(n, device=device)
-        state: State = self.predictor.initial_state(inputs)
-        layer_logits = self.policy.frozen_layer_logits()
-        # Read out every active instance after every layer, or (when the features do not
-        # need it) only the instances that stop, once they have.
-        lazy = not self.predictor.features_use_prediction
-        if lap:
-            lap("layer")
-        for t in range(T):
-            state = self.predictor.layer(t, state, inputs)
-            if lap:
+        state: State = predictor.initial_state(inputs)
+        ask = self._ask_chunk if k > 1 else partial(self._ask, self.policy.frozen_layer_logits())
+        # k = 1, features without the read-out: read out only the rows that stop, once they do.
+        lazy = k == 1 and not predictor.features_use_prediction
+        layer, readout = predictor.layer, predictor.readout
+        lap("layer")
+        # Chunks of k layers (the last may be shorter); the policy is asked after each
+        # layer of a chunk but the last layer, T - 1, where every instance still going stops.
+        for t0, layers in self._chunks:
+            states: list[State] = []
+            preds: list[Tensor | None] = []
+            for t in layers:
+                state = layer(t, state, inputs)
                 lap("layer")
-            pred = None if lazy else self.predictor.readout(t, state, inputs)
-            if lap:
+                preds.append(None if lazy else readout(t, state, inputs))
+                states.append(state)
                 lap("readout")
             if t == T - 1:
-                pred = self.predictor.readout(t, state, inputs) if pred is None else pred
-                pred_out = _write(pred_out, n, active, pred)
-                if probs is not None:
-                    probs[:, t].index_fill_(0, active, 1.0)
-                if lap:
-                    lap("compact")
+                # Where the rule said in this chunk, else at layer T - 1.
+                at: int | Tensor = len(states) - 1
+                logits = None
+                if at:  # k > 1: the rule's stops in the layers before, per row
+                    stop, first, logits, _ = ask(
+                        t0, states[:-1], preds[:-1], inputs, log_survival, lap
+                    )
+                    at = _where_stopped(stop, first, at)
+                out.write(active, _Chunk(predictor, t0, states, preds, inputs), at, None)
+                if out.probs is not None:
+                    out.write_probabilities(active, t0, logits, at, last=True)
+                lap("compact")
                 break
-            features = self.predictor.policy_features(t, state, inputs, pred)  # type: ignore[arg-type]
-            if lap:
-                lap("features")
-            logit = layer_logits(features, t)
-            if probs is not None:
-                probs[:, t].index_copy_(0, active, torch.sigmoid(logit).to(probs.dtype))
-            if lap:
-                lap("policy")
-            stop, log_survival = self._decide(logit, log_survival)
-            # The one synchronisation of the layer: how many instances stopped.
+            stop, first, logits, log_survival = ask(t0, states, preds, inputs, log_survival, lap)
+            if out.probs is not None:  # each row's pi_t up to its stop, else the chunk's end
+                local = _where_stopped(stop, first, len(states) - 1)
+                out.write_probabilities(active, t0, logits, local, last=False)
+            # The one synchronisation of the chunk: how many rows stopped in it.
             num_stop = int(torch.count_nonzero(stop))
-            if lap:
-                lap("decide")
+            lap("decide")
             if num_stop == 0:
                 continue
+            chunk = _Chunk(predictor, t0, states, preds, inputs)
             if num_stop == stop.shape[0]:
-                pred = self.predictor.readout(t, state, inputs) if pred is None else pred
-                pred_out = _write(pred_out, n, active, pred)
-                stop_out.index_fill_(0, active, t)
-                if lap:
-                    lap("compact")
-                break
-            # Rows that continue first, then rows that stop, each in their original order.
-            order = torch.argsort(stop.to(torch.uint8), stable=True)
-            keep, done = order[: stop.shape[0] - num_stop], order[stop.shape[0] - num_stop :]
-            stopped = active.index_select(0, done)
-            if pred is None:  # read out the rows that stop, and only those
-                pred_done = self.predictor.readout(
-                    t, select_rows(state, done), select_rows(inputs, done)
-                )
-            else:
-                pred_done = pred.index_select(0, done)
-            pred_out = _write(pred_out, n, stopped, pred_done)
-            stop_out.index_fill_(0, stopped, t)
-            # index_select, not x[keep]: the same rows, several times faster on a CPU.
-            active = active.index_select(0, keep)
-            log_survival = log_survival.index_select(0, keep)
-            state = select_rows(self.predictor.carried_state(state), keep)
-            inputs = select_rows(inputs, keep)  # type: ignore[assignment]
-            if lap:
+                out.write(active, chunk, first, None)
                 lap("compact")
-        assert pred_out is not None
-        return RunnerOutput(pred_out, stop_out, probs)
+                break
+            keep = out.write_stopped(active, chunk, stop, num_stop, first)
+            del chunk  # (the rows' state before the compaction)
+            # index_select, not x[keep]: the same rows, several times faster on a CPU.
+            active, log_survival = active.index_select(0, keep), log_survival.index_select(0, keep)
+            state = select_rows(predictor.carried_state(state), keep)
+            inputs = select_rows(inputs, keep)  # type: ignore[assignment]
+            lap("compact")
+        return out.result()
+
+    def _ask(
+        self,
+        layer_logits: Callable[[Tensor, int], Tensor],
+        t0: int,
+        states: list[State],
+        preds: list[Tensor | None],
+        inputs: dict[str, Tensor],
+        log_survival: Tensor,
+        lap: Callable[[str], None],
+    ) -> tuple[Tensor, int, Tensor, Tensor]:
+        """The policy after the one layer ``t0`` of a chunk (``k = 1``; ``layer_logits``:
+        the policy's, frozen for the batch): the ``(b,)`` stop mask, the layer in the chunk
+        where the rows that stop do (``0``), the ``(b,)`` logits and the log survival after
+        the layer."""
+        features = self.predictor.policy_features(t0, states[0], inputs, preds[0])  # type: ignore[arg-type]
+        lap("features")
+        logit = layer_logits(features, t0)
+        lap("policy")
+        stop, log_survival = self._decide(logit, log_survival)
+        return stop, 0, logit, log_survival
+
+    def _ask_chunk(
+        self,
+        t0: int,
+        states: list[State],
+        preds: list[Tensor | None],
+        inputs: dict[str, Tensor],
+        log_survival: Tensor,
+        lap: Callable[[str], None],
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The policy after the layers ``t0 ..`` of ``states``, at once: the ``(b,)`` mask
+        of the rows that stop in them, the layer in the chunk where each does (``0`` where
+        none does), the ``(b, len(states))`` logits and each row's log survival after them."""
+        features = self.predictor.chunk_policy_features(t0, states, inputs, preds)  # type: ignore[arg-type]
+        lap("features")
+        logits = self.policy.chunk_logits(features, t0)
+        lap("policy")
+        stops, log_survivals = self._decide_chunk(logits, log_survival)
+        # The first layer of the chunk where each row stops (0 where none does).
+        return stops.any(1), stops.to(torch.uint8).argmax(1), logits, log_survivals[:, -1]
 
     def _decide_chunk(self, logits: Tensor, log_survival: Tensor) -> tuple[Tensor, Tensor]:
         """``(b, k)`` stop masks for a chunk's logits, and each row's log survival after
@@ -276,120 +323,97 @@ class StopRunner:
             )
             return draw < torch.sigmoid(logits), log_survivals
         if self.rule.kind == "quantile":
-            return log_survivals <= math.log1p(-self.rule.value), log_survivals
+            return log_survivals <= self._log_quantile, log_survivals
         raise ValueError(f"unknown read-out rule {self.rule.kind!r}")
 
-    def _run_chunks(
-        self, inputs: dict[str, Tensor], n: int, return_probabilities: bool, lap: _Laps | None
-    ) -> RunnerOutput:
-        """``__call__`` with ``lookahead > 1``: ask the policy once per ``k`` layers."""
-        device = self.predictor.device
-        T, k = self.num_layers, self.lookahead
-        stop_out = torch.full((n,), T - 1, dtype=torch.long, device=device)
-        probs = torch.full((n, T), math.nan, device=device) if return_probabilities else None
-        pred_out: Tensor | None = None
-        active = torch.arange(n, device=device)
-        log_survival = torch.zeros(n, device=device)
-        state: State = self.predictor.initial_state(inputs)
-        if lap:
-            lap("layer")
-        t0 = 0
-        while True:
-            end = min(t0 + k, T)
-            states: list[State] = []
-            preds: list[Tensor] = []
-            for t in range(t0, end):
-                state = self.predictor.layer(t, state, inputs)
-                if lap:
-                    lap("layer")
-                preds.append(self.predictor.readout(t, state, inputs))
-                states.append(state)
-                if lap:
-                    lap("readout")
-            if pred_out is None:
-                pred_out = preds[0].new_empty((n, *preds[0].shape[1:]))
-            # The policy is asked at every layer of the chunk but the last layer T - 1.
-            asked = len(states) - (end == T)
-            rows = active.shape[0]
-            if asked:
-                features = self.predictor.chunk_policy_features(
-                    t0, states[:asked], inputs, preds[:asked]
-                )
-                if lap:
-                    lap("features")
-                logits = self.policy.chunk_logits(features, t0)
-                if lap:
-                    lap("policy")
-                stops, log_survivals = self._decide_chunk(logits, log_survival)
-                hit = stops.any(1)
-                # The first layer of the chunk where each row stops (0 where none does).
-                first = stops.to(torch.uint8).argmax(1)
-            else:
-                hit = torch.zeros(rows, dtype=torch.bool, device=device)
-                first = torch.zeros(rows, dtype=torch.long, device=device)
-            if end == T:
-                # Every row stops in this chunk: where the rule said, else at layer T - 1.
-                local = torch.where(hit, first, torch.full_like(first, len(states) - 1))
-                stacked = torch.stack(preds, dim=1)
-                pred_out.index_copy_(0, active, stacked[torch.arange(rows, device=device), local])
-                stop_out.index_copy_(0, active, t0 + local)
-                if probs is not None:
-                    self._write_probabilities(
-                        probs, active, t0, logits if asked else None, local, True
-                    )
-                if lap:
-                    lap("compact")
-                break
-            # The one synchronisation of the chunk: how many rows stopped in it.
-            num_stop = int(hit.sum())
-            if lap:
-                lap("decide")
-            if probs is not None:
-                local = torch.where(hit, first, torch.full_like(first, asked - 1))
-                self._write_probabilities(probs, active, t0, logits, local, False)
-            if num_stop == rows:
-                stacked = torch.stack(preds, dim=1)
-                pred_out.index_copy_(0, active, stacked[torch.arange(rows, device=device), first])
-                stop_out.index_copy_(0, active, t0 + first)
-                if lap:
-                    lap("compact")
-                break
-            if num_stop:
-                order = torch.argsort(hit.to(torch.uint8), stable=True)
-                keep, done = order[: rows - num_stop], order[rows - num_stop :]
-                stopped = active.index_select(0, done)
-                at = first.index_select(0, done)
-                stacked = torch.stack([p.index_select(0, done) for p in preds], dim=1)
-                pred_out.index_copy_(0, stopped, stacked[torch.arange(num_stop, device=device), at])
-                stop_out.index_copy_(0, stopped, t0 + at)
-                active = active.index_select(0, keep)
-                log_survival = log_survivals[:, -1].index_select(0, keep)
-                state = select_rows(self.predictor.carried_state(state), keep)
-                inputs = select_rows(inputs, keep)  # type: ignore[assignment]
-            else:
-                log_survival = log_survivals[:, -1]
-            if lap:
-                lap("compact")
-            t0 = end
-        assert pred_out is not None
-        return RunnerOutput(pred_out, stop_out, probs)
 
-    @staticmethod
-    def _write_probabilities(
-        probs: Tensor, active: Tensor, t0: int, logits: Tensor | None, local: Tensor, last: bool
+@dataclass(slots=True)
+class _Chunk:
+    """The layers ``t0 ..`` that the active rows ran since the policy was last asked:
+    ``states[i]`` and ``preds[i]`` are those after layer ``t0 + i`` (``preds[i]`` is
+    ``None`` where the read-out is left to the rows that stop, ``features_use_prediction``
+    false); ``inputs`` are the active rows'."""
+
+    predictor: LayeredPredictor
+    t0: int
+    states: list[State]
+    preds: list[Tensor | None]
+    inputs: dict[str, Tensor]
+
+    def pick(self, at: int | Tensor, rows: Tensor | None) -> Tensor:
+        """The read-outs of rows ``rows`` (``None``: all) at layer ``t0 + at`` (an int: the
+        same layer for every row; a tensor: one per row)."""
+        if isinstance(at, Tensor):
+            preds = self.preds if rows is None else [p.index_select(0, rows) for p in self.preds]  # type: ignore[union-attr]
+            stacked = torch.stack(preds, dim=1)  # type: ignore[arg-type]
+            return stacked[torch.arange(stacked.shape[0], device=stacked.device), at]
+        pred = self.preds[at]
+        if pred is not None:
+            return pred if rows is None else pred.index_select(0, rows)
+        # Read out the rows that stop, and only those.
+        state, t = self.states[at], self.t0 + at
+        if rows is None:
+            return self.predictor.readout(t, state, self.inputs)
+        return self.predictor.readout(t, select_rows(state, rows), select_rows(self.inputs, rows))
+
+
+class _Outputs:
+    """``StopRunner``'s outputs for ``n`` instances, filled as they stop."""
+
+    def __init__(self, n: int, T: int, device: torch.device, probabilities: bool) -> None:
+        self.n, self.T = n, T
+        # An instance that the rule never stops stops at the last layer, T - 1.
+        self.stop = torch.full((n,), T - 1, dtype=torch.long, device=device)
+        self.probs = torch.full((n, T), math.nan, device=device) if probabilities else None
+        self.pred: Tensor | None = None
+
+    def write(self, where: Tensor, chunk: _Chunk, at: int | Tensor, rows: Tensor | None) -> None:
+        """Instances ``where`` (rows ``rows`` of the chunk) stop at its layer ``at``."""
+        pred = chunk.pick(at, rows)
+        if self.pred is None:  # made on first use, shaped like the read-out
+            self.pred = pred.new_empty((self.n, *pred.shape[1:]))
+        self.pred.index_copy_(0, where, pred)
+        if isinstance(at, Tensor):
+            self.stop.index_copy_(0, where, chunk.t0 + at)
+        elif chunk.t0 + at != self.T - 1:
+            self.stop.index_fill_(0, where, chunk.t0 + at)
+
+    def write_stopped(
+        self, active: Tensor, chunk: _Chunk, stop: Tensor, num_stop: int, first: int | Tensor
+    ) -> Tensor:
+        """Write out the ``num_stop`` rows of ``chunk`` that ``stop`` (at its layers
+        ``first``; instances ``active``) and return the indices of the others, in order."""
+        rows = stop.shape[0]
+        # Rows that continue first, then rows that stop, each in their original order.
+        order = torch.argsort(stop.to(torch.uint8), stable=True)
+        keep, done = order[: rows - num_stop], order[rows - num_stop :]
+        at = first if isinstance(first, int) else first.index_select(0, done)
+        self.write(active.index_select(0, done), chunk, at, done)
+        return keep
+
+    def write_probabilities(
+        self, where: Tensor, t0: int, logits: Tensor | None, local: int | Tensor, last: bool
     ) -> None:
-        """Write a chunk's ``pi_t`` into ``probs`` for the layers each row reached (up to
-        its stop ``t0 + local``; ``1`` at layer ``T - 1`` when ``last``), NaN beyond."""
-        T = probs.shape[1]
-        width = T - t0 if last else int(logits.shape[1])  # type: ignore[union-attr]
-        block = torch.full((active.shape[0], width), math.nan, device=probs.device)
+        """Write a chunk's ``pi_t`` into ``probs`` for the layers each instance reached (up
+        to its stop ``t0 + local``; ``1`` at layer ``T - 1`` when ``last``), NaN beyond."""
+        probs = self.probs
+        assert probs is not None
+        if logits is not None and logits.dim() == 1:
+            logits = logits.unsqueeze(1)
+        width = self.T - t0 if last else int(logits.shape[1])  # type: ignore[union-attr]
+        block = torch.full((where.shape[0], width), math.nan, device=probs.device)
         if logits is not None:
             block[:, : logits.shape[1]] = torch.sigmoid(logits).to(probs.dtype)
         if last:
             block[:, -1] = 1.0
         cols = torch.arange(width, device=probs.device).unsqueeze(0)
-        block = torch.where(cols <= local.unsqueeze(1), block, math.nan)
-        probs[:, t0 : t0 + width] = probs[:, t0 : t0 + width].index_copy(0, active, block)
+        bound = local if isinstance(local, int) else local.unsqueeze(1)
+        block = torch.where(cols <= bound, block, math.nan)
+        probs[:, t0 : t0 + width] = probs[:, t0 : t0 + width].index_copy(0, where, block)
+
+    def result(self) -> RunnerOutput:
+        assert self.pred is not None
+        return RunnerOutput(self.pred, self.stop, self.probs)
 
 
 @torch.inference_mode()
@@ -403,251 +427,3 @@ def run_full_depth(predictor: LayeredPredictor, batch: Batch | dict[str, Tensor]
     predictor.eval()
     inputs = {k: v.to(predictor.device) for k, v in _inputs_of(batch).items()}
     return predictor.predict_full_depth(inputs)
-
-
-# --- a run folder's stop model on the test set (``l2s predict``) -----------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _one_folder(parent: Path, prefix: str, wanted: str | None, flag: str) -> Path:
-    """``parent/<prefix><wanted>``, or the only ``<prefix>*`` folder when ``wanted`` is None."""
-    if wanted is not None:
-        folder = parent / f"{prefix}{wanted}"
-        if folder.is_dir():
-            return folder
-    found = sorted(p.name for p in parent.glob(f"{prefix}*") if p.is_dir())
-    if wanted is None and len(found) == 1:
-        return parent / found[0]
-    what = f"no {parent / f'{prefix}{wanted}'}" if wanted is not None else f"{flag} is needed"
-    raise FileNotFoundError(f"{what}; {parent} holds: {', '.join(found) or 'nothing'}")
-
-
-def load_run_stop_model(
-    cfg: ExperimentConfig,
-    run_dir: str | Path,
-    learner: str,
-    cost: float | None = None,
-    seed: int | None = None,
-    device: torch.device | str | None = None,
-) -> tuple[Task, LayeredPredictor, StopPolicy, ReadoutRule, dict[str, Any]]:
-    """A run folder's oracle-trained predictor and ``learner``'s policy at ``cost``.
-
-    Reads ``seed-<s>/stage1/predictor-oracle/best.pt`` and
-    ``seed-<s>/<learner>/cost-<c>/best.pt`` (``cost=None``: the only cost folder there);
-    the read-out is the policy checkpoint's ``readout`` (the rule chosen on validation).
-    Returns the task, predictor, policy, rule and ``{"seed", "cost", "predictor",
-    "policy"}`` (the seed, the cost and the two checkpoint paths).
-    """
-    from l2s_gym.build import make_policy, resolve_device
-    from l2s_gym.runs import load_checkpoint, load_state
-    from l2s_gym.trials import PLAN_KEYS, RUNTIME_KEYS, load_stop_model, trial_config
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder not found: {run_dir}")
-    seed = cfg.seed if seed is None else int(seed)
-    seed_dir = _one_folder(run_dir, "seed-", str(seed), "--seed")
-    learner_dir = seed_dir / learner
-    if not learner_dir.is_dir():
-        known = sorted(p.name for p in seed_dir.iterdir() if p.is_dir() and p.name != "stage1")
-        raise FileNotFoundError(
-            f"no learner folder {learner_dir}; {seed_dir} holds: {', '.join(known) or 'nothing'}"
-        )
-    cost_dir = _one_folder(learner_dir, "cost-", None if cost is None else f"{cost:g}", "--cost")
-    dev = resolve_device(cfg.device) if device is None else torch.device(device)
-    # The trials' own loader: the predictor's checkpoint is checked against the config.
-    seed_cfg = trial_config(cfg.to_dict(), seed)
-    task, predictor = load_stop_model(run_dir, seed_cfg, seed, dev)
-    predictor_path = seed_dir / "stage1" / "predictor-oracle" / "best.pt"
-    policy_path = cost_dir / "best.pt"
-    state = load_checkpoint(
-        policy_path,
-        "policy",
-        seed_cfg.to_dict(),
-        task,
-        ignore=PLAN_KEYS + RUNTIME_KEYS,
-        warn=lambda _: None,
-    )
-    policy = make_policy(cfg, predictor)
-    load_state(policy, state["state_dict"], policy_path)
-    policy.eval().requires_grad_(False)
-    rule = ReadoutRule.from_dict(state.get("readout") or PAPER_RULE.to_dict())
-    info = {
-        "seed": seed,
-        "cost": float(state.get("cost", float(cost_dir.name.removeprefix("cost-")))),
-        "predictor": str(predictor_path),
-        "policy": str(policy_path),
-    }
-    return task, predictor, policy, rule, info
-
-
-def load_input_file(path: str | Path, task: Task) -> dict[str, Tensor]:
-    """A user's batch: a ``.pt`` dict of input tensors shaped like the task's test inputs.
-
-    Every task takes one (the runner needs only inputs): the keys must be those of the
-    task's test inputs and each tensor's per-instance shape (all but the first dimension)
-    theirs, e.g. ``{"y": (N, m)}`` for sparse recovery, ``{"noisy": (N, 1, P, P)}`` for
-    denoising, ``{"image": (N, 1, S, S)}`` for recognition, and the five support/query
-    tensors of the meta-learning tasks.
-    """
-    data = torch.load(Path(path), map_location="cpu", weights_only=True)
-    like = task.eval_set("test").inputs
-    if not isinstance(data, dict) or set(data) != set(like):
-        got = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ConfigError(
-            f"--input {path}: expected a dict of tensors with keys {sorted(like)}, got {got}"
-        )
-    for key, ref in like.items():
-        value = data[key]
-        if not isinstance(value, Tensor) or value.shape[1:] != ref.shape[1:]:
-            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise ConfigError(
-                f"--input {path}: {key!r} must be (N, {', '.join(map(str, ref.shape[1:]))}), "
-                f"got {shape}"
-            )
-    _batch_size(data)
-    return {k: v.to(device=task.device, dtype=like[k].dtype) for k, v in data.items()}
-
-
-def predict_run(
-    cfg: ExperimentConfig,
-    run_dir: str | Path,
-    learner: str,
-    *,
-    cost: float | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    out: str | Path | None = None,
-    input_file: str | Path | None = None,
-    device: torch.device | str | None = None,
-    lookahead: int = 1,
-) -> dict[str, Any]:
-    """Run a run folder's stop model with early exit on the test set (or ``input_file``).
-
-    Batches of ``batch_size`` (default ``cfg.compare.eval_batch_size``) go through the
-    ``StopRunner`` and, for the timing, through the full-depth predictor
-    (``run_full_depth``); the first batch runs once untimed first (warm-up). On the test
-    set the runner's predictions are scored with the task's metric next to the
-    trace-based evaluation's (``evaluate_stop_model``'s way: full trace, then the rule on
-    the policy's logits), which they must equal.
-
-    ``lookahead``: ask the policy once per this many layers (``StopRunner``'s
-    ``lookahead``: the same stops, fewer policy calls, up to ``lookahead - 1`` wasted
-    layers per instance; pays at small batches).
-
-    ``out`` (``FILE.pt``): the tensors ``predictions``, ``stop`` (0-based) and ``layers``
-    (1-based), and the summary as ``FILE.json``. Returns the summary.
-    """
-    from l2s_gym.evaluation import stop_logits, stop_summary
-
-    task, predictor, policy, rule, info = load_run_stop_model(
-        cfg, run_dir, learner, cost, seed, device
-    )
-    if input_file is not None:
-        inputs, test = load_input_file(input_file, task), None
-    else:
-        test = task.eval_set("test")
-        inputs = test.inputs
-    n = _batch_size(inputs)
-    size = int(batch_size or cfg.compare.eval_batch_size)
-    if size < 1:
-        raise ConfigError(f"--batch-size: must be >= 1, got {size}")
-    if lookahead < 1:
-        raise ConfigError(f"--lookahead: must be >= 1, got {lookahead}")
-    runner = StopRunner(predictor, policy, rule, lookahead=lookahead)
-    dev = predictor.device
-    chunks = [{k: v[i : i + size] for k, v in inputs.items()} for i in range(0, n, size)]
-    if chunks:  # warm-up: first-call allocations and kernel choices are not timed
-        runner(chunks[0])
-        run_full_depth(predictor, chunks[0])
-    preds, stops = [], []
-    runner_s = full_s = 0.0
-    for chunk in chunks:
-        _sync(dev)
-        start = time.perf_counter()
-        result = runner(chunk)
-        _sync(dev)
-        runner_s += time.perf_counter() - start
-        start = time.perf_counter()
-        run_full_depth(predictor, chunk)
-        _sync(dev)
-        full_s += time.perf_counter() - start
-        preds.append(result.predictions)
-        stops.append(result.stop)
-    T = predictor.num_layers
-    stop = torch.cat(stops) if stops else torch.zeros(0, dtype=torch.long, device=dev)
-    predictions = torch.cat(preds) if preds else torch.zeros(0, device=dev)
-    avg_layers = float((stop + 1).double().mean()) if n else math.nan
-    summary: dict[str, Any] = {
-        "experiment": cfg.experiment,
-        "run": str(run_dir),
-        "learner": learner,
-        **info,
-        "readout": rule.to_dict(),
-        "readout_label": rule.label,
-        "data": str(input_file) if input_file is not None else "test set",
-        "instances": n,
-        "num_layers": T,
-        "avg_layers": avg_layers,
-        "histogram": torch.bincount(stop.cpu(), minlength=T).tolist(),
-        "batch_size": size,
-        "lookahead": lookahead,
-        "device": str(dev),
-        "threads": torch.get_num_threads(),
-        "runner_s": runner_s,
-        "full_depth_s": full_s,
-        "measured_speedup": full_s / runner_s if runner_s > 0 else math.nan,
-        "ideal_speedup": T / avg_layers if n else math.nan,
-    }
-    if test is not None:
-        stats = task.metric_stat(predictions, test.targets)
-        trace = predictor.trace_eval(test, task, size)
-        trace_stop = rule.stop(stop_logits(policy, trace))
-        traced = stop_summary(task, trace, trace_stop)
-        summary.update(
-            {
-                "metric_name": task.metric_name,
-                "metric": task.aggregate(stats),
-                "trace_metric": traced["metric"],
-                "trace_avg_layers": traced["avg_layers"],
-                "stop_agreement": float((trace_stop == stop).double().mean()),
-            }
-        )
-    if out is not None:
-        from l2s_gym.runs import save_checkpoint, write_json
-
-        out = Path(out)
-        pt = out if out.suffix == ".pt" else out.with_name(out.name + ".pt")
-        save_checkpoint(
-            pt,
-            {"predictions": predictions.cpu(), "stop": stop.cpu(), "layers": (stop + 1).cpu()},
-        )
-        write_json(pt.with_suffix(".json"), summary)
-        summary["files"] = [str(pt), str(pt.with_suffix(".json"))]
-    return summary
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """A few lines for the terminal."""
-    lines = [
-        f"{summary['learner']} (cost {summary['cost']:g}, seed {summary['seed']}, "
-        f"read-out: {summary['readout_label']}) on {summary['data']}: "
-        f"{summary['instances']} instances",
-        f"average layers {summary['avg_layers']:.2f} of {summary['num_layers']} "
-        f"(ideal speed-up {summary['ideal_speedup']:.2f}x)",
-        f"wall time: runner {summary['runner_s'] * 1e3:.1f} ms, full depth "
-        f"{summary['full_depth_s'] * 1e3:.1f} ms, measured speed-up "
-        f"{summary['measured_speedup']:.2f}x (batch {summary['batch_size']}, "
-        + (f"look-ahead {summary['lookahead']}, " if summary.get("lookahead", 1) > 1 else "")
-        + f"{summary['device']}, {summary['threads']} threads)",
-    ]
-    if "metric" in summary:
-        lines.append(
-            f"{summary['metric_name']}: {summary['metric']:.4f} (trace-based evaluation "
-            f"{summary['trace_metric']:.4f}; stop layers agree on "
-            f"{100 * summary['stop_agreement']:.1f}% of instances)"
-        )
-    lines += summary.get("files", [])
-    return "\n".join(lines)

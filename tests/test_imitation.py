@@ -64,4 +64,15 @@ def test_stage2_beta_sets_the_kl_target_temperature(
 
     monkeypatch.setattr(imitation, "oracle_log_q", spy)
     registry.LEARNERS["reverse_kl"](ctx)
+    # The library's continuation (beta_anneal_from "auto") starts hotter and ends at the
+    # stage-2 temperature; it never goes below it.
+    assert seen and seen[-1] == pytest.approx(expected)
+    assert all(b >= expected * (1 - 1e-6) for b in seen) and seen == sorted(seen, reverse=True)
+    # Without the continuation every step's target is at that temperature.
+    data["imitation"]["beta_anneal_from"] = 1.0
+    seen.clear()
+    ctx = LearnerContext(
+        from_dict(data), task, predictor, val, tmp_path / "flat", 0, progress=False
+    )
+    registry.LEARNERS["reverse_kl"](ctx)
     assert seen and all(b == pytest.approx(expected) for b in seen)

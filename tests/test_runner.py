@@ -543,7 +543,7 @@ def toy_run(tmp_path, toy_config):  # noqa: ANN001, ANN201
 
 
 def test_predict_run_matches_the_trace_based_evaluation(toy_run, tmp_path) -> None:  # noqa: ANN001
-    from l2s_gym.runner import format_summary, predict_run
+    from l2s_gym.predict import format_summary, predict_run
 
     cfg, run, predictor, policy = toy_run
     out = tmp_path / "out" / "pred.pt"
@@ -603,7 +603,7 @@ def test_predict_command(toy_run, toy_config, tmp_path, capsys) -> None:  # noqa
 
 def test_predict_on_a_real_family(tmp_path, sparse_tiny_config) -> None:  # noqa: ANN001
     """LISTA through the same path (a run folder of the sparse tiny config)."""
-    from l2s_gym.runner import predict_run
+    from l2s_gym.predict import predict_run
 
     cfg, run, _, _ = write_run_folder(tmp_path, sparse_tiny_config)
     summary = predict_run(cfg, run, "reverse_kl", batch_size=50)

@@ -1,0 +1,264 @@
+"""A run folder's stop model with early exit on the test set or a user's batch (``l2s predict``).
+
+``load_run_stop_model`` loads a run folder's oracle-trained predictor and one learner's
+policy; ``predict_run`` runs the test set (or a ``.pt`` batch of inputs) through
+``l2s_gym.runner.StopRunner``, times it against the full-depth predictor and, on the test
+set, checks its predictions against the trace-based evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from l2s_gym.config import ConfigError, ExperimentConfig
+from l2s_gym.policy import StopPolicy
+from l2s_gym.predictor import LayeredPredictor
+from l2s_gym.rules import PAPER_RULE, ReadoutRule
+from l2s_gym.runner import StopRunner, _batch_size, run_full_depth
+from l2s_gym.task import Task
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _one_folder(parent: Path, prefix: str, wanted: str | None, flag: str) -> Path:
+    """``parent/<prefix><wanted>``, or the only ``<prefix>*`` folder when ``wanted`` is None."""
+    if wanted is not None:
+        folder = parent / f"{prefix}{wanted}"
+        if folder.is_dir():
+            return folder
+    found = sorted(p.name for p in parent.glob(f"{prefix}*") if p.is_dir())
+    if wanted is None and len(found) == 1:
+        return parent / found[0]
+    what = f"no {parent / f'{prefix}{wanted}'}" if wanted is not None else f"{flag} is needed"
+    raise FileNotFoundError(f"{what}; {parent} holds: {', '.join(found) or 'nothing'}")
+
+
+def load_run_stop_model(
+    cfg: ExperimentConfig,
+    run_dir: str | Path,
+    learner: str,
+    cost: float | None = None,
+    seed: int | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Task, LayeredPredictor, StopPolicy, ReadoutRule, dict[str, Any]]:
+    """A run folder's oracle-trained predictor and ``learner``'s policy at ``cost``.
+
+    Reads ``seed-<s>/stage1/predictor-oracle/best.pt`` and
+    ``seed-<s>/<learner>/cost-<c>/best.pt`` (``cost=None``: the only cost folder there);
+    the read-out is the policy checkpoint's ``readout`` (the rule chosen on validation).
+    Returns the task, predictor, policy, rule and ``{"seed", "cost", "predictor",
+    "policy"}`` (the seed, the cost and the two checkpoint paths).
+    """
+    from l2s_gym.build import make_policy, resolve_device
+    from l2s_gym.runs import load_policy
+    from l2s_gym.trials import PLAN_KEYS, RUNTIME_KEYS, load_stop_model, trial_config
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    seed = cfg.seed if seed is None else int(seed)
+    seed_dir = _one_folder(run_dir, "seed-", str(seed), "--seed")
+    learner_dir = seed_dir / learner
+    if not learner_dir.is_dir():
+        known = sorted(p.name for p in seed_dir.iterdir() if p.is_dir() and p.name != "stage1")
+        raise FileNotFoundError(
+            f"no learner folder {learner_dir}; {seed_dir} holds: {', '.join(known) or 'nothing'}"
+        )
+    cost_dir = _one_folder(learner_dir, "cost-", None if cost is None else f"{cost:g}", "--cost")
+    dev = resolve_device(cfg.device) if device is None else torch.device(device)
+    # The trials' own loader: the predictor's checkpoint is checked against the config.
+    seed_cfg = trial_config(cfg, seed)
+    task, predictor = load_stop_model(run_dir, seed_cfg, seed, dev)
+    predictor_path = seed_dir / "stage1" / "predictor-oracle" / "best.pt"
+    policy_path = cost_dir / "best.pt"
+    policy = make_policy(cfg, predictor)
+    state = load_policy(
+        policy_path, policy, seed_cfg, task, ignore=PLAN_KEYS + RUNTIME_KEYS, warn=lambda _: None
+    )
+    rule = ReadoutRule.from_dict(state.get("readout") or PAPER_RULE.to_dict())
+    info = {
+        "seed": seed,
+        "cost": float(state.get("cost", float(cost_dir.name.removeprefix("cost-")))),
+        "predictor": str(predictor_path),
+        "policy": str(policy_path),
+    }
+    return task, predictor, policy, rule, info
+
+
+def load_input_file(path: str | Path, task: Task) -> dict[str, Tensor]:
+    """A user's batch: a ``.pt`` dict of input tensors shaped like the task's test inputs.
+
+    Every task takes one (the runner needs only inputs): the keys must be those of the
+    task's test inputs and each tensor's per-instance shape (all but the first dimension)
+    theirs, e.g. ``{"y": (N, m)}`` for sparse recovery, ``{"noisy": (N, 1, P, P)}`` for
+    denoising, ``{"image": (N, 1, S, S)}`` for recognition, and the five support/query
+    tensors of the meta-learning tasks.
+    """
+    data = torch.load(Path(path), map_location="cpu", weights_only=True)
+    like = task.eval_set("test").inputs
+    if not isinstance(data, dict) or set(data) != set(like):
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(
+            f"--input {path}: expected a dict of tensors with keys {sorted(like)}, got {got}"
+        )
+    for key, ref in like.items():
+        value = data[key]
+        if not isinstance(value, Tensor) or value.shape[1:] != ref.shape[1:]:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ConfigError(
+                f"--input {path}: {key!r} must be (N, {', '.join(map(str, ref.shape[1:]))}), "
+                f"got {shape}"
+            )
+    _batch_size(data)
+    return {k: v.to(device=task.device, dtype=like[k].dtype) for k, v in data.items()}
+
+
+def predict_run(
+    cfg: ExperimentConfig,
+    run_dir: str | Path,
+    learner: str,
+    *,
+    cost: float | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    out: str | Path | None = None,
+    input_file: str | Path | None = None,
+    device: torch.device | str | None = None,
+    lookahead: int = 1,
+) -> dict[str, Any]:
+    """Run a run folder's stop model with early exit on the test set (or ``input_file``).
+
+    Batches of ``batch_size`` (default ``cfg.compare.eval_batch_size``) go through the
+    ``StopRunner`` and, for the timing, through the full-depth predictor
+    (``run_full_depth``); the first batch runs once untimed first (warm-up). On the test
+    set the runner's predictions are scored with the task's metric next to the
+    trace-based evaluation's (``evaluate_stop_model``'s way: full trace, then the rule on
+    the policy's logits), which they must equal.
+
+    ``lookahead``: ask the policy once per this many layers (``StopRunner``'s
+    ``lookahead``: the same stops, fewer policy calls, up to ``lookahead - 1`` wasted
+    layers per instance; pays at small batches).
+
+    ``out`` (``FILE.pt``): the tensors ``predictions``, ``stop`` (0-based) and ``layers``
+    (1-based), and the summary as ``FILE.json``. Returns the summary.
+    """
+    from l2s_gym.evaluation import stop_logits, stop_summary
+
+    task, predictor, policy, rule, info = load_run_stop_model(
+        cfg, run_dir, learner, cost, seed, device
+    )
+    if input_file is not None:
+        inputs, test = load_input_file(input_file, task), None
+    else:
+        test = task.eval_set("test")
+        inputs = test.inputs
+    n = _batch_size(inputs)
+    size = int(batch_size or cfg.compare.eval_batch_size)
+    if size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {size}")
+    if lookahead < 1:
+        raise ConfigError(f"--lookahead: must be >= 1, got {lookahead}")
+    runner = StopRunner(predictor, policy, rule, lookahead=lookahead)
+    dev = predictor.device
+    chunks = [{k: v[i : i + size] for k, v in inputs.items()} for i in range(0, n, size)]
+    if chunks:  # warm-up: first-call allocations and kernel choices are not timed
+        runner(chunks[0])
+        run_full_depth(predictor, chunks[0])
+    preds, stops = [], []
+    runner_s = full_s = 0.0
+    for chunk in chunks:
+        _sync(dev)
+        start = time.perf_counter()
+        result = runner(chunk)
+        _sync(dev)
+        runner_s += time.perf_counter() - start
+        start = time.perf_counter()
+        run_full_depth(predictor, chunk)
+        _sync(dev)
+        full_s += time.perf_counter() - start
+        preds.append(result.predictions)
+        stops.append(result.stop)
+    T = predictor.num_layers
+    stop = torch.cat(stops) if stops else torch.zeros(0, dtype=torch.long, device=dev)
+    predictions = torch.cat(preds) if preds else torch.zeros(0, device=dev)
+    avg_layers = float((stop + 1).double().mean()) if n else math.nan
+    summary: dict[str, Any] = {
+        "experiment": cfg.experiment,
+        "run": str(run_dir),
+        "learner": learner,
+        **info,
+        "readout": rule.to_dict(),
+        "readout_label": rule.label,
+        "data": str(input_file) if input_file is not None else "test set",
+        "instances": n,
+        "num_layers": T,
+        "avg_layers": avg_layers,
+        "histogram": torch.bincount(stop.cpu(), minlength=T).tolist(),
+        "batch_size": size,
+        "lookahead": lookahead,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "runner_s": runner_s,
+        "full_depth_s": full_s,
+        "measured_speedup": full_s / runner_s if runner_s > 0 else math.nan,
+        "ideal_speedup": T / avg_layers if n else math.nan,
+    }
+    if test is not None:
+        stats = task.metric_stat(predictions, test.targets)
+        trace = predictor.trace_eval(test, task, size)
+        trace_stop = rule.stop(stop_logits(policy, trace))
+        traced = stop_summary(task, trace, trace_stop)
+        summary.update(
+            {
+                "metric_name": task.metric_name,
+                "metric": task.aggregate(stats),
+                "trace_metric": traced["metric"],
+                "trace_avg_layers": traced["avg_layers"],
+                "stop_agreement": float((trace_stop == stop).double().mean()),
+            }
+        )
+    if out is not None:
+        from l2s_gym.runs import save_checkpoint, write_json
+
+        out = Path(out)
+        pt = out if out.suffix == ".pt" else out.with_name(out.name + ".pt")
+        save_checkpoint(
+            pt,
+            {"predictions": predictions.cpu(), "stop": stop.cpu(), "layers": (stop + 1).cpu()},
+        )
+        write_json(pt.with_suffix(".json"), summary)
+        summary["files"] = [str(pt), str(pt.with_suffix(".json"))]
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    lines = [
+        f"{summary['learner']} (cost {summary['cost']:g}, seed {summary['seed']}, "
+        f"read-out: {summary['readout_label']}) on {summary['data']}: "
+        f"{summary['instances']} instances",
+        f"average layers {summary['avg_layers']:.2f} of {summary['num_layers']} "
+        f"(ideal speed-up {summary['ideal_speedup']:.2f}x)",
+        f"wall time: runner {summary['runner_s'] * 1e3:.1f} ms, full depth "
+        f"{summary['full_depth_s'] * 1e3:.1f} ms, measured speed-up "
+        f"{summary['measured_speedup']:.2f}x (batch {summary['batch_size']}, "
+        + (f"look-ahead {summary['lookahead']}, " if summary.get("lookahead", 1) > 1 else "")
+        + f"{summary['device']}, {summary['threads']} threads)",
+    ]
+    if "metric" in summary:
+        lines.append(
+            f"{summary['metric_name']}: {summary['metric']:.4f} (trace-based evaluation "
+            f"{summary['trace_metric']:.4f}; stop layers agree on "
+            f"{100 * summary['stop_agreement']:.1f}% of instances)"
+        )
+    lines += summary.get("files", [])
+    return "\n".join(lines)
