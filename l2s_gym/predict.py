@@ -122,55 +122,15 @@ def load_input_file(path: str | Path, task: Task) -> dict[str, Tensor]:
     return {k: v.to(device=task.device, dtype=like[k].dtype) for k, v in data.items()}
 
 
-def predict_run(
-    cfg: ExperimentConfig,
-    run_dir: str | Path,
-    learner: str,
-    *,
-    cost: float | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    out: str | Path | None = None,
-    input_file: str | Path | None = None,
-    device: torch.device | str | None = None,
-    lookahead: int = 1,
-) -> dict[str, Any]:
-    """Run a run folder's stop model with early exit on the test set (or ``input_file``).
-
-    Batches of ``batch_size`` (default ``cfg.compare.eval_batch_size``) go through the
-    ``StopRunner`` and, for the timing, through the full-depth predictor
-    (``run_full_depth``); the first batch runs once untimed first (warm-up). On the test
-    set the runner's predictions are scored with the task's metric next to the
-    trace-based evaluation's (``evaluate_stop_model``'s way: full trace, then the rule on
-    the policy's logits), which they must equal.
-
-    ``lookahead``: ask the policy once per this many layers (``StopRunner``'s
-    ``lookahead``: the same stops, fewer policy calls, up to ``lookahead - 1`` wasted
-    layers per instance; pays at small batches).
-
-    ``out`` (``FILE.pt``): the tensors ``predictions``, ``stop`` (0-based) and ``layers``
-    (1-based), and the summary as ``FILE.json``. Returns the summary.
-    """
-    from l2s_gym.evaluation import stop_logits, stop_summary
-
-    task, predictor, policy, rule, info = load_run_stop_model(
-        cfg, run_dir, learner, cost, seed, device
-    )
-    if input_file is not None:
-        inputs, test = load_input_file(input_file, task), None
-    else:
-        test = task.eval_set("test")
-        inputs = test.inputs
-    n = _batch_size(inputs)
-    size = int(batch_size or cfg.compare.eval_batch_size)
-    if size < 1:
-        raise ConfigError(f"--batch-size: must be >= 1, got {size}")
-    if lookahead < 1:
-        raise ConfigError(f"--lookahead: must be >= 1, got {lookahead}")
-    runner = StopRunner(predictor, policy, rule, lookahead=lookahead)
+def _timed(runner: StopRunner, inputs: dict[str, Tensor], size: int):  # noqa: ANN202
+    """``inputs`` in batches of ``size`` through ``runner`` and, for the timing, the
+    full-depth predictor (the first batch once untimed first: allocations and kernel
+    choices are not timed). Returns the predictions, the stops and the two wall times."""
+    predictor = runner.predictor
     dev = predictor.device
+    n = _batch_size(inputs)
     chunks = [{k: v[i : i + size] for k, v in inputs.items()} for i in range(0, n, size)]
-    if chunks:  # warm-up: first-call allocations and kernel choices are not timed
+    if chunks:
         runner(chunks[0])
         run_full_depth(predictor, chunks[0])
     preds, stops = [], []
@@ -187,9 +147,80 @@ def predict_run(
         full_s += time.perf_counter() - start
         preds.append(result.predictions)
         stops.append(result.stop)
-    T = predictor.num_layers
     stop = torch.cat(stops) if stops else torch.zeros(0, dtype=torch.long, device=dev)
     predictions = torch.cat(preds) if preds else torch.zeros(0, device=dev)
+    return predictions, stop, runner_s, full_s
+
+
+def _check_on_test(  # noqa: PLR0913
+    task: Task,
+    predictor: LayeredPredictor,
+    policy: StopPolicy,
+    rule: ReadoutRule,
+    test: Any,
+    predictions: Tensor,
+    stop: Tensor,
+    size: int,
+) -> dict[str, Any]:
+    """The runner's test-set metric next to the trace-based evaluation's (full trace,
+    then the rule on the policy's logits), and the share of instances whose stops agree."""
+    from l2s_gym.evaluation import stop_logits, stop_summary
+
+    trace = predictor.trace_eval(test, task, size)
+    trace_stop = rule.stop(stop_logits(policy, trace))
+    traced = stop_summary(task, trace, trace_stop)
+    return {
+        "metric_name": task.metric_name,
+        "metric": task.aggregate(task.metric_stat(predictions, test.targets)),
+        "trace_metric": traced["metric"],
+        "trace_avg_layers": traced["avg_layers"],
+        "stop_agreement": float((trace_stop == stop).double().mean()),
+    }
+
+
+def predict_run(
+    cfg: ExperimentConfig,
+    run_dir: str | Path,
+    learner: str,
+    *,
+    cost: float | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    out: str | Path | None = None,
+    input_file: str | Path | None = None,
+    device: torch.device | str | None = None,
+    lookahead: int = 1,
+) -> dict[str, Any]:
+    """Run a run folder's stop model with early exit on the test set (or ``input_file``).
+
+    Batches of ``batch_size`` (default ``cfg.compare.eval_batch_size``), timed against the
+    full-depth predictor (``_timed``); on the test set, checked against the trace-based
+    evaluation (``_check_on_test``), which they must equal.
+
+    ``lookahead``: ask the policy once per this many layers (``StopRunner``'s
+    ``lookahead``: the same stops, fewer policy calls, up to ``lookahead - 1`` wasted
+    layers per instance; pays at small batches).
+
+    ``out`` (``FILE.pt``): the tensors ``predictions``, ``stop`` (0-based) and ``layers``
+    (1-based), and the summary as ``FILE.json``. Returns the summary.
+    """
+    task, predictor, policy, rule, info = load_run_stop_model(
+        cfg, run_dir, learner, cost, seed, device
+    )
+    if input_file is not None:
+        inputs, test = load_input_file(input_file, task), None
+    else:
+        test = task.eval_set("test")
+        inputs = test.inputs
+    n = _batch_size(inputs)
+    size = int(batch_size or cfg.compare.eval_batch_size)
+    if size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {size}")
+    if lookahead < 1:
+        raise ConfigError(f"--lookahead: must be >= 1, got {lookahead}")
+    runner = StopRunner(predictor, policy, rule, lookahead=lookahead)
+    predictions, stop, runner_s, full_s = _timed(runner, inputs, size)
+    T = predictor.num_layers
     avg_layers = float((stop + 1).double().mean()) if n else math.nan
     summary: dict[str, Any] = {
         "experiment": cfg.experiment,
@@ -205,7 +236,7 @@ def predict_run(
         "histogram": torch.bincount(stop.cpu(), minlength=T).tolist(),
         "batch_size": size,
         "lookahead": lookahead,
-        "device": str(dev),
+        "device": str(predictor.device),
         "threads": torch.get_num_threads(),
         "runner_s": runner_s,
         "full_depth_s": full_s,
@@ -213,19 +244,7 @@ def predict_run(
         "ideal_speedup": T / avg_layers if n else math.nan,
     }
     if test is not None:
-        stats = task.metric_stat(predictions, test.targets)
-        trace = predictor.trace_eval(test, task, size)
-        trace_stop = rule.stop(stop_logits(policy, trace))
-        traced = stop_summary(task, trace, trace_stop)
-        summary.update(
-            {
-                "metric_name": task.metric_name,
-                "metric": task.aggregate(stats),
-                "trace_metric": traced["metric"],
-                "trace_avg_layers": traced["avg_layers"],
-                "stop_agreement": float((trace_stop == stop).double().mean()),
-            }
-        )
+        summary.update(_check_on_test(task, predictor, policy, rule, test, predictions, stop, size))
     if out is not None:
         from l2s_gym.runs import save_checkpoint, write_json
 
