@@ -232,11 +232,9 @@ class RLConfig:
     per window, so fewer environments give it more updates from the same layer budget."""
     reinforce_scale_free: bool = False
     """Divide each REINFORCE update's surrogate (policy-gradient and entropy terms alike) by
-    the standard deviation of its advantages: the same direction as the exact gradient of
-    ``J``, at a size that does not depend on the scale of the returns. Adam alone is not
-    scale-free across updates: the large early returns of a policy that stops far too soon
-    fill its second-moment estimate for hundreds of steps, and once the policy has swung to
-    "never stop" its small gradients then move it by almost nothing."""
+    the standard deviation of its advantages: the exact gradient's direction, at a size that
+    does not depend on the scale of the returns (why: docs/method.md, "Why RL is the
+    baseline")."""
     ppo: Any = field(default_factory=dict)
     """PPO's constructor arguments (``stable_baselines3.PPO``), a mapping: e.g.
     ``{learning_rate: lin_3e-3, n_steps: 64, batch_size: 4096, n_epochs: 4, gae_lambda:
