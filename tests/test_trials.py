@@ -1,0 +1,129 @@
+"""Unit tests of ``l2s_gym.trials`` on hand-built configs: trial keys, the plan, the
+``done`` digest (what a stage-1 trial depends on), ``trial_config``'s copies and the resume
+check. No training: every test reads or writes a few small files at most."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import TOY_CONFIG
+
+from l2s_gym.config import ConfigError, from_dict
+from l2s_gym.trials import (
+    DONE,
+    STAGE1_KEYS,
+    Trial,
+    _mark_done,
+    _trial_digest,
+    check_resume_config,
+    format_cost,
+    is_done,
+    make_plan,
+    trial_config,
+)
+
+
+def toy_dict(**changes) -> dict:
+    """The toy config as a full dict (through the schema), with ``section.key`` changes."""
+    data = from_dict(yaml.safe_load(TOY_CONFIG)).to_dict()
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return data
+
+
+def test_trial_keys_and_needs() -> None:
+    assert format_cost(0.0) == "0" and format_cost(0.3) == "0.3" and format_cost(1e-5) == "1e-05"
+    s1 = Trial("stage1", 3)
+    s2 = Trial("stage2", 3, "reverse_kl", 1e-5, "gain")
+    assert s1.key == "seed-3/stage1" and s1.needs == ()
+    assert s2.key == "seed-3/reverse_kl/cost-1e-05"
+    assert s2.needs == (s1,)
+    assert Trial.from_dict(s2.to_dict()) == s2
+
+
+def test_make_plan_is_stage1_per_seed_then_seeds_x_learners_x_costs() -> None:
+    plan = make_plan([0, 1], ["a", "b"], [0.0, 0.5, 2.0], scale="gain")
+    assert [t.key for t in plan[:2]] == ["seed-0/stage1", "seed-1/stage1"]
+    stage2 = plan[2:]
+    assert len(stage2) == 2 * 2 * 3 and len({t.key for t in stage2}) == 12
+    assert {(t.seed, t.learner, t.cost) for t in stage2} == {
+        (s, n, c) for s in (0, 1) for n in ("a", "b") for c in (0.0, 0.5, 2.0)
+    }
+    assert all(t.kind == "stage2" and t.scale == "gain" for t in stage2)
+    # Every stage-2 trial comes after the stage-1 trial it needs.
+    position = {t: i for i, t in enumerate(plan)}
+    assert all(position[need] < position[t] for t in plan for need in t.needs)
+
+
+def test_stage1_digest_ignores_stage2_keys_but_not_stage1_keys() -> None:
+    base = toy_dict()
+    stage2_change = toy_dict(imitation__steps=999)
+    assert _trial_digest(base, "stage1") == _trial_digest(stage2_change, "stage1")
+    assert _trial_digest(base, "stage2") != _trial_digest(stage2_change, "stage2")
+    for change in ({"beta": 0.5}, {"task__val_size": 100}, {"stage1__steps": 7}):
+        assert _trial_digest(base, "stage1") != _trial_digest(toy_dict(**change), "stage1")
+    digest = _trial_digest(base, "stage1")
+    assert digest and all(k.split(".")[0] in STAGE1_KEYS for k in digest)
+
+
+def test_digest_ignores_plan_and_runtime_keys() -> None:
+    base = toy_dict()
+    other = toy_dict(seeds=[0, 1, 2], threads=3, compare__learners=["forward_kl"])
+    for kind in ("stage1", "stage2"):
+        assert _trial_digest(base, kind) == _trial_digest(other, kind)
+    assert not any(k.startswith(("seeds", "threads", "compare.learners")) for k in _trial_digest(base))  # fmt: skip
+
+
+def test_is_done_reuses_stage1_across_stage2_changes_only(tmp_path) -> None:
+    base = toy_dict()
+    assert not is_done(tmp_path, base, "stage1")  # no marker
+    _mark_done(tmp_path, base, "stage1")
+    assert is_done(tmp_path, base, "stage1")
+    assert is_done(tmp_path, toy_dict(imitation__steps=999), "stage1")
+    assert not is_done(tmp_path, toy_dict(beta=0.5), "stage1")
+    (tmp_path / DONE).write_text("{not json")
+    assert not is_done(tmp_path, base, "stage1")
+
+
+def test_is_done_stage2_sees_a_stage2_change(tmp_path) -> None:
+    base = toy_dict()
+    _mark_done(tmp_path, base, "stage2")
+    record = json.loads((tmp_path / DONE).read_text())
+    assert "imitation.steps" in record["config"] and "device" not in record["config"]
+    assert is_done(tmp_path, toy_dict(device="cuda"), "stage2")  # runtime only
+    assert not is_done(tmp_path, toy_dict(imitation__steps=999), "stage2")
+
+
+def test_trial_config_copies_a_typed_config_deeply() -> None:
+    cfg = from_dict({**yaml.safe_load(TOY_CONFIG), "seeds": [0, 1]})
+    copy = trial_config(cfg, 7)
+    assert copy.seed == 7 and copy.seeds == []
+    assert cfg.seed == 0 and cfg.seeds == [0, 1]
+    copy.compare.learners.append("mutated")
+    copy.task.params.val_size = 1
+    assert "mutated" not in cfg.compare.learners
+    assert cfg.task.params.val_size == 256
+
+
+def test_trial_config_from_a_dict_leaves_the_dict_alone() -> None:
+    data = toy_dict(seeds=[4, 5])
+    snapshot = json.loads(json.dumps(data))
+    cfg = trial_config(data, 5)
+    assert cfg.seed == 5 and cfg.seeds == []
+    assert data == snapshot
+
+
+def test_resume_check_allows_plan_and_runtime_keys_and_names_the_first_difference(tmp_path) -> None:  # fmt: skip
+    saved = toy_dict()
+    check_resume_config(saved, toy_dict(seeds=[0, 1], threads=4, compare__learners=["x"]), tmp_path)  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        check_resume_config(saved, toy_dict(beta=0.25), tmp_path)
+    message = str(err.value)
+    assert "differs from the run's at beta" in message
+    assert "(run: 0.05, now: 0.25)" in message and str(tmp_path) in message
