@@ -5,7 +5,8 @@ layer out of the trace afterwards; its "average layers" is a count. ``StopRunner
 deployed form: it runs a batch layer by layer, asks the policy after each layer, and
 drops the instances that stopped, so layer ``t + 1`` runs only on the instances still
 going. Its stop layers are the trace's (same predictor, same policy, same read-out rule:
-``tests/test_runner.py`` checks it on every family).
+``tests/test_runner.py`` checks it on every family; ``tests/test_fast_paths.py``, the
+fast paths it relies on).
 
 ``run_full_depth`` is the baseline it is timed against. ``l2s_gym.predict`` runs a run
 folder's stop model through the runner (``l2s predict``).

@@ -19,6 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
     plugins.load_plugins()
 
+
 TOY_CONFIG = """
 experiment: toy_run
 seed: 0
