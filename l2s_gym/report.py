@@ -275,15 +275,17 @@ def frontier_tables(results: RunResults) -> str:
         "",
     ]
     learned = {n: f for n, f in results.frontiers.items() if f.kind == "learned"}
+    at_price = [{p: i for i, p in enumerate(f.cost if f.cost is not None else f.param)} for f in learned.values()]  # fmt: skip
     body = []
-    for i, c in enumerate(results.costs):
+    for c in sorted(results.costs):
         cells = [f"{c:g}"]
-        for f in learned.values():
-            if i < len(f.metric):
-                obj = f" ({_sig(f.objective[i])})" if f.objective else ""
-                cells.append(f"{_fmt(f.metric[i])} @ {_fmt(f.avg_layers[i])}{obj}")
-            else:
+        for f, index in zip(learned.values(), at_price, strict=True):
+            i = index.get(c)
+            if i is None:  # this learner's trial at this price failed or was not run
                 cells.append("-")
+                continue
+            obj = f" ({_sig(f.objective[i])})" if f.objective else ""
+            cells.append(f"{_fmt(f.metric[i])} @ {_fmt(f.avg_layers[i])}{obj}")
         body.append(cells)
     lines += _table(["price", *learned], body)
     sweep = results.frontier_sweep_summary

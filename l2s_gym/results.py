@@ -663,32 +663,50 @@ def _mean_row(first: Row, rows: list[Row], n: int) -> Row:
 
 
 def _aggregate_frontiers(per_seed: list[SeedResult]) -> dict[str, Curve]:
-    """Curves over seeds, point by point (points share a parameter across seeds)."""
+    """Curves over seeds, point by point. Points are paired by their price (a learner's
+    curve) or their parameter (a depth, a threshold, a quantile), never by position: a
+    stage-2 trial that failed in one seed leaves that seed's other points where they are,
+    and a point missing from some seed is left out of the mean curve."""
     out: dict[str, Curve] = {}
     for name in per_seed[0].frontiers:
         curves = [res.frontiers[name] for res in per_seed if name in res.frontiers]
-        n = min(len(c.metric) for c in curves)
+        index = [{k: i for i, k in enumerate(_point_keys(c))} for c in curves]
         first = curves[0]
+        keys = [k for k in _point_keys(first) if all(k in ix for ix in index)]
+
+        def over(field: str, curves=curves, index=index, keys=keys) -> list[list]:
+            return [
+                [getattr(c, field)[ix[k]] for c, ix in zip(curves, index, strict=True)]
+                for k in keys
+            ]
+
+        at_first = [index[0][k] for k in keys]
         agg = Curve(
             kind=first.kind,
-            param=first.param[:n],
-            avg_layers=[_mean([c.avg_layers[i] for c in curves]) for i in range(n)],
-            metric=[_mean([c.metric[i] for c in curves]) for i in range(n)],
-            ci_low=first.ci_low[:n],
-            ci_high=first.ci_high[:n],
+            param=[first.param[i] for i in at_first],
+            avg_layers=[_mean(v) for v in over("avg_layers")],
+            metric=[_mean(v) for v in over("metric")],
+            ci_low=[first.ci_low[i] for i in at_first],
+            ci_high=[first.ci_high[i] for i in at_first],
             learner=first.learner,
             price=first.price,
+            cost=None if first.cost is None else [first.cost[i] for i in at_first],
             band_over="test instances",
         )
         if first.objective is not None:
-            agg.objective = [_mean([c.objective[i] for c in curves]) for i in range(n)]  # type: ignore[index]
+            agg.objective = [_mean(v) for v in over("objective")]
         if len(curves) > 1:
-            ivs = [seed_interval([c.metric[i] for c in curves]) for i in range(n)]
+            ivs = [seed_interval(v) for v in over("metric")]
             agg.ci_low = [iv[0] if iv else None for iv in ivs]
             agg.ci_high = [iv[1] if iv else None for iv in ivs]
             agg.band_over = f"{len(curves)} seeds"
         out[name] = agg
     return out
+
+
+def _point_keys(c: Curve) -> list[float]:
+    """What names a curve's points across seeds: a learner's prices, else the parameters."""
+    return list(c.cost if c.cost is not None else c.param)
 
 
 def _over_seeds(vals: list[float | None], all_or_none: bool) -> tuple[float | None, list[float] | None]:  # fmt: skip
