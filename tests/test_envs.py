@@ -120,6 +120,7 @@ def test_make_vec_uses_the_vector_entry_point(task, predictor) -> None:
         task=task,
         predictor=predictor,
         reward="log_oracle",
+        autoreset_mode="same_step",
     )
     assert isinstance(envs.unwrapped, StopVectorEnv)
     assert envs.metadata["autoreset_mode"] == gymnasium.vector.AutoresetMode.SAME_STEP

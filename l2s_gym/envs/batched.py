@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from l2s_gym.predictor import LayeredPredictor, State, map_state, zip_state
+from l2s_gym.predictor import LayeredPredictor, State, map_state, select_rows, zip_state
 from l2s_gym.stopping import cost_adjusted_losses, cumulative_costs, oracle_log_q
 from l2s_gym.task import Batch, Task
 
@@ -145,6 +145,9 @@ class BatchedStopEnv:
         cost: the price ``lambda`` of a layer, in units of the loss (>= 0).
         seed: seed of the instance stream used by the first ``reset()`` without a seed.
         instance_block: instances drawn from the task per call.
+        reward_scale: every reward is multiplied by it (``> 0``; the optimum is unchanged).
+            1 keeps the rewards in units of ``beta``, exact for the project's learners;
+            ``l2s_gym.make_env`` sets it from a calibration batch for off-the-shelf agents.
     """
 
     def __init__(
@@ -158,7 +161,10 @@ class BatchedStopEnv:
         cost: float = 0.0,
         seed: int = 0,
         instance_block: int = INSTANCE_BLOCK,
+        reward_scale: float = 1.0,
     ) -> None:
+        if not (math.isfinite(reward_scale) and reward_scale > 0):
+            raise ValueError(f"reward_scale must be a finite number > 0, got {reward_scale!r}")
         if reward not in REWARD_MODES:
             raise ValueError(f"reward must be one of {', '.join(REWARD_MODES)}; got {reward!r}")
         if not isinstance(num_envs, int) or num_envs < 1:
@@ -189,6 +195,7 @@ class BatchedStopEnv:
         self.beta = float(beta)
         self.reward_mode = reward
         self.cost = float(cost)
+        self.reward_scale = float(reward_scale)
         self.cum_costs = cumulative_costs(
             self.num_layers, predictor.layer_costs(), device=self.device
         )
@@ -286,24 +293,38 @@ class BatchedStopEnv:
         return self._obs
 
     @torch.no_grad()
-    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    def step(
+        self, actions: Tensor, hold: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """Apply one action per row (``0`` continue, ``1`` stop).
 
         Returns obs ``(N, obs_dim)``, reward ``(N,)`` float32, done ``(N,)`` bool and info
         (see the class docstring). Rows that are done already hold a fresh instance's
         first observation.
+
+        ``hold`` (optional, ``(N,)`` bool): rows where it is set do not move this step:
+        their action is ignored, no layer is computed, no instance is drawn, the reward is
+        0 (the layer-1 cost of a fresh episode is still charged on its first real step),
+        done is False and obs and info are those of their ongoing episode. Finding the rows
+        that do move costs one host sync. (``StopVectorEnv``'s next-step autoreset.)
         """
         if self._obs is None:
             raise RuntimeError("BatchedStopEnv.step called before reset()")
         stop = self._check_actions(actions)
+        held = self._check_hold(hold)
         last = self.num_layers - 1
         t_old, loss_old, stat_old, features_old = self._t, self._loss, self._stat, self._features
-        cont = ~stop
+        if held is None:
+            cont = ~stop
+        else:
+            stop = stop & ~held
+            cont = ~stop & ~held
         # Continuing into the last layer ends the episode there: no decision is left.
         arrive = cont & (t_old + 1 == last)
         done = stop | arrive
         t_end = torch.where(stop, t_old, t_old + 1)  # 0-based end layer where done
-        new_t = torch.where(done, torch.zeros_like(t_old), t_old + 1)
+        advanced = t_old + 1 if held is None else torch.where(held, t_old, t_old + 1)
+        new_t = torch.where(done, torch.zeros_like(t_old), advanced)
 
         # Same-step autoreset: done rows take the next instances of the stream.
         fresh = self._take(done)
@@ -318,7 +339,9 @@ class BatchedStopEnv:
             self._refill_full_pass(done)
         else:
             ended_best = torch.full_like(t_old, -1)
-            reached_loss, reached_stat, reached_features = self._walk(stop, arrive, fresh, old)
+            reached_loss, reached_stat, reached_features = self._walk(
+                stop, arrive, fresh, old, held
+            )
             # A row that arrived at layer T ends there; a row that stopped, where it was.
             ended_loss = torch.where(arrive, reached_loss, loss_old)
             ended_stat = torch.where(arrive, reached_stat, stat_old)
@@ -333,16 +356,17 @@ class BatchedStopEnv:
         if self.reward_mode == "improvement":
             step_gain = (loss_old - reached_loss) / self.beta
             reward = reward + torch.where(cont, step_gain, torch.zeros_like(reward))
+        first = self._first if held is None else self._first & ~held
         if self.cost:
             # Layer 1 was computed when the episode started; continuing computes layer t + 2.
             paid = (
                 cont.to(reward.dtype) * self._layer_price[t_old + 1]
-                + self._first.to(reward.dtype) * self._layer_price[0]
+                + first.to(reward.dtype) * self._layer_price[0]
             )
             reward = reward - self.cost * paid / self.beta
 
         self._episodes_done += done.sum()
-        self._first = done
+        self._first = done if held is None else done | (self._first & held)
         obs = make_obs(self._features, new_t)  # type: ignore[arg-type]
         self._obs = obs
         ended_obs = make_obs(ended_features, t_end)
@@ -358,6 +382,8 @@ class BatchedStopEnv:
         else:
             info["best_layer"] = ended_best
             info["layers_computed"] = info["t"]
+        if self.reward_scale != 1.0:
+            reward = reward * self.reward_scale
         return obs, reward.to(torch.float32), done, info
 
     # --- internals ------------------------------------------------------------------------
@@ -412,6 +438,18 @@ class BatchedStopEnv:
             )
         return actions.to(self.device) == 1
 
+    def _check_hold(self, hold: Tensor | None) -> Tensor | None:
+        """``step``'s ``hold`` mask as ``(N,)`` bool on the device (``None`` stays ``None``)."""
+        if hold is None:
+            return None
+        hold = torch.as_tensor(hold)
+        if hold.shape != (self.num_envs,) or hold.dtype != torch.bool:
+            raise ValueError(
+                f"hold must be a bool tensor of shape ({self.num_envs},), got "
+                f"{hold.dtype} {tuple(hold.shape)}"
+            )
+        return hold.to(self.device)
+
     def _draw_block(self) -> Batch:
         assert self._generator is not None
         batch = self.task.train_batch(self.instance_block, self._generator)
@@ -460,7 +498,7 @@ class BatchedStopEnv:
         return state, loss, stat, feats
 
     def _walk(
-        self, stop: Tensor, arrive: Tensor, fresh: Batch, old: Batch
+        self, stop: Tensor, arrive: Tensor, fresh: Batch, old: Batch, held: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Compute this step's layers (lazy modes); return what the continuing rows reached.
 
@@ -469,10 +507,11 @@ class BatchedStopEnv:
         of its fresh instance as well, in the same ``forward_step`` call (the batch grows by
         one row per arrival). Returns loss, statistic and features ``(N, ...)`` of the layer
         each continuing row reached (for arrivals: layer ``T``, which ends their episode);
-        the rows' state and data then describe their ongoing episodes.
+        the rows' state and data then describe their ongoing episodes. Rows in ``held``
+        compute nothing and keep their state (their "reached" values are their current ones).
         """
         n = self.num_envs
-        assert self._state is not None
+        assert self._state is not None and self._features is not None
         computed = _where_batch(stop, fresh, old)
         state = zip_state(
             lambda a, b: _where_rows(stop, a, b),
@@ -480,6 +519,15 @@ class BatchedStopEnv:
             self._state,
         )
         t = torch.where(stop, torch.zeros_like(self._t), self._t + 1)
+        live = None
+        if held is not None:
+            live = torch.nonzero(~held).squeeze(1)  # host sync: the rows that move
+            computed = computed.select(live)
+            state = select_rows(state, live)
+            t = t[live]
+        m = n if live is None else int(live.numel())
+        if m == 0:  # every row held: nothing to compute
+            return self._loss, self._stat, self._features
         arrived = torch.nonzero(arrive).squeeze(1)  # host sync: the rows that start anew too
         k = int(arrived.numel())
         if k:
@@ -489,19 +537,27 @@ class BatchedStopEnv:
                 lambda a, b: torch.cat([a, b]), state, self.predictor.initial_state(extra.inputs)
             )
             t = torch.cat([t, torch.zeros_like(arrived)])
-        state, loss, stat, feats = self._compute(t, state, computed)
-        self.layer_evals += n + k
-        reached = (loss[:n], stat[:n], feats[:n])
+        out_state, out_loss, out_stat, out_feats = self._compute(t, state, computed)
+        self.layer_evals += m + k
+        state = map_state(lambda x: x[:m], out_state)
+        loss, stat, feats = out_loss[:m], out_stat[:m], out_feats[:m]
+        if live is not None:
+            # Held rows keep what they had; the moving rows take what they computed.
+            state = zip_state(lambda a, b: a.index_copy(0, live, b), self._state, state)
+            loss = self._loss.index_copy(0, live, loss)
+            stat = self._stat.index_copy(0, live, stat)
+            feats = self._features.index_copy(0, live, feats)
+        reached = (loss, stat, feats)
         if k:
             # The arrived rows continue with their fresh instance's layer 1.
             state = zip_state(
                 lambda a, b: a.index_copy(0, arrived, b),
-                map_state(lambda x: x[:n], state),
-                map_state(lambda x: x[n:], state),
+                state,
+                map_state(lambda x: x[m:], out_state),
             )
-            loss = loss[:n].index_copy(0, arrived, loss[n:])
-            stat = stat[:n].index_copy(0, arrived, stat[n:])
-            feats = feats[:n].index_copy(0, arrived, feats[n:])
+            loss = loss.index_copy(0, arrived, out_loss[m:])
+            stat = stat.index_copy(0, arrived, out_stat[m:])
+            feats = feats.index_copy(0, arrived, out_feats[m:])
         self._state, self._loss, self._stat, self._features = state, loss, stat, feats
         return reached
 

@@ -20,7 +20,7 @@ from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
 from l2s_gym.build import DEFAULT_BETA, build_components
-from l2s_gym.envs.batched import REWARD_MODES, BatchedStopEnv, split_obs
+from l2s_gym.envs.batched import REWARD_MODES, BatchedStopEnv, _where_batch, split_obs
 from l2s_gym.predictor import LayeredPredictor
 from l2s_gym.task import Batch, Task
 
@@ -35,6 +35,24 @@ StopLogits = Callable[[Tensor, Tensor], Tensor]
 def _check_reward(reward: str) -> None:
     if reward not in REWARD_MODES:
         raise ValueError(f"reward must be one of {', '.join(REWARD_MODES)}; got {reward!r}")
+
+
+AUTORESET_MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
+"""The autoreset modes ``StopVectorEnv`` offers (``autoreset_mode=``, enum or its string)."""
+
+
+def _autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
+    """``autoreset_mode=``: an ``AutoresetMode`` of ``AUTORESET_MODES``, its value
+    (``"NextStep"``) or its name in lower case (``"next_step"``)."""
+    for allowed in AUTORESET_MODES:
+        if mode is allowed or (
+            isinstance(mode, str) and mode in (allowed.value, allowed.name.lower())
+        ):
+            return allowed
+    names = ", ".join(
+        f"AutoresetMode.{m.name} ({m.name.lower()!r} or {m.value!r})" for m in AUTORESET_MODES
+    )
+    raise ValueError(f"StopVectorEnv: autoreset_mode must be one of {names}; got {mode!r}")
 
 
 def render_modes(task: Task) -> list[str]:
@@ -58,6 +76,7 @@ def _batched_env(
     device: str,
     seed: int,
     task_seed: int,
+    reward_scale: float = 1.0,
 ) -> BatchedStopEnv:
     """Check the keyword arguments both env classes share and build their batched core."""
     _check_reward(reward)
@@ -82,6 +101,7 @@ def _batched_env(
         reward=reward,
         cost=cost,
         seed=seed,
+        reward_scale=reward_scale,
     )
 
 
@@ -262,6 +282,7 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
         task_seed: int = 0,
         render_mode: str | None = None,
         policy: StopLogits | None = None,
+        reward_scale: float = 1.0,
     ) -> None:
         self.batched = _batched_env(
             "StopEnv",
@@ -278,6 +299,7 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
             device,
             seed,
             task_seed,
+            reward_scale,
         )
         self.task, self.predictor, self.beta = (
             self.batched.task,
@@ -377,29 +399,37 @@ class StopVectorEnv(VectorEnv):
     boundary. Spaces, rewards and episode end are those of ``StopEnv``; actions are an
     int array ``(num_envs,)`` of 0/1 (``MultiDiscrete``), or bools (``True``: stop).
 
-    Autoreset: ``AutoresetMode.SAME_STEP`` (in ``metadata``). A row that ends returns the
-    first observation of its next episode; as Gymnasium 1.x's same-step vector envs do,
-    ``infos["final_obs"]`` (an object array, ``None`` where not done, mask
-    ``infos["_final_obs"]``) holds the last observation of the episode that ended and
-    ``infos["final_info"]`` its info. The top-level info arrays ``t``, ``loss``, ``metric``,
-    ``best_layer`` and ``layers_computed`` describe the episode that ended where a row is
-    done, the ongoing one elsewhere.
+    Autoreset (``autoreset_mode=``, declared in ``metadata["autoreset_mode"]``), as
+    Gymnasium's ``SyncVectorEnv`` does it. ``AutoresetMode.NEXT_STEP`` (default, what
+    Gymnasium's vector wrappers need): a row that ends returns its episode's last
+    observation, reward and ``terminated``; its next step ignores the action and returns
+    the first observation of a fresh instance with reward 0, not terminated (the fresh
+    instance's layer 1 is computed once, its cost charged on its first decision).
+    ``AutoresetMode.SAME_STEP`` (``"same_step"``): a row that ends returns the first
+    observation of its next episode; ``infos["final_obs"]`` (an object array, ``None``
+    where not done, mask ``infos["_final_obs"]``) holds the last observation of the
+    episode that ended and ``infos["final_info"]`` its info. In both modes the info arrays
+    ``t``, ``loss``, ``metric``, ``best_layer`` and ``layers_computed`` describe the
+    episode that ended where a row is done, the ongoing one elsewhere. Both modes give the
+    same episodes for the same actions.
 
-    Arguments: those of ``StopEnv`` plus ``num_envs``. ``reset(seed=s)`` restarts the
+    Arguments: those of ``StopEnv`` plus ``num_envs`` and ``autoreset_mode``. ``reset(seed=s)`` restarts the
     instance stream: row ``i``'s first episode is then the single env's ``i``-th episode.
     ``render()`` gives ``StopEnv``'s text line (``ansi``) or picture (``rgb_array``) of each
-    row's current observation, as a tuple (a row that just ended shows its next episode).
+    row's current observation, as a tuple (a row that just ended shows the observation
+    returned: its next episode in ``SAME_STEP`` mode, the last one in ``NEXT_STEP`` mode).
 
     ## Version history
     - v1: as ``StopEnv``'s v1 (episodes end on arriving at layer ``T``; ``cost``;
-      ``render_mode``).
+      ``render_mode``); ``autoreset_mode``, default ``NEXT_STEP`` (before: ``SAME_STEP``
+      only).
     - v0: first version.
     """
 
     metadata: dict[str, Any] = {
         "render_modes": ["ansi", "rgb_array"],
         "render_fps": RENDER_FPS,
-        "autoreset_mode": AutoresetMode.SAME_STEP,
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
     }
 
     def __init__(
@@ -418,7 +448,10 @@ class StopVectorEnv(VectorEnv):
         task_seed: int = 0,
         render_mode: str | None = None,
         policy: StopLogits | None = None,
+        reward_scale: float = 1.0,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
     ) -> None:
+        self.autoreset_mode = _autoreset_mode(autoreset_mode)
         self.batched = _batched_env(
             "StopVectorEnv",
             render_mode,
@@ -434,6 +467,7 @@ class StopVectorEnv(VectorEnv):
             device,
             seed,
             task_seed,
+            reward_scale,
         )
         self.task, self.predictor, self.beta = (
             self.batched.task,
@@ -441,11 +475,19 @@ class StopVectorEnv(VectorEnv):
             self.batched.beta,
         )
         self.num_envs = num_envs
-        self.metadata = {**type(self).metadata, "render_modes": render_modes(self.task)}
+        self.metadata = {
+            **type(self).metadata,
+            "render_modes": render_modes(self.task),
+            "autoreset_mode": self.autoreset_mode,
+        }
         self.render_mode = render_mode
         self.policy = policy
         """Stop logits of ``(features, t)`` shown by ``ansi`` rendering (never acts)."""
         self._obs: np.ndarray | None = None
+        # NEXT_STEP: the rows whose episode ended in the last step (reset in this one); what
+        # render() shows for them: the instances of the episodes that ended.
+        self._pending = np.zeros(num_envs, dtype=bool)
+        self._ended_instances: Batch | None = None
         self.single_observation_space = _obs_space(self.batched.obs_dim, self.batched.num_layers)
         self.single_action_space = spaces.Discrete(2)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -470,6 +512,7 @@ class StopVectorEnv(VectorEnv):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._obs = _to_numpy(self.batched.reset(seed=seed))
+        self._pending[:] = False
         return self._obs, self._infos(self.batched.current_info())
 
     def step(
@@ -478,9 +521,10 @@ class StopVectorEnv(VectorEnv):
         a = np.asarray(actions)
         if not np.issubdtype(a.dtype, np.integer) and a.dtype != np.bool_:
             raise ValueError(f"actions must be integers 0 (continue) or 1 (stop), got {a.dtype}")
-        obs, reward, done, info = self.batched.step(
-            torch.from_numpy(a.astype(np.int64, copy=False))
-        )
+        actions_t = torch.from_numpy(a.astype(np.int64, copy=False))
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            return self._step_next(actions_t)
+        obs, reward, done, info = self.batched.step(actions_t)
         obs_np, done_np = _to_numpy(obs), _to_numpy(done)
         self._obs = obs_np
         infos = self._infos(info)
@@ -505,6 +549,29 @@ class StopVectorEnv(VectorEnv):
             infos,
         )
 
+    def _step_next(
+        self, actions: Tensor
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """``NEXT_STEP`` autoreset: the batched env started the fresh instances of the rows
+        that ended in the last step already; they are held back this step (action ignored,
+        nothing computed, reward 0) and show their first observation."""
+        pending = self._pending
+        hold = torch.from_numpy(pending.copy()) if pending.any() else None
+        episodes = self.batched.instances
+        _, reward, done, info = self.batched.step(actions, hold=hold)
+        done_np = _to_numpy(done)
+        # Where a row ended: its last observation; elsewhere the ongoing episode's.
+        self._obs = _to_numpy(info["terminal_obs"])
+        self._pending = done_np.copy()
+        self._ended_instances = episodes if done_np.any() else None
+        return (
+            self._obs,
+            _to_numpy(reward).astype(np.float64),
+            done_np,
+            np.zeros(self.num_envs, dtype=bool),
+            self._infos(info),
+        )
+
     def render(self) -> tuple[Any, ...] | None:
         """Each row's current observation as text or picture (see ``StopEnv``), as a tuple."""
         if self.render_mode is None:
@@ -512,11 +579,16 @@ class StopVectorEnv(VectorEnv):
             return None
         if self._obs is None:
             raise RuntimeError("StopVectorEnv.render called before the first reset()")
+        ended = self._pending if self.autoreset_mode == AutoresetMode.NEXT_STEP else None
         if self.render_mode == "ansi":
-            ended = [False] * self.num_envs
-            return tuple(render_lines(self.batched, self._obs, ended, self.policy))
+            flags = [False] * self.num_envs if ended is None else ended.tolist()
+            return tuple(render_lines(self.batched, self._obs, flags, self.policy))
         t = np.rint(self._obs[:, -1]).astype(int)
-        return tuple(render_frames(self.batched, self.batched.instances, t))
+        instances = self.batched.instances
+        if ended is not None and self._ended_instances is not None and ended.any():
+            mask = torch.from_numpy(ended).to(self.batched.device)
+            instances = _where_batch(mask, self._ended_instances, instances)
+        return tuple(render_frames(self.batched, instances, t))
 
     @property
     def layer_evals(self) -> int:
@@ -525,6 +597,7 @@ class StopVectorEnv(VectorEnv):
 
 
 __all__ = [
+    "AUTORESET_MODES",
     "DEFAULT_BETA",
     "RENDER_FPS",
     "StopEnv",
