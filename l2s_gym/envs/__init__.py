@@ -2,9 +2,10 @@
 
 Importing ``l2s_gym`` registers, for every task in ``l2s_gym.registry.TASKS`` whose class
 sets ``env_id``, that id with ``StopEnv`` as ``entry_point`` and ``StopVectorEnv`` as
-``vector_entry_point`` (the task name is bound as the ``task`` kwarg). Tasks registered
-later are added by calling ``register_envs()`` again (it lives in ``l2s_gym.plugins``,
-which ``load_plugins`` and ``--import`` also call).
+``vector_entry_point`` (the task name is bound as the ``task`` kwarg); the tasks of
+installed ``l2s_gym.tasks`` plugins included. Tasks registered later are added by calling
+``register_envs()`` again (it lives in ``l2s_gym.plugins``, which ``load_plugins`` and
+``--import`` also call).
 
     env = gymnasium.make("l2s/SparseRecovery-v1")                 # untrained LISTA
     envs = gymnasium.make_vec("l2s/SparseRecovery-v1", num_envs=64,
@@ -21,7 +22,8 @@ from l2s_gym.envs.batched import REWARD_MODES, BatchedStopEnv, make_obs, split_o
 from l2s_gym.envs.stop_env import StopEnv, StopVectorEnv
 from l2s_gym.plugins import ENTRY_POINT, VECTOR_ENTRY_POINT, env_ids, register_envs
 
-register_envs()
+# The ids themselves are registered by ``import l2s_gym``, last (``plugins._load_at_import``):
+# the built-in tasks' first, then the installed plugins'.
 
 __all__ = [
     "ENTRY_POINT",
