@@ -33,6 +33,7 @@ __all__ = [
     "Task",
     "Trace",
     "__version__",
+    "make_env",
 ]
 
 # Last: registers a gymnasium id for every task imported above, then imports the installed
@@ -40,5 +41,6 @@ __all__ = [
 # they may import them) and registers their tasks' ids.
 from l2s_gym import envs  # noqa: E402, F401
 from l2s_gym import plugins as _plugins  # noqa: E402
+from l2s_gym.envs.make import make_env  # noqa: E402
 
 _plugins._load_at_import()
