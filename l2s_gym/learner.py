@@ -42,7 +42,14 @@ from l2s_gym.evaluation import (
 )
 from l2s_gym.predictor import LayeredPredictor, Trace
 from l2s_gym.rules import PAPER_RULE, ReadoutRule
-from l2s_gym.runs import load_checkpoint, load_state, save_checkpoint, summary_writer
+from l2s_gym.runs import (
+    flatten_config,
+    is_under,
+    load_checkpoint,
+    load_state,
+    save_checkpoint,
+    summary_writer,
+)
 from l2s_gym.stopping import (
     cost_adjusted_losses,
     cumulative_costs,
@@ -311,8 +318,30 @@ class Validator:
             load_state(self.module, state["state_dict"], self.best_path)
         self.module.eval()
 
+    def write_hparams(self) -> None:
+        """The trial's settings and its kept model's validation figures in TensorBoard's
+        HParams tab (``hparams/val_metric``, ``hparams/val_objective``,
+        ``hparams/val_avg_layers``), in this trial's own ``tb/`` folder."""
+        from torch.utils.tensorboard.summary import hparams
+
+        best = next((p for p in self.curve if p["step"] == self.best_step), None)
+        if best is None:
+            return
+        params: dict[str, Any] = {"learner": self.learner, "seed": self.ctx.seed,
+                                  "lambda": self.ctx.cost, "beta": self.ctx.cfg.beta}  # fmt: skip
+        for key, value in flatten_config(self.ctx.cfg.to_dict()).items():
+            if is_under(key, ("policy", "imitation", "rl")) and value is not None:
+                ok = isinstance(value, bool | int | float | str)
+                params[key] = value if ok else str(value)
+        metrics = {f"hparams/val_{k}": float(best[f"val_{k}"]) for k in ("metric", "objective", "avg_layers")}  # fmt: skip
+        for part in hparams(params, metrics):
+            self.writer.file_writer.add_summary(part)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, 0)
+
     def finish(self, model: StopModel, layer_evals: int, **extra: Any) -> LearnerResult:
         """Restore the best checkpoint and report it: the common end of every learner."""
+        self.write_hparams()
         self.restore_best()
         best = None if math.isnan(self.best_metric) else self.best_metric
         return LearnerResult(

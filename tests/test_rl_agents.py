@@ -71,6 +71,15 @@ def test_reinforce_learns_the_known_best_layer(tmp_path: Path) -> None:
     assert exact_stop_rate(ctx, result.model) >= 0.9
     assert result.layer_evals >= ctx.layer_budget
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    # TensorBoard's HParams tab: the trial's settings and its kept model's figures.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events.PluginTagToContent("hparams"))  # fmt: skip
+    (kept,) = events.Scalars("hparams/val_metric")
+    assert kept.value == pytest.approx(result.extra["best_val_metric"])
+    assert {"hparams/val_objective", "hparams/val_avg_layers"} <= set(events.Tags()["scalars"])
 
 
 def test_reinforce_learns_with_log_oracle_rewards_and_pays_full_passes(tmp_path: Path) -> None:
