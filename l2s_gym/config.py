@@ -145,7 +145,7 @@ class ImitationConfig:
             )
 
 
-SB3_ALGORITHMS = {"ppo": "PPO", "a2c": "A2C"}
+SB3_ALGORITHMS = {"ppo": "PPO", "a2c": "A2C", "dqn": "DQN"}
 """The stable-baselines3 learners: config block name -> SB3 class name."""
 
 SB3_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -165,9 +165,10 @@ SB3_DEFAULTS: dict[str, dict[str, Any]] = {
         "ent_coef": 1.0,
         "normalize_advantage": False,
     },
+    "dqn": {},
 }
 """The library's defaults for PPO's and A2C's constructor arguments; SB3's own defaults for
-the rest. ``gamma`` 1 is the paper's undiscounted objective (episodes last at most ``T``
+the rest (DQN: SB3's own for every argument). ``gamma`` 1 is the paper's undiscounted objective (episodes last at most ``T``
 steps); ``ent_coef`` 1 with unnormalised advantages weighs the entropy bonus against the
 rewards (losses in units of ``beta``) as the max-entropy objective does."""
 
@@ -242,6 +243,12 @@ class RLConfig:
     capped at ``n_steps * num_envs``. Missing keys: ``SB3_DEFAULTS``, then SB3's."""
     a2c: Any = field(default_factory=dict)
     """A2C's constructor arguments (``stable_baselines3.A2C``), as ``ppo``."""
+    dqn: Any = field(default_factory=dict)
+    """DQN's constructor arguments (``stable_baselines3.DQN``), as ``ppo``; missing keys are
+    SB3's own defaults. DQN's env has its own rewards and size (``l2s_gym.agents.sb3_dqn``)."""
+    dqn_num_envs: int = 8
+    """Instances DQN's env advances together (SB3 counts ``train_freq`` in steps of all of
+    them: more environments, fewer gradient steps per transition)."""
     beta_anneal_from: float | Literal["auto"] = 1.0
     """Continuation, as ``imitation.beta_anneal_from``: the env's reward temperature starts
     at this multiple of beta and falls geometrically to beta over the first
@@ -249,7 +256,7 @@ class RLConfig:
     anneal_fraction: float = 0.5
 
     def validate(self, path: str) -> None:
-        _positive(self, path, "num_envs", "lr", "val_every", "rollout_steps")
+        _positive(self, path, "num_envs", "lr", "val_every", "rollout_steps", "dqn_num_envs")
         _non_negative(self, path, "reinforce_num_envs")
         _non_negative(self, path, "entropy_coef")
         if not 0 < self.gamma <= 1:

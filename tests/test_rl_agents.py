@@ -111,6 +111,36 @@ def test_sb3_learners_learn_the_known_best_layer(tmp_path: Path, name: str, budg
     torch.testing.assert_close(policy.trace_logits(features), result.model.trace_logits(features))
 
 
+def test_dqn_on_sb3_defaults_learns_the_known_best_layer(tmp_path: Path) -> None:
+    # SB3's own defaults (no rl.dqn entry for the toy), on rewards in units of the gain.
+    ctx = toy_context(tmp_path, layer_budget=60_000)
+    assert ctx.cfg.rl.dqn == {}
+    result = registry.LEARNERS["dqn"](ctx)
+    assert exact_stop_rate(ctx, result.model) >= 0.9
+    assert 60_000 <= result.layer_evals < 60_000 + 8 * 4 * 2
+    policy = make_policy(ctx.cfg, ctx.predictor)
+    policy.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=False)["state_dict"])
+    features = ctx.val_trace.features
+    torch.testing.assert_close(policy.trace_logits(features), result.model.trace_logits(features))
+
+
+def test_stop_policy_copy_has_the_dqn_q_difference(tmp_path: Path) -> None:
+    from l2s_gym.agents.sb3_dqn import copy_q_to_stop_policy, dqn_env, make_dqn
+    from l2s_gym.envs.sb3_vec import StopVecEnv
+
+    ctx = toy_context(tmp_path)
+    model = make_dqn(ctx, StopVecEnv(dqn_env(ctx, stream=0)), seed=0)
+    with torch.no_grad():
+        for p in model.q_net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    policy = copy_q_to_stop_policy(model.q_net, make_policy(ctx.cfg, ctx.predictor))
+    obs = torch.cat([ctx.val_trace.features[:50, 2], torch.full((50, 1), 2.0)], dim=1)
+    q = model.q_net(obs)
+    expected = q[:, 1] - q[:, 0]
+    got = policy(ctx.val_trace.features[:50, 2], torch.full((50,), 2))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_stop_policy_copy_has_the_sb3_actor_logits(tmp_path: Path) -> None:
     from stable_baselines3 import PPO
 
