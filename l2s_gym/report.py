@@ -87,7 +87,7 @@ def markdown_table(results: RunResults) -> str:
                 _sig(r.objective),
                 _sig_interval(r.objective_ci95),
                 *[_fmt(r.groups.get(g)) for g in groups],
-                r.readout or "-" if r.kind == "learner" else "-",
+                r.readout or "-" if r.kind in ("learner", "calibrated") else "-",
                 _fmt(sto.metric if sto else None),
                 _fmt(sto.avg_layers if sto else None),
                 _fmt(r.train_wall_time_s, 1),
@@ -115,9 +115,25 @@ def markdown_table(results: RunResults) -> str:
         "choice made on validation optimise it. "
         "Learned rules stop by the read-out chosen on the validation set (column 'read-out'); "
         "'stochastic' samples the stop layer from q_phi. Train time and layer evals count "
-        "training only (stage 1 for predictors, stage 2 for stop rules)." + _oracle_note(results)
+        "training only (stage 1 for predictors, stage 2 for stop rules)."
+        + _oracle_note(results)
+        + _risk_note(results)
     )
     return "\n".join(lines) + "\n"
+
+
+def _risk_note(results: RunResults) -> str:
+    if not any(r.kind == "calibrated" for r in results.rows):
+        return ""
+    from l2s_gym.risk import default_risk
+
+    stated = default_risk(results.task)
+    return (
+        " The risk-calibrated read-out is the earliest quantile rule certified on the "
+        f"validation set by Learn then Test: with probability >= {1 - stated.delta:g} over the "
+        f"validation draw, its risk ({stated.definition}) on fresh instances is <= "
+        f"{stated.epsilon:g} (docs/method.md, 'A read-out with a guarantee')."
+    )
 
 
 def _oracle_note(results: RunResults) -> str:

@@ -62,6 +62,7 @@ from l2s_gym.result_types import (
     ThresholdCurve,
     TimeToTarget,
 )
+from l2s_gym.risk import calibrate_risk, default_risk
 from l2s_gym.rules import (
     THRESHOLD_RULES,
     ReadoutRule,
@@ -334,7 +335,8 @@ def learner_rows(s: _Seed, run_dir: Path, trials: list[Trial], compare_cost: flo
             continue
         out.results[trial.key] = result
         rule = ReadoutRule.from_dict(result["readout"])
-        logits = stop_logits(_load_policy(s, run_dir / trial.key), s.test)
+        policy = _load_policy(s, run_dir / trial.key)
+        logits = stop_logits(policy, s.test)
         summary = evaluate_stop_logits(s.task, s.test, logits, seed=s.seed, rule=rule)
         stop = rule.stop(logits)
         stats = _stats_at(s.test, stop)
@@ -356,7 +358,18 @@ def learner_rows(s: _Seed, run_dir: Path, trials: list[Trial], compare_cost: flo
         if trial.cost == compare_cost:
             out.sweep_logits[trial.learner] = logits
             _learner_row(s, trial, result, summary, stop, health)
+            if trial.learner == "reverse_kl":
+                _risk_row(s, stop_logits(policy, s.val), logits)
     return out
+
+
+def _risk_row(s: _Seed, val_logits: Tensor, logits: Tensor) -> None:
+    """The primary learner's policy read out by the risk-calibrated rule (``l2s_gym.risk``),
+    certified on the validation trace at the task's stated risk."""
+    stated = default_risk(s.task)
+    cal = calibrate_risk(s.val, val_logits, s.task, stated.epsilon, stated.delta, loss=stated.loss)
+    s.add_row("risk:reverse_kl", f"{s.name}-stop, reverse-KL policy, {cal.label}", "calibrated",
+              s.test, cal.rule.stop(logits), learner="reverse_kl", readout=cal.rule.label)  # fmt: skip
 
 
 def _empty_learned_curve(learner: str) -> Curve:

@@ -14,6 +14,8 @@ path (``l2s_gym.evaluation``). Indices are 0-based (``0`` stops after layer 1).
   ``q_phi``: the paper's "first ``pi_t > 1/2``" (``threshold``), the quantile rule (first
   ``t`` whose cumulative stop probability reaches ``q``; ``q = 1/2`` is the median), or a
   sample. Every one is causal, so ``l2s_gym.runner`` can apply it layer by layer.
+  ``FULL_DEPTH_RULE`` (the quantile rule at ``q = 1``) never stops before the last layer:
+  the fallback of a risk-calibrated read-out (``l2s_gym.risk``) that certifies no earlier one.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class ReadoutRule:
     - ``threshold``: the first ``t`` with ``pi_t > value`` (``value = 0.5``: the paper's rule);
     - ``quantile``: the first ``t`` with ``sum_{tau <= t} q_phi(tau) >= value``, i.e. with
       ``prod_{tau <= t} (1 - pi_tau) <= 1 - value`` (``0.5``: the median of ``q_phi``);
+      ``value = 1`` stops only where the survival is exactly 0, i.e. at the last layer for
+      finite logits: full depth (``FULL_DEPTH_RULE``);
     - ``sample``: ``t ~ q_phi`` (stop at each layer with probability ``pi_t``); ``value``
       is unused.
 
@@ -95,8 +99,8 @@ class ReadoutRule:
             )
         if self.kind == "threshold" and not 0.0 < self.value < 1.0:
             raise ValueError(f"threshold readout needs a value in (0, 1), got {self.value!r}")
-        if self.kind == "quantile" and not 0.0 < self.value < 1.0:
-            raise ValueError(f"quantile readout needs a value in (0, 1), got {self.value!r}")
+        if self.kind == "quantile" and not 0.0 < self.value <= 1.0:
+            raise ValueError(f"quantile readout needs a value in (0, 1], got {self.value!r}")
 
     @property
     def deterministic(self) -> bool:
@@ -107,6 +111,8 @@ class ReadoutRule:
         if self.kind == "threshold":
             return f"first pi > {self.value:g}"
         if self.kind == "quantile":
+            if self.value == 1.0:
+                return "full depth (q_phi quantile 1)"
             return "median of q_phi" if self.value == 0.5 else f"q_phi quantile {self.value:g}"
         return "sampled from q_phi"
 
@@ -114,6 +120,12 @@ class ReadoutRule:
         """0-based stop layers ``(B,)`` for stop logits ``(B, T)``."""
         if self.kind == "threshold":
             return deterministic_stop(stop_logits, self.value)
+        if self.kind == "quantile" and self.value == 1.0:
+            # stop_now's test, all layers at once: the survival is exactly 0 (or the last).
+            log_survival = torch.nn.functional.logsigmoid(-stop_logits).cumsum(dim=-1)
+            reached = log_survival == -math.inf
+            reached[..., -1] = True
+            return reached.to(torch.int8).argmax(dim=-1)
         if self.kind == "quantile":
             return quantile_stop(stop_log_q(stop_logits), self.value)
         return sample_stop(stop_log_q(stop_logits), generator)
@@ -134,7 +146,8 @@ class ReadoutRule:
         if self.kind == "threshold":
             stop = stop_logit > math.log(self.value / (1.0 - self.value))
         elif self.kind == "quantile":
-            stop = log_survival <= math.log1p(-self.value)
+            bound = math.log1p(-self.value) if self.value < 1.0 else -math.inf
+            stop = log_survival <= bound
         else:
             raise ValueError("ReadoutRule.stop_now cannot sample; use ReadoutRule.stop")
         return stop, log_survival
@@ -150,6 +163,10 @@ class ReadoutRule:
 PAPER_RULE = ReadoutRule("threshold", 0.5)
 """The paper's deterministic rule: stop at the first layer with ``pi_t > 1/2``."""
 
+FULL_DEPTH_RULE = ReadoutRule("quantile", 1.0)
+"""Never stop before the last layer (the quantile rule at ``q = 1``): what a risk-calibrated
+read-out falls back to where no earlier setting is certified (``l2s_gym.risk``)."""
+
 
 def readout_candidates(quantiles: list[float] | None = None) -> list[ReadoutRule]:
     """The deterministic read-outs a validation set chooses among: the paper's threshold
@@ -159,6 +176,7 @@ def readout_candidates(quantiles: list[float] | None = None) -> list[ReadoutRule
 
 
 __all__ = [
+    "FULL_DEPTH_RULE",
     "PAPER_RULE",
     "THRESHOLD_RULES",
     "ReadoutRule",
