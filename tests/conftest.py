@@ -61,6 +61,45 @@ imitation: {steps: 20, batch_size: 64, val_every: 10}
 compare: {learners: [reverse_kl]}
 """
 
+TOY_RL = """
+experiment: toy_rl
+seed: 0
+device: cpu
+beta: 0.05
+task: {name: toy, num_layers: 6, val_size: 256, test_size: 256}
+predictor: {name: toy_counter, num_layers: 6}
+policy: {hidden: 32, depth: 2}
+compare: {layer_budget: 30000}
+rl: {num_envs: 64, lr: 0.01, val_every: 10, reward: terminal_loss,
+     rollout_steps: 16, ppo: {n_steps: 16, batch_size: 512}, a2c: {n_steps: 8}}
+"""
+
+DENOISING_TINY = """
+experiment: denoising_tiny
+seed: 0
+device: cpu
+beta: 1.0
+task: {name: denoising, patch_size: 16, val_size: 32, test_patches: 8}
+predictor: {name: dncnn, num_layers: 3, channels: 8, feature_size: 8, encoder_channels: 4}
+stage1: {steps: 6, batch_size: 8, val_every: 3}
+policy: {hidden: 8, depth: 1}
+imitation: {steps: 4, batch_size: 8, val_every: 2}
+compare: {learners: [reverse_kl]}
+"""
+
+RECOGNITION_TINY = """
+experiment: recognition_tiny
+seed: 0
+device: cpu
+beta: 1.0
+task: {name: recognition, severities: [0.0, 1.0], val_per_severity: 100, test_per_severity: 100}
+predictor: {name: sdn, num_layers: 6, channels: 8}
+stage1: {steps: 20, batch_size: 32, val_every: 10}
+policy: {hidden: 8, depth: 1}
+imitation: {steps: 10, batch_size: 32, val_every: 5}
+compare: {learners: [reverse_kl]}
+"""
+
 
 def write_config(folder: Path, text: str, name: str = "cfg.yaml") -> Path:
     path = folder / name

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DENOISING_TINY
 
 from l2s_gym.build import make_policy
 from l2s_gym.config import ConfigError, from_dict
@@ -226,20 +227,6 @@ def test_data_dir_splits_by_image(tmp_path) -> None:
     levels = {s: set(torch.unique(p.flatten(1)[:, 0]).tolist()) for s, p in task.patches.items()}
     assert len(levels["test"]) == 2 and len(levels["val"]) == 2 and len(levels["train"]) == 6
     assert not (levels["train"] & levels["test"]) and not (levels["train"] & levels["val"])
-
-
-DENOISING_TINY = """
-experiment: denoising_tiny
-seed: 0
-device: cpu
-beta: 1.0
-task: {name: denoising, patch_size: 16, val_size: 32, test_patches: 8}
-predictor: {name: dncnn, num_layers: 3, channels: 8, feature_size: 8, encoder_channels: 4}
-stage1: {steps: 6, batch_size: 8, val_every: 3}
-policy: {hidden: 8, depth: 1}
-imitation: {steps: 4, batch_size: 8, val_every: 2}
-compare: {learners: [reverse_kl]}
-"""
 
 
 def test_compare_end_to_end(tmp_path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import RECOGNITION_TINY
 
 from l2s_gym.config import ConfigError, from_dict
 from l2s_gym.predictors.sdn import SDN, SDNConfig
@@ -272,20 +273,6 @@ def test_data_dir_class_folders(tmp_path) -> None:
     assert corrupted.group_names == ["0", "1"]
     clean = test.inputs["image"][test.groups == 0].flatten(1)
     assert _cdist(clean, corrupted.data["test"][0].flatten(1)).min(dim=1).values.max() < 1e-4
-
-
-RECOGNITION_TINY = """
-experiment: recognition_tiny
-seed: 0
-device: cpu
-beta: 1.0
-task: {name: recognition, severities: [0.0, 1.0], val_per_severity: 100, test_per_severity: 100}
-predictor: {name: sdn, num_layers: 6, channels: 8}
-stage1: {steps: 20, batch_size: 32, val_every: 10}
-policy: {hidden: 8, depth: 1}
-imitation: {steps: 10, batch_size: 32, val_every: 5}
-compare: {learners: [reverse_kl]}
-"""
 
 
 def test_compare_end_to_end(tmp_path) -> None:

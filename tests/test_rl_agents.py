@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TOY_RL
 
 from l2s_gym import registry
 from l2s_gym.agents.reinforce import (
@@ -25,22 +26,9 @@ from l2s_gym.evaluation import stop_logits
 from l2s_gym.learner import LearnerContext
 from l2s_gym.stopping import deterministic_stop, oracle_log_q, reverse_kl, stop_log_q
 
-TOY = """
-experiment: toy_rl
-seed: 0
-device: cpu
-beta: 0.05
-task: {name: toy, num_layers: 6, val_size: 256, test_size: 256}
-predictor: {name: toy_counter, num_layers: 6}
-policy: {hidden: 32, depth: 2}
-compare: {layer_budget: 30000}
-rl: {num_envs: 64, lr: 0.01, val_every: 10, reward: terminal_loss,
-     rollout_steps: 16, ppo: {n_steps: 16, batch_size: 512}, a2c: {n_steps: 8}}
-"""
-
 
 def toy_context(tmp_path: Path, layer_budget: int | None = None, **rl: object) -> LearnerContext:
-    data = yaml.safe_load(TOY)
+    data = yaml.safe_load(TOY_RL)
     data["rl"].update(rl)
     if layer_budget is not None:
         data["compare"]["layer_budget"] = layer_budget
