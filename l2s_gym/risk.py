@@ -474,15 +474,7 @@ def calibrate_risk(
     rules = risk_grid(grid) if isinstance(grid, str) else list(grid)
     if any(not r.deterministic for r in rules):
         raise ValueError("a risk grid holds deterministic read-outs only (no sample rule)")
-    definition = None
-    if loss is None:
-        stated = default_risk(task)
-        loss, definition = stated.loss, stated.definition or None
-    definition = definition or loss.describe(task.metric_name, task.higher_is_better)
-    if method == "auto":
-        method = "binomial" if loss.binary else "hoeffding_bentkus"
-    if method == "binomial" and not loss.binary:
-        raise ValueError(f"the binomial p-value needs a 0/1 loss; {loss.kind!r} is not")
+    loss, definition, method = _resolve_loss(task, loss, method)
     n, T = len(val_trace), val_trace.num_layers
     logits = logits.to(val_trace.metric_stats.device)
     stops = [r.stop(logits) for r in rules]
@@ -505,24 +497,31 @@ def calibrate_risk(
         "num_layers": T, "grid": table,
         "risk_definition": definition,
     }  # fmt: skip
-    if result.index is None:
-        return RiskCalibration(
-            rule=FULL_DEPTH_RULE,
-            val_risk=0.0,
-            p_value=None,
-            val_avg_layers=float(T),
-            fallback=True,
-            **common,  # type: ignore[arg-type]
-        )
     j = result.index
-    return RiskCalibration(
-        rule=rules[j],
-        val_risk=result.risks[j],
-        p_value=result.p_values[j],
-        val_avg_layers=table[j]["avg_layers"],
-        fallback=False,
-        **common,  # type: ignore[arg-type]
-    )
+    if j is None:
+        chosen = {"rule": FULL_DEPTH_RULE, "val_risk": 0.0, "p_value": None,
+                  "val_avg_layers": float(T), "fallback": True}  # fmt: skip
+    else:
+        chosen = {"rule": rules[j], "val_risk": result.risks[j], "p_value": result.p_values[j],
+                  "val_avg_layers": table[j]["avg_layers"], "fallback": False}  # fmt: skip
+    return RiskCalibration(**chosen, **common)  # type: ignore[arg-type]
+
+
+def _resolve_loss(
+    task: Task, loss: QualityLoss | None, method: Method
+) -> tuple[QualityLoss, str, Method]:
+    """``calibrate_risk``'s loss (the task's stated one by default), its definition in words
+    and the p-value method (``auto``: binomial for a 0/1 loss, Hoeffding-Bentkus else)."""
+    definition = None
+    if loss is None:
+        stated = default_risk(task)
+        loss, definition = stated.loss, stated.definition or None
+    definition = definition or loss.describe(task.metric_name, task.higher_is_better)
+    if method == "auto":
+        method = "binomial" if loss.binary else "hoeffding_bentkus"
+    if method == "binomial" and not loss.binary:
+        raise ValueError(f"the binomial p-value needs a 0/1 loss; {loss.kind!r} is not")
+    return loss, definition, method
 
 
 __all__ = [

@@ -358,18 +358,32 @@ class BatchedStopEnv:
             reward = reward + torch.where(cont, step_gain, torch.zeros_like(reward))
         first = self._first if held is None else self._first & ~held
         if self.cost:
-            # Layer 1 was computed when the episode started; continuing computes layer t + 2.
-            paid = (
-                cont.to(reward.dtype) * self._layer_price[t_old + 1]
-                + first.to(reward.dtype) * self._layer_price[0]
-            )
-            reward = reward - self.cost * paid / self.beta
+            reward = reward - self._price_paid(cont, first, t_old)
 
         self._episodes_done += done.sum()
         self._first = done if held is None else done | (self._first & held)
         obs = make_obs(self._features, new_t)  # type: ignore[arg-type]
         self._obs = obs
-        ended_obs = make_obs(ended_features, t_end)
+        ended = (make_obs(ended_features, t_end), ended_loss, ended_stat, ended_best)
+        info = self._step_info(done, t_end, new_t, obs, *ended)
+        if self.reward_scale != 1.0:
+            reward = reward * self.reward_scale
+        return obs, reward.to(torch.float32), done, info
+
+    # --- internals ------------------------------------------------------------------------
+    def _price_paid(self, cont: Tensor, first: Tensor, t_old: Tensor) -> Tensor:
+        """The layer price charged this step, in units of ``beta``: layer 1 was computed when
+        the episode started (charged on its first step); continuing computes layer t + 2."""
+        price = self._layer_price
+        paid = cont.to(price.dtype) * price[t_old + 1] + first.to(price.dtype) * price[0]
+        return self.cost * paid / self.beta
+
+    def _step_info(
+        self, done: Tensor, t_end: Tensor, new_t: Tensor, obs: Tensor,
+        ended_obs: Tensor, ended_loss: Tensor, ended_stat: Tensor, ended_best: Tensor,
+    ) -> dict[str, Tensor]:  # fmt: skip
+        """``step``'s info: the episode that ended where a row is done, the ongoing one
+        elsewhere (see the class docstring)."""
         info: dict[str, Tensor] = {
             "terminal_obs": torch.where(done.unsqueeze(1), ended_obs, obs),
             "t": torch.where(done, t_end, new_t) + 1,
@@ -378,15 +392,12 @@ class BatchedStopEnv:
         }
         if self.reward_mode == "log_oracle":
             info["best_layer"] = torch.where(done, ended_best, self._best_layer())
-            info["layers_computed"] = torch.full_like(t_old, self.num_layers)
+            info["layers_computed"] = torch.full_like(new_t, self.num_layers)
         else:
             info["best_layer"] = ended_best
             info["layers_computed"] = info["t"]
-        if self.reward_scale != 1.0:
-            reward = reward * self.reward_scale
-        return obs, reward.to(torch.float32), done, info
+        return info
 
-    # --- internals ------------------------------------------------------------------------
     def _end_full_pass(self, done: Tensor, t_end: Tensor) -> tuple[Tensor, ...]:
         """``log_oracle`` mode: the stop reward, best layer, loss, metric statistic and
         features where each row's episode ends (at ``t_end``), from its full pass."""
