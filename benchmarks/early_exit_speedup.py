@@ -12,8 +12,9 @@ imitation learner (briefly), and times on test instances, at batch sizes 1, 64 a
   and the policy after each layer, compaction of the stopped instances.
 
 Both run under ``torch.inference_mode`` with the same threads on the same instances;
-the repeats are interleaved (full, runner at each cost, full, ...) so that a busy machine
-slows both alike; the first round is a warm-up and is not timed; times are medians.
+the repeats are interleaved (every variant once a round, in a new seeded order each
+round) so that a busy machine slows both alike; the first round is a warm-up and is not
+timed; times are medians.
 Batch 1 runs ``--instances-b1`` instances one after the other (their own stop layers) and
 reports the time per instance.
 
@@ -25,10 +26,21 @@ avg_layers`` where early layers are the expensive ones), ``full_ms`` / ``runner_
 (medians, per batch), ``measured_speedup_cpu_time`` (the same ratio in CPU time of the
 process: with one thread, what other processes on a busy machine do not distort),
 ``repeats``, ``lookahead`` (``k``: the runner asked the policy once per ``k`` layers;
-every policy is timed at ``k = 1``, and at batch sizes 1 and 64 also at ``k = 4`` and
-``k = T``: same stop layers, checked), ``readout`` (the rule chosen on validation) and
-``runner_parts_ms`` (where the runner's time goes: ``layer``, ``readout``, ``features``,
-``policy``, ``decide``, ``compact``; from a separate profiled run).
+every policy is timed at ``k = 1``, and at batch sizes 1 and 64 also at ``k = 4`` (same
+stop layers, checked) and ``k = T`` (never asked: the plain model, every instance at the
+last layer, checked); ``"auto"``: the runner tuned for the batch size by
+``StopRunner.tune`` on validation instances, at every batch size), ``k`` (the look-ahead
+that ran: the chosen one for ``"auto"``, whose rows also carry the ``tune`` figures and
+``tune_s``), ``measured_speedup_paired`` (the median over rounds of the full-depth time
+over the runner's within a round: what load from other processes disturbs least),
+``readout`` (the rule chosen on validation) and ``runner_parts_ms`` (where the runner's
+time goes: ``layer``, ``readout``, ``features``, ``policy``, ``decide``, ``compact``; from
+a separate profiled run).
+
+``--runs RUN ...`` times trained ``l2s compare`` run folders instead of training the
+configs (the oracle predictor, ``--learner``'s policies at three of the folder's prices,
+``--run-costs`` to choose). ``--try-compile 1 1024`` also times ``torch.compile`` of the
+policy MLP against eager (the report's ``compile``).
 
 Usage::
 
@@ -49,6 +61,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -109,6 +122,9 @@ price 0 (see ``choose_costs``)."""
 NEVER = "never"
 """The reference row: a policy that never stops (logit -50), i.e. the runner's overhead at
 full depth; not a frontier point and not one of the costs."""
+AUTO = "auto"
+"""The look-ahead of the tuned runner (``StopRunner.tune`` for the batch size, on
+validation instances); its rows carry the chosen ``k``."""
 
 
 def sync(device: torch.device) -> None:
@@ -229,9 +245,10 @@ def train_family(
     return costs
 
 
-def bench_family(
+def prepare_family(
     name: str, args: argparse.Namespace, budget: Budget, log: Callable[[str], None]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[Any, Task, LayeredPredictor, dict[Any, StopRunner], list[float]]:
+    """A config's predictor and policies: trained briefly here (or from ``--cache``)."""
     device = torch.device(args.device)
     overrides = [
         f"device={args.device}",
@@ -250,7 +267,6 @@ def bench_family(
     task = build.make_task(cfg.task, cfg.seed, device)
     predictor = build.make_predictor(cfg.predictor, task, seed=cfg.seed)
     T = predictor.num_layers
-    started = time.perf_counter()
     # --set changes what is trained: its own cache file.
     tag = "-" + hashlib.sha1("\n".join(args.set).encode()).hexdigest()[:8] if args.set else ""
     cache = Path(args.cache or ".") / f"{Path(name).stem}{'-quick' if args.quick else ''}{tag}.pt"
@@ -274,6 +290,79 @@ def bench_family(
                 {"predictor": predictor.state_dict(), "costs": costs, "policies": policies},
                 cache,
             )
+    return cfg, task, predictor, runners, costs
+
+
+def prepare_run(
+    run: str, args: argparse.Namespace, log: Callable[[str], None]
+) -> tuple[Any, Task, LayeredPredictor, dict[Any, StopRunner], list[float]]:
+    """A run folder's oracle-trained predictor and ``--learner``'s policies (``l2s
+    predict``'s loader) at the prices of ``--run-costs``, or else at the folder's prices
+    whose validation depth is nearest a quarter, half and three quarters of the deepest's
+    (as ``choose_costs`` picks prices for a trained config)."""
+    from l2s_gym.predict import _one_folder, load_run_policy, load_run_stop_model
+
+    run_dir = Path(run)
+    cfg = load_config(run_dir / "config.yaml", [f"device={args.device}", *args.set])
+    seed = cfg.seed if args.seed is None else args.seed
+    learner_dir = _one_folder(run_dir, "seed-", str(seed), "--seed") / args.learner
+    found = {float(p.name.removeprefix("cost-")): p for p in learner_dir.glob("cost-*")}
+    if not found:
+        raise FileNotFoundError(f"no cost-* folders in {learner_dir}")
+    first = min(found) if args.run_costs is None else args.run_costs[0]
+    task, predictor, _, _, _ = load_run_stop_model(
+        cfg, run_dir, args.learner, first, seed, args.device
+    )
+    predictor.eval().requires_grad_(False)
+    policies = {
+        c: load_run_policy(cfg, p / "best.pt", task, predictor, seed)[:2] for c, p in found.items()
+    }
+    if args.run_costs is not None:
+        costs = sorted({float(c) for c in args.run_costs}, reverse=True)
+    else:
+        from l2s_gym.evaluation import stop_logits
+
+        val = predictor.trace_eval(task.eval_set("val"), task, 256)
+        depth = {
+            c: float((rule.stop(stop_logits(pol, val)) + 1).double().mean())
+            for c, (pol, rule) in policies.items()
+        }
+        deepest = max(depth.values())
+        costs = sorted(
+            {min(depth, key=lambda c: (abs(depth[c] - f * deepest), c)) for f in COST_TARGETS},
+            reverse=True,
+        )
+        log(
+            f"{run_dir}: validation depth per price "
+            f"{ {c: round(d, 2) for c, d in sorted(depth.items())} }; timed at {costs}"
+        )
+    runners: dict[Any, StopRunner] = {}
+    for c in costs:
+        if c not in policies:
+            raise FileNotFoundError(f"--run-costs {c:g}: no cost-{c:g} in {learner_dir}")
+        runners[c] = StopRunner(predictor, policies[c][0], policies[c][1])
+    return cfg, task, predictor, runners, costs
+
+
+def take_val(task: Task, n: int) -> dict[str, torch.Tensor]:
+    """The first ``n`` validation instances (repeated if fewer): what the tuned runner is
+    tuned on (not the test instances it is timed on)."""
+    val = task.eval_set("val")
+    index = torch.arange(n, device=task.device) % len(val)
+    return {k: v[index] for k, v in val.inputs.items()}
+
+
+def bench_family(
+    name: str, args: argparse.Namespace, budget: Budget, log: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    started = time.perf_counter()
+    if args.runs:
+        cfg, task, predictor, runners, costs = prepare_run(name, args, log)
+        name = cfg.experiment
+    else:
+        cfg, task, predictor, runners, costs = prepare_family(name, args, budget, log)
+    device = predictor.device
+    T = predictor.num_layers
     never = build.make_policy(cfg, predictor)
     with torch.no_grad():
         never.head.weight.zero_()
@@ -281,15 +370,25 @@ def bench_family(
     runners[NEVER] = StopRunner(predictor, never, PAPER_RULE)  # type: ignore[index]
     log(f"{name}: ready [{time.perf_counter() - started:.0f}s]")
     rows = []
+    tunes: dict[Any, Any] = {}
     for batch in args.batch_sizes:
-        repeats = budget.repeats.get(batch, 3)
-        # Each policy at each look-ahead (the policy asked once per k layers; 1: every layer).
+        repeats = args.repeats or budget.repeats.get(batch, 3)
+        # Each policy at each look-ahead (the policy asked once per k layers; 1: every layer;
+        # T: never, the plain model), and tuned for this batch size ("auto").
         variants: dict[Any, StopRunner] = {}
         for cost, base in runners.items():
             for k in lookaheads(args, batch, T):
                 variants[(cost, k)] = StopRunner(
                     predictor, base.policy, base.rule, base.generator, lookahead=k
                 )
+            if not args.no_auto:
+                auto = StopRunner(predictor, base.policy, base.rule, base.generator)
+                tune_started = time.perf_counter()
+                result = auto.tune(take_val(task, max(batch, 32)), batch_size=batch)
+                tunes[(cost, batch)] = (result, time.perf_counter() - tune_started)
+                log(f"  {name} batch {batch} cost {cost}: tuned in "
+                    f"{tunes[(cost, batch)][1]:.1f}s: {result.describe()}")  # fmt: skip
+                variants[(cost, AUTO)] = auto
         if batch == 1:
             count = args.instances_b1 or budget.instances_b1
             first = take(task, count)
@@ -302,10 +401,14 @@ def bench_family(
         # timed within its one run (on a CPU the lap clock costs microseconds a layer).
         single = repeats == 1 and device.type == "cpu" and batch > 1
         profiles: dict[Any, dict[str, float]] = {c: {} for c in variants}
-        fns: dict[Any, Callable[[], Any]] = {
-            "full": lambda ch=chunks: [run_full_depth(predictor, c) for c in ch]
-        }
         outputs: dict[Any, list[Any]] = {}
+
+        def full(ch=chunks, out=outputs) -> None:  # noqa: ANN001
+            # Kept like the runners' outputs (freed on the next run, as theirs): holding one
+            # side's results and not the other's moved the ratio by 5-10% at batch 1.
+            out["full"] = [run_full_depth(predictor, c) for c in ch]
+
+        fns: dict[Any, Callable[[], Any]] = {"full": full}
         for cost, runner in variants.items():
             parts = profiles[cost] if single else None
 
@@ -316,8 +419,12 @@ def bench_family(
         samples: dict[Any, list[float]] = {k: [] for k in fns}
         cpu_samples: dict[Any, list[float]] = {k: [] for k in fns}
         for round_ in range(0 if single else -1, repeats):  # round -1: warm-up
-            for key, fn in fns.items():
-                elapsed, cpu = timed(fn, device)
+            # A new order every round (seeded): no variant always runs first, or after the
+            # same one (what ran before moves a run's time by a few percent on a CPU).
+            order = list(fns)
+            random.Random(round_).shuffle(order)
+            for key in order:
+                elapsed, cpu = timed(fns[key], device)
                 if round_ >= 0:
                     samples[key].append(elapsed)
                     cpu_samples[key].append(cpu)
@@ -333,9 +440,10 @@ def bench_family(
                 for c in chunks:
                     runner(c, profile=parts)
             stop = torch.cat([o.stop for o in outputs[(cost, k)]]).cpu()
-            if (
-                k > 1 and runner.rule.deterministic
-            ):  # the look-ahead changes when the policy is asked, not where it stops
+            if runner.plain:  # k = T: the plain model, every instance at the last layer
+                assert bool((stop == T - 1).all()), f"{name} cost {cost}: plain model stops"
+            elif runner.lookahead > 1 and runner.rule.deterministic:
+                # The look-ahead changes when the policy is asked, not where it stops.
                 same = torch.cat([o.stop for o in outputs[(cost, 1)]]).cpu()
                 assert torch.equal(stop, same), f"{name} cost {cost}: lookahead {k} stops differ"
             avg = float((stop + 1).double().mean())
@@ -351,6 +459,14 @@ def bench_family(
                     "avg_layers": round(avg, 3),
                     "ideal_speedup": round(T / avg, 3),
                     "measured_speedup": round(full_s / runner_s, 3),
+                    # The median over rounds of the ratio within a round: what load from
+                    # other processes, which slows a round as a whole, disturbs least.
+                    "measured_speedup_paired": round(
+                        statistics.median(
+                            f / r for f, r in zip(samples["full"], samples[(cost, k)], strict=True)
+                        ),
+                        3,
+                    ),
                     "ideal_speedup_layer_time": round(ideal_time, 3),
                     "num_layers": T,
                     "full_ms": round(full_s * 1e3, 3),
@@ -358,30 +474,41 @@ def bench_family(
                     "measured_speedup_cpu_time": round(full_cpu / runner_cpu, 3),
                     "repeats": repeats,
                     "readout": runner.rule.label,
-                    "runner_parts_ms": {k: round(v / per * 1e3, 3) for k, v in parts.items()},
+                    "runner_parts_ms": {p: round(v / per * 1e3, 3) for p, v in parts.items()},
+                    "k": runner.lookahead,
                 }
             )
             r = rows[-1]
+            if k == AUTO:
+                result, tune_s = tunes[(cost, batch)]
+                r["tune"] = result.to_dict()
+                r["tune_s"] = round(tune_s, 2)
             log(
-                f"  {name} batch {batch:>4} cost {cost!s:<8} k {k:>2} layers {avg:5.2f}/{T} "
+                f"  {name} batch {batch:>4} cost {cost!s:<8} k {k!s:>4}"
+                f"{'=' + str(runner.lookahead) if k == AUTO else ''} layers {avg:5.2f}/{T} "
                 f"ideal {r['ideal_speedup']:.2f}x (layer time {ideal_time:.2f}x) measured "
                 f"{r['measured_speedup']:.2f}x  full {r['full_ms']:.2f} ms runner "
                 f"{r['runner_ms']:.2f} ms [{time.perf_counter() - started:.0f}s]"
             )
     info = {
+        "family": name,
         "num_layers": T,
         "costs": costs,
+        "run": name if args.runs else None,
         "stage1_steps": budget.stage1_steps,
         "imitation_steps": budget.imitation_steps,
         "layer_time_ms": [round(x * 1e3, 3) for x in per_layer] if rows else [],
         "seconds": round(time.perf_counter() - started, 1),
+        # For --try-compile (taken out before the report is written): a trained policy.
+        "_runner": next(r for c, r in runners.items() if c != NEVER),
+        "_task": task,
     }
     return rows, info
 
 
 def lookaheads(args: argparse.Namespace, batch: int, T: int) -> list[int]:
     """The look-aheads timed at ``batch``: 1 always; ``--lookahead`` values (``T``: the
-    family's depth) at the batch sizes of ``--lookahead-batches``."""
+    family's depth, the plain model) at the batch sizes of ``--lookahead-batches``."""
     ks = {1}
     if batch in args.lookahead_batches:
         ks |= {T if k == "T" else min(int(k), T) for k in args.lookahead}
@@ -418,9 +545,9 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     for r in base:
         others = [
             o for o in rows
-            if o["lookahead"] > 1 and (o["family"], o["batch"], o["cost"]) == (r["family"], r["batch"], r["cost"])
+            if o["lookahead"] != 1 and (o["family"], o["batch"], o["cost"]) == (r["family"], r["batch"], r["cost"])
         ]  # fmt: skip
-        ks = ", ".join(f"{o['lookahead']}: {o['measured_speedup']:.2f}x" for o in others) or "-"
+        ks = ", ".join(f"{_k_label(o)}: {o['measured_speedup']:.2f}x" for o in others) or "-"
         parts = r.get("runner_parts_ms") or {}
         layer = parts.get("layer", 0.0) + parts.get("readout", 0.0)
         over = sum(parts.get(k, 0.0) for k in ("features", "policy", "decide", "compact"))
@@ -432,6 +559,100 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
             f"| {ks} | {share} |"
         )
     return "\n".join(lines)
+
+
+def _k_label(row: dict[str, Any]) -> str:
+    return f"auto (k={row['k']})" if row["lookahead"] == AUTO else str(row["lookahead"])
+
+
+def tuned_table(rows: list[dict[str, Any]]) -> str:
+    """One line per (family, batch, price): the full-depth model, the runner at ``k = 1`` and
+    tuned (``StopRunner.tune``): their times (medians), speed-ups (the paired ratios,
+    ``measured_speedup_paired``, where the rows have them) and shares of ``T / avg_layers``."""
+    head = (
+        "| family | batch | price | avg layers (k=1) | ideal T/avg | full ms | k=1 ms | k=1 "
+        "speed-up | k=1 / ideal | tuned k | tuned ms | tuned speed-up | tuned / ideal |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for r in (r for r in rows if r["lookahead"] == 1):
+        key = (r["family"], r["batch"], r["cost"])
+        auto = [
+            o
+            for o in rows
+            if o["lookahead"] == AUTO and (o["family"], o["batch"], o["cost"]) == key
+        ]
+        if not auto:
+            continue
+        a = auto[0]
+        k = "T (plain)" if a["k"] >= a["num_layers"] else str(a["k"])
+        one = r.get("measured_speedup_paired", r["measured_speedup"])
+        tuned = a.get("measured_speedup_paired", a["measured_speedup"])
+        lines.append(
+            f"| {r['family']} | {r['batch']} | {r['cost']} | {r['avg_layers']:.2f} / "
+            f"{r['num_layers']} | {r['ideal_speedup']:.2f}x | {r['full_ms']:.3f} | "
+            f"{r['runner_ms']:.3f} | {one:.2f}x | {one / r['ideal_speedup']:.0%} | {k} | "
+            f"{a['runner_ms']:.3f} | {tuned:.2f}x | {tuned / r['ideal_speedup']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def compile_check(
+    name: str, runner: StopRunner, task: Task, batches: list[int], log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """``torch.compile`` of the policy MLP (``StopPolicy.layer_logits``'s folded MLP, at one
+    layer) against eager, on validation features of layer 1, at each batch size: medians
+    of interleaved rounds of many calls (after the compilation and a warm-up)."""
+    predictor, policy = runner.predictor, runner.policy
+    device = predictor.device
+    val = task.eval_set("val")
+    with torch.inference_mode():
+        trace = predictor.trace_eval(val.select(slice(0, min(len(val), 1024))), task, 1024)
+    feats = trace.features[:, 0]
+    out = []
+    for batch in batches:
+        index = torch.arange(batch, device=device) % feats.shape[0]
+        with torch.inference_mode():
+            x = feats.to(device)[index].contiguous()
+            z = x.flatten(1) if isinstance(policy.encoder, torch.nn.Flatten) else policy.encoder(x)
+            folded = policy._folded(z)
+            if folded is None:
+                log(f"  {name}: the policy has no folded MLP; no compile check")
+                return out
+
+            def eager(z: torch.Tensor = z) -> torch.Tensor:
+                return folded(z, 0)  # noqa: B023
+
+            started = time.perf_counter()
+            compiled = torch.compile(eager, dynamic=False)
+            ref = eager()
+            got = compiled()
+            compile_s = time.perf_counter() - started
+            calls = 2000 if batch == 1 else 200
+            samples: dict[str, list[float]] = {"eager": [], "compiled": []}
+            for round_ in range(-1, 7):
+                for label, fn in (("eager", eager), ("compiled", compiled)):
+                    sync(device)
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        fn()
+                    sync(device)
+                    if round_ >= 0:
+                        samples[label].append((time.perf_counter() - start) / calls)
+        e, c = (statistics.median(samples[k]) for k in ("eager", "compiled"))
+        row = {
+            "family": name,
+            "batch": batch,
+            "eager_us": round(e * 1e6, 2),
+            "compiled_us": round(c * 1e6, 2),
+            "compiled_over_eager": round(c / e, 3),
+            "max_abs_diff": float((got - ref).abs().max()),
+            "compile_s": round(compile_s, 1),
+        }
+        log(f"  {name} torch.compile policy MLP batch {batch}: eager {row['eager_us']} us, "
+            f"compiled {row['compiled_us']} us ({row['compiled_over_eager']:.2f}x)")  # fmt: skip
+        out.append(row)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -482,6 +703,34 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for the trained predictors and policies: reused when there (to rerun "
         "the timing alone)",
     )
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        metavar="RUN",
+        help="time trained run folders of l2s compare (e.g. /work/final/shipped/*/latest) "
+        "instead of training --configs: the oracle predictor and --learner's policies",
+    )
+    parser.add_argument("--learner", default="reverse_kl", help="with --runs (default reverse_kl)")
+    parser.add_argument("--seed", type=int, help="with --runs: seed-<s> (default the config's)")
+    parser.add_argument(
+        "--run-costs",
+        type=float,
+        nargs="+",
+        help="with --runs: the prices to time (default: those whose validation depth is "
+        "nearest 1/4, 1/2, 3/4 of the deepest policy's)",
+    )
+    parser.add_argument("--repeats", type=int, help="timed repeats at every batch size")
+    parser.add_argument(
+        "--no-auto", action="store_true", help="leave out the tuned runner (lookahead auto)"
+    )
+    parser.add_argument(
+        "--try-compile",
+        type=int,
+        nargs="*",
+        metavar="BATCH",
+        help="also time torch.compile of the policy MLP against eager at these batch sizes "
+        "(default 1 1024 when given without values)",
+    )
     parser.add_argument("--import", dest="imports", action="append", default=[])
     parser.add_argument(
         "--set",
@@ -500,6 +749,9 @@ def main(argv: list[str] | None = None) -> int:
             rows += [r for r in mine if r["family"] not in seen]
             seen |= {r["family"] for r in mine}
         print(summary_table(rows))
+        if any(r["lookahead"] == AUTO for r in rows):
+            print()
+            print(tuned_table(rows))
         return 0
     if not args.out:
         parser.error("--out is required (or --table to print earlier results)")
@@ -524,7 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"load average {load_at_start}"
     )
-    rows, families = [], {}
+    rows, families, compiled = [], {}, []
+    names = args.runs or args.configs
 
     def write() -> dict:
         """The report so far: written after every family, so a crash keeps what ran."""
@@ -542,25 +795,43 @@ def main(argv: list[str] | None = None) -> int:
             "wall_s": round(time.perf_counter() - started, 1),
             "families": families,
             "rows": rows,
-            "complete": len(families) == len(args.configs),
+            "compile": compiled,
+            "complete": len(families) == len(names),
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         return result
 
     result = write()
-    for name in args.configs:
-        budget = BUDGETS.get(name, QUICK)
+    for name in names:
+        # A run folder: the budget (repeats) of its task's family.
+        family = load_config(Path(name) / "config.yaml").task.name if args.runs else name
+        budget = BUDGETS.get(family, QUICK)
         if args.quick:  # the quick budget, with the family's own task overrides
-            keep = budget.val_size is not None or name not in BUDGETS
+            keep = budget.val_size is not None or family not in BUDGETS
             budget = replace(QUICK, val_size=QUICK.val_size if keep else None,
                              stage1_task=budget.stage1_task)  # fmt: skip
-        family_rows, families[name] = bench_family(name, args, budget, log)
+        family_rows, info = bench_family(name, args, budget, log)
+        families[info["family"]] = info
         rows += family_rows
+        if args.try_compile is not None:
+            runner = info.pop("_runner")
+            compiled += compile_check(
+                info["family"], runner, info.pop("_task"), args.try_compile or [1, 1024], log
+            )
+        info.pop("_runner", None), info.pop("_task", None)
         result = write()
     print(markdown(rows))
     print()
     print(summary_table(rows))
+    if any(r["lookahead"] == AUTO for r in rows):
+        print()
+        print(tuned_table(rows))
+    for c in compiled:
+        print(
+            f"torch.compile, policy MLP, {c['family']} batch {c['batch']}: eager "
+            f"{c['eager_us']} us, compiled {c['compiled_us']} us ({c['compiled_over_eager']:.2f}x)"
+        )
     print(
         f"\n{args.device}, {result['threads']} threads, {result['wall_s']:.0f} s, load average "
         f"{load_at_start} at the start; rows in {args.out}"

@@ -371,10 +371,16 @@ def add_predict_parser(sub) -> None:  # noqa: ANN001 - argparse's private subpar
     p.add_argument("--batch-size", type=int, help="default: compare.eval_batch_size")
     p.add_argument(
         "--lookahead",
-        type=int,
-        default=1,
-        help="ask the policy once per K layers (same stop layers; fewer policy calls, up "
-        "to K-1 wasted layers an instance; pays at small batches; default 1)",
+        default="auto",
+        help="auto (default): tune the look-ahead for this device and batch size on the "
+        "first batch (StopRunner.tune; stored in runner_tune.json next to the policy and "
+        "reused); K: ask the policy once per K layers (same stop layers; K >= T: the plain "
+        "model, the policy never asked)",
+    )
+    p.add_argument(
+        "--retune",
+        action="store_true",
+        help="with --lookahead auto: tune again, ignoring runner_tune.json",
     )
     p.add_argument(
         "--input",
@@ -398,6 +404,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         out=args.out,
         input_file=args.input,
         lookahead=args.lookahead,
+        retune=args.retune,
     )
     print(format_summary(summary))
     return 0

@@ -3,13 +3,18 @@
 ``load_run_stop_model`` loads a run folder's oracle-trained predictor and one learner's
 policy; ``predict_run`` runs the test set (or a ``.pt`` batch of inputs) through
 ``l2s_gym.runner.StopRunner``, times it against the full-depth predictor and, on the test
-set, checks its predictions against the trace-based evaluation.
+set, checks its predictions against the trace-based evaluation. Its look-ahead is ``auto``
+by default: ``StopRunner.tune`` on the first instances, stored next to the policy
+checkpoint (``runner_tune.json``) and reused on the same device and batch size.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,7 @@ from l2s_gym.config import ConfigError, ExperimentConfig
 from l2s_gym.policy import StopPolicy
 from l2s_gym.predictor import LayeredPredictor
 from l2s_gym.rules import PAPER_RULE, ReadoutRule
-from l2s_gym.runner import StopRunner, _batch_size, run_full_depth
+from l2s_gym.runner import StopRunner, TuneResult, _batch_size, device_label, run_full_depth
 from l2s_gym.task import Task
 
 
@@ -58,9 +63,8 @@ def load_run_stop_model(
     Returns the task, predictor, policy, rule and ``{"seed", "cost", "predictor",
     "policy"}`` (the seed, the cost and the two checkpoint paths).
     """
-    from l2s_gym.build import make_policy, resolve_device
-    from l2s_gym.runs import load_policy
-    from l2s_gym.trials import PLAN_KEYS, RUNTIME_KEYS, load_stop_model, trial_config
+    from l2s_gym.build import resolve_device
+    from l2s_gym.trials import load_stop_model, trial_config
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -79,19 +83,35 @@ def load_run_stop_model(
     seed_cfg = trial_config(cfg, seed)
     task, predictor = load_stop_model(run_dir, seed_cfg, seed, dev)
     predictor_path = seed_dir / "stage1" / "predictor-oracle" / "best.pt"
-    policy_path = cost_dir / "best.pt"
+    policy, rule, info = load_run_policy(cfg, cost_dir / "best.pt", task, predictor, seed)
+    return task, predictor, policy, rule, {**info, "predictor": str(predictor_path)}
+
+
+def load_run_policy(
+    cfg: ExperimentConfig, policy_path: Path, task: Task, predictor: LayeredPredictor, seed: int
+) -> tuple[StopPolicy, ReadoutRule, dict[str, Any]]:
+    """One policy checkpoint of a run folder (``seed-<s>/<learner>/cost-<c>/best.pt``) for
+    ``predictor``: the policy, its read-out and ``{"seed", "cost", "policy"}``."""
+    from l2s_gym.build import make_policy
+    from l2s_gym.runs import load_policy
+    from l2s_gym.trials import PLAN_KEYS, RUNTIME_KEYS, trial_config
+
     policy = make_policy(cfg, predictor)
     state = load_policy(
-        policy_path, policy, seed_cfg, task, ignore=PLAN_KEYS + RUNTIME_KEYS, warn=lambda _: None
+        policy_path,
+        policy,
+        trial_config(cfg, seed),
+        task,
+        ignore=PLAN_KEYS + RUNTIME_KEYS,
+        warn=lambda _: None,
     )
     rule = ReadoutRule.from_dict(state.get("readout") or PAPER_RULE.to_dict())
     info = {
         "seed": seed,
-        "cost": float(state.get("cost", float(cost_dir.name.removeprefix("cost-")))),
-        "predictor": str(predictor_path),
+        "cost": float(state.get("cost", float(policy_path.parent.name.removeprefix("cost-")))),
         "policy": str(policy_path),
     }
-    return task, predictor, policy, rule, info
+    return policy, rule, info
 
 
 def load_input_file(path: str | Path, task: Task) -> dict[str, Tensor]:
@@ -152,6 +172,90 @@ def _timed(runner: StopRunner, inputs: dict[str, Tensor], size: int):  # noqa: A
     return predictions, stop, runner_s, full_s
 
 
+TUNE_FILE = "runner_tune.json"
+"""Where ``l2s predict`` keeps its look-ahead choices: next to the policy checkpoint."""
+TUNE_INSTANCES = 32
+"""``auto`` tunes on the first batch of the input, or on this many instances if the batch is
+smaller (one instance is no stop distribution)."""
+
+
+def parse_lookahead(value: int | str) -> int | str:
+    """``--lookahead``: ``auto`` or a whole number ``K >= 1`` (``K >= T``: the plain model)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        k = 0
+    if isinstance(value, bool) or k < 1 or (isinstance(value, float) and value != k):
+        raise ConfigError(f"--lookahead: 'auto' or a whole number >= 1, got {value!r}")
+    return k
+
+
+def _tune_key(runner: StopRunner, policy_path: Path, batch_size: int) -> dict[str, Any]:
+    """What a stored choice must match: the device (and threads), the batch size, the policy
+    checkpoint's bytes and the read-out rule."""
+    return {
+        "device": device_label(runner.predictor.device),
+        "batch_size": batch_size,
+        "policy_sha1": hashlib.sha1(policy_path.read_bytes()).hexdigest(),
+        "readout": runner.rule.to_dict(),
+    }
+
+
+def load_tune(path: Path, key: dict[str, Any]) -> TuneResult | None:
+    """The stored ``TuneResult`` for ``key`` in ``path`` (``runner_tune.json``), if any."""
+    try:
+        entries = json.loads(path.read_text())["entries"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for entry in entries:
+        if all(entry.get(k) == v for k, v in key.items()):
+            try:
+                return TuneResult.from_dict(entry["result"])
+            except (KeyError, TypeError, ValueError):
+                return None
+    return None
+
+
+def store_tune(path: Path, key: dict[str, Any], result: TuneResult) -> None:
+    """Add (or replace) ``key``'s entry in ``path``; other devices' and sizes' are kept."""
+    from l2s_gym.runs import write_json
+
+    try:
+        entries = json.loads(path.read_text())["entries"]
+    except (OSError, ValueError, KeyError, TypeError):
+        entries = []
+    entries = [e for e in entries if not all(e.get(k) == v for k, v in key.items())]
+    entries.append({**key, "result": result.to_dict()})
+    write_json(path, {"entries": entries})
+
+
+def _auto_lookahead(
+    runner: StopRunner, inputs: dict[str, Tensor], size: int, policy_path: Path, retune: bool
+) -> dict[str, Any]:
+    """Tune ``runner`` for batches of ``size`` on the first instances of ``inputs``, or
+    adopt the choice stored for this device, batch size and policy; the summary's fields."""
+    path = policy_path.parent / TUNE_FILE
+    key = _tune_key(runner, policy_path, size)
+    stored = None if retune else load_tune(path, key)
+    if stored is not None and stored.num_layers == runner.num_layers:
+        runner.adopt(stored)
+        source = "stored"
+    else:
+        first = max(size, TUNE_INSTANCES)
+        runner.tune({k: v[:first] for k, v in inputs.items()}, batch_size=size)
+        assert runner.tuned is not None
+        source = "tuned"
+        try:
+            store_tune(path, key, runner.tuned)
+        except OSError as exc:  # a read-only run folder: tuned, not stored
+            warnings.warn(f"could not store the look-ahead in {path}: {exc}", stacklevel=2)
+            source = "tuned (not stored)"
+    assert runner.tuned is not None
+    return {"tune": runner.tuned.to_dict(), "tune_source": source, "tune_file": str(path)}
+
+
 def _check_on_test(  # noqa: PLR0913
     task: Task,
     predictor: LayeredPredictor,
@@ -189,17 +293,21 @@ def predict_run(
     out: str | Path | None = None,
     input_file: str | Path | None = None,
     device: torch.device | str | None = None,
-    lookahead: int = 1,
+    lookahead: int | str = "auto",
+    retune: bool = False,
 ) -> dict[str, Any]:
     """Run a run folder's stop model with early exit on the test set (or ``input_file``).
 
     Batches of ``batch_size`` (default ``cfg.compare.eval_batch_size``), timed against the
     full-depth predictor (``_timed``); on the test set, checked against the trace-based
-    evaluation (``_check_on_test``), which they must equal.
+    evaluation (``_check_on_test``), which they must equal (unless the plain model ran).
 
-    ``lookahead``: ask the policy once per this many layers (``StopRunner``'s
-    ``lookahead``: the same stops, fewer policy calls, up to ``lookahead - 1`` wasted
-    layers per instance; pays at small batches).
+    ``lookahead``: ``"auto"`` (the default): ``StopRunner.tune`` on the first batch of the
+    input (at least ``TUNE_INSTANCES`` instances) picks ``k`` for this device and batch
+    size, stored in ``runner_tune.json`` next to the policy checkpoint and reused when the
+    device, the threads, the batch size, the policy checkpoint and the read-out match
+    (``retune``: tune again all the same). A number ``K``: ``StopRunner``'s ``lookahead``
+    (``K >= T``: the plain model, the policy never asked).
 
     ``out`` (``FILE.pt``): the tensors ``predictions``, ``stop`` (0-based) and ``layers``
     (1-based), and the summary as ``FILE.json``. Returns the summary.
@@ -216,9 +324,11 @@ def predict_run(
     size = int(batch_size or cfg.compare.eval_batch_size)
     if size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {size}")
-    if lookahead < 1:
-        raise ConfigError(f"--lookahead: must be >= 1, got {lookahead}")
-    runner = StopRunner(predictor, policy, rule, lookahead=lookahead)
+    choice = parse_lookahead(lookahead)
+    runner = StopRunner(predictor, policy, rule, lookahead=1 if choice == "auto" else choice)  # type: ignore[arg-type]
+    tuned: dict[str, Any] = {}
+    if choice == "auto" and n > 0:
+        tuned = _auto_lookahead(runner, inputs, size, Path(info["policy"]), retune)
     predictions, stop, runner_s, full_s = _timed(runner, inputs, size)
     T = predictor.num_layers
     avg_layers = float((stop + 1).double().mean()) if n else math.nan
@@ -235,7 +345,10 @@ def predict_run(
         "avg_layers": avg_layers,
         "histogram": torch.bincount(stop.cpu(), minlength=T).tolist(),
         "batch_size": size,
-        "lookahead": lookahead,
+        "lookahead": runner.lookahead,
+        "lookahead_mode": "auto" if choice == "auto" else "fixed",
+        "plain": runner.plain,
+        **tuned,
         "device": str(predictor.device),
         "threads": torch.get_num_threads(),
         "runner_s": runner_s,
@@ -246,17 +359,31 @@ def predict_run(
     if test is not None:
         summary.update(_check_on_test(task, predictor, policy, rule, test, predictions, stop, size))
     if out is not None:
-        from l2s_gym.runs import save_checkpoint, write_json
-
-        out = Path(out)
-        pt = out if out.suffix == ".pt" else out.with_name(out.name + ".pt")
-        save_checkpoint(
-            pt,
-            {"predictions": predictions.cpu(), "stop": stop.cpu(), "layers": (stop + 1).cpu()},
-        )
-        write_json(pt.with_suffix(".json"), summary)
-        summary["files"] = [str(pt), str(pt.with_suffix(".json"))]
+        summary["files"] = _write_outputs(Path(out), predictions, stop, summary)
     return summary
+
+
+def _write_outputs(out: Path, predictions: Tensor, stop: Tensor, summary: dict[str, Any]) -> list[str]:  # fmt: skip
+    """``predict_run``'s ``out``: the tensors as ``FILE.pt``, the summary as ``FILE.json``."""
+    from l2s_gym.runs import save_checkpoint, write_json
+
+    pt = out if out.suffix == ".pt" else out.with_name(out.name + ".pt")
+    layers = (stop + 1).cpu()
+    save_checkpoint(pt, {"predictions": predictions.cpu(), "stop": stop.cpu(), "layers": layers})
+    write_json(pt.with_suffix(".json"), summary)
+    return [str(pt), str(pt.with_suffix(".json"))]
+
+
+def _lookahead_words(summary: dict[str, Any]) -> str:
+    """The look-ahead for the summary line: ``look-ahead auto: k=4``, ``look-ahead auto:
+    k=T=20, the plain model``, ``look-ahead 3``, or nothing for a fixed ``k = 1``."""
+    k, T = summary.get("lookahead", 1), summary["num_layers"]
+    auto = summary.get("lookahead_mode") == "auto"
+    if summary.get("plain"):
+        return f"look-ahead {'auto: ' if auto else ''}k=T={T}, the plain model, "
+    if auto:
+        return f"look-ahead auto: k={k}, "
+    return f"look-ahead {k}, " if k > 1 else ""
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -270,10 +397,19 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"wall time: runner {summary['runner_s'] * 1e3:.1f} ms, full depth "
         f"{summary['full_depth_s'] * 1e3:.1f} ms, measured speed-up "
         f"{summary['measured_speedup']:.2f}x (batch {summary['batch_size']}, "
-        + (f"look-ahead {summary['lookahead']}, " if summary.get("lookahead", 1) > 1 else "")
+        + _lookahead_words(summary)
         + f"{summary['device']}, {summary['threads']} threads)",
     ]
-    if "metric" in summary:
+    if "tune" in summary:
+        tune = TuneResult.from_dict(summary["tune"])
+        lines.append(f"{summary['tune_source']} ({summary['tune_file']}): {tune.describe()}")
+    if "metric" in summary and summary.get("plain"):
+        lines.append(
+            f"{summary['metric_name']}: {summary['metric']:.4f} at full depth (the policy was "
+            f"not asked; its trace-based stops: {summary['trace_avg_layers']:.2f} layers, "
+            f"{summary['trace_metric']:.4f})"
+        )
+    elif "metric" in summary:
         lines.append(
             f"{summary['metric_name']}: {summary['metric']:.4f} (trace-based evaluation "
             f"{summary['trace_metric']:.4f}; stop layers agree on "

@@ -8,17 +8,24 @@ going. Its stop layers are the trace's (same predictor, same policy, same read-o
 ``tests/test_runner.py`` checks it on every family; ``tests/test_fast_paths.py``, the
 fast paths it relies on).
 
-``run_full_depth`` is the baseline it is timed against. ``l2s_gym.predict`` runs a run
-folder's stop model through the runner (``l2s predict``).
+``run_full_depth`` is the baseline it is timed against. ``StopRunner.tune`` picks the
+look-ahead (how many layers run between two questions to the policy, up to never asking:
+the plain model) that runs fastest on the device at hand (``TuneResult``).
+``l2s_gym.predict`` runs a run folder's stop model through the runner (``l2s predict``).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+import platform
+import random
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -139,7 +146,10 @@ class StopRunner:
             it does not use. At small batches, where a layer and a policy call both cost
             their kernel launches, this trades those wasted layers for fewer calls; at
             large batches ``k = 1`` is the fast choice. The ``sample`` rule's draws come
-            from the generator in another order than with ``k = 1``.
+            from the generator in another order than with ``k = 1``. ``k >= T``: the policy
+            is never asked, and the runner runs the plain model (``predict_full_depth``;
+            every instance stops at the last layer). ``tune`` picks ``k`` for a device and
+            batch size by timing.
     """
 
     def __init__(
@@ -150,8 +160,6 @@ class StopRunner:
         generator: torch.Generator | None = None,
         lookahead: int = 1,
     ) -> None:
-        if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 1:
-            raise ValueError(f"lookahead must be a whole number >= 1, got {lookahead!r}")
         if policy.num_layers != predictor.num_layers:
             raise ValueError(
                 f"the policy was built for {policy.num_layers} layers, "
@@ -163,12 +171,36 @@ class StopRunner:
         self.generator = generator
         self.num_layers = int(predictor.num_layers)
         self.lookahead = lookahead
-        # The chunks of k layers (the last may be shorter): each one's first layer and layers.
-        T = self.num_layers
-        self._chunks = [(t0, range(t0, min(t0 + lookahead, T))) for t0 in range(0, T, lookahead)]
+        self.tuned: TuneResult | None = None
+        """What ``tune`` measured and chose (or ``adopt`` took from a stored run)."""
         value = rule.value if rule.kind == "threshold" else 0.5
         self._threshold_logit = math.log(value / (1.0 - value))
-        self._log_quantile = math.log1p(-rule.value) if rule.kind == "quantile" else 0.0
+        # (quantile 1 is full depth: FULL_DEPTH_RULE never stops before the last layer)
+        quantile = rule.kind == "quantile"
+        self._log_quantile = (
+            (math.log1p(-rule.value) if rule.value < 1.0 else -math.inf) if quantile else 0.0
+        )
+
+    @property
+    def lookahead(self) -> int:
+        """``k``: the layers run between two questions to the policy; ``num_layers`` (``T``):
+        never ask, the plain model. Set it to change it (a value above ``T`` is ``T``)."""
+        return self._lookahead
+
+    @lookahead.setter
+    def lookahead(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"lookahead must be a whole number >= 1, got {k!r}")
+        T = self.num_layers
+        self._lookahead = min(k, T)
+        # The chunks of k layers (the last may be shorter): each one's first layer and layers.
+        self._chunks = [(t0, range(t0, min(t0 + k, T))) for t0 in range(0, T, k)]
+
+    @property
+    def plain(self) -> bool:
+        """Whether the runner runs the plain full-depth model (``lookahead == num_layers``:
+        the policy is never asked)."""
+        return self._lookahead >= self.num_layers
 
     def _decide(self, logit: Tensor, log_survival: Tensor) -> tuple[Tensor, Tensor]:
         """``ReadoutRule.stop_now`` after one layer, its bounds computed once (this runs
@@ -208,13 +240,10 @@ class StopRunner:
         # The bound method: a no-op's call costs a third of an instance's (at batch 1 a
         # layer is a few kernel launches, and the loop calls it five times a layer).
         lap = (_Laps(profile, device) if profile is not None else _NO_LAPS).__call__
-        inputs = {k: v.to(device) for k, v in _inputs_of(batch).items()}
-        n = _batch_size(inputs)
+        if self.plain:
+            return self._plain(batch, return_probabilities, lap)
         T, k = self.num_layers, self.lookahead
-        out = _Outputs(n, T, device, return_probabilities)
-        active = torch.arange(n, device=device)
-        log_survival = torch.zeros(n, device=device)
-        state: State = predictor.initial_state(inputs)
+        inputs, out, active, log_survival, state = self._start(batch, return_probabilities)
         ask = self._ask_chunk if k > 1 else partial(self._ask, self.policy.frozen_layer_logits())
         # k = 1, features without the read-out: read out only the rows that stop, once they do.
         lazy = k == 1 and not predictor.features_use_prediction
@@ -267,6 +296,120 @@ class StopRunner:
             inputs = select_rows(inputs, keep)  # type: ignore[assignment]
             lap("compact")
         return out.result()
+
+    def tune(
+        self,
+        example_batch: Batch | dict[str, Tensor],
+        batch_size: int | None = None,
+        *,
+        repeats: int = 7,
+        verify: int = 2,
+        margin: float = 0.05,
+        max_instances: int = 32,
+        budget_s: float = 10.0,
+        min_sample_s: float = 0.05,
+        timer: Timer | None = None,
+    ) -> TuneResult:
+        """Choose the look-ahead ``k`` in ``1 .. T`` (``T``: never ask, the plain model) that
+        runs batches of ``batch_size`` fastest on this device, and use it from now on.
+
+        A cost model proposes, a direct measurement decides:
+
+        1. The stops: the example's instances (the first ``max_instances``, or
+           ``batch_size`` if more; repeated when the example is smaller) run at ``k = 1``,
+           in batches of ``batch_size`` (also the warm-up).
+        2. The parts, each the runner's own code, timed at 1 row and at ``batch_size`` rows
+           (medians of ``repeats`` after a warm-up): each layer (the predictor's forward
+           step) and read-out, a policy call about ``j`` layers (features, MLP, rule and
+           the host synchronisation; ``j`` = 1, 2 and ``T - 1`` at one row), writing out
+           the rows that stop, compacting the others, the batch's setup.
+        3. The model: for every ``k < T``, the expected time of a batch, the example's stops
+           replayed through the runner's loop (the chunks each batch reaches, the layers
+           computed including those an instance computes past its stop in its chunk, the
+           policy calls, the compactions), each part at the rows still active
+           (interpolated linearly in the row count).
+        4. The measurement: ``k = 1``, the plain model (``T``) and the model's ``verify``
+           best ``k`` in ``2 .. T - 1`` run the example's batches, interleaved (in a new
+           order every round), ``repeats`` rounds after a warm-up round (fewer
+           when a round takes more than ``budget_s`` over ``repeats``); a sample repeats
+           the batches for at least ``min_sample_s``. Each candidate's time is divided by
+           the plain model's of the same round, and the median of these ratios decides
+           (load from other processes slows a round as a whole): the lowest wins, and
+           early exit only if it is below ``1 - margin``.
+
+        Why both: timing every ``k`` directly costs ``T`` runs of the example per repeat
+        (the paper-scale DnCNN at batch 1024 takes seconds a run); the model alone misses
+        what the parts leave out (the loop's own Python, caches), which at batch 1 on a
+        CPU is a few percent of a layer. The model narrows ``T`` candidates to a few; the
+        measured times decide, so the choice never rests on a prediction alone, and the
+        plain model is always one of the candidates.
+
+        ``timer(part, fn)`` runs ``fn()`` once and returns its seconds (default: wall time,
+        synchronised with the device); ``part`` names what is timed (``start``,
+        ``layer``, ``readout``, ``ask``, ``finish``, ``compact``, ``run``). Tests inject a
+        fake one. With the ``sample`` rule the runs draw from ``generator``.
+
+        Sets ``self.lookahead`` and ``self.tuned`` and returns the ``TuneResult``.
+        """
+        with torch.inference_mode():
+            result = _tune(
+                self, example_batch, batch_size, repeats, verify, margin, max_instances,
+                budget_s, min_sample_s, timer or WallTimer(self.predictor.device),
+            )  # fmt: skip
+        self.adopt(result)
+        return result
+
+    def adopt(self, result: TuneResult) -> None:
+        """Use a ``TuneResult`` (from ``tune``, or stored with a run): its look-ahead."""
+        if result.num_layers != self.num_layers:
+            raise ValueError(
+                f"the tune result is for {result.num_layers} layers, "
+                f"the runner has {self.num_layers}"
+            )
+        self.lookahead = result.lookahead
+        self.tuned = result
+
+    def describe(self) -> str:
+        """One line: the look-ahead in use and, after ``tune``, why."""
+        if self.tuned is not None and self.tuned.lookahead == self.lookahead:
+            return self.tuned.describe()
+        if self.plain:
+            return f"look-ahead k=T={self.num_layers}: the plain model, the policy never asked"
+        return f"look-ahead k={self.lookahead} of T={self.num_layers}"
+
+    def _start(
+        self, batch: Batch | dict[str, Tensor], return_probabilities: bool
+    ) -> tuple[dict[str, Tensor], _Outputs, Tensor, Tensor, State]:
+        """A batch's inputs on the device, its outputs to fill, the active rows, their log
+        survival and the initial state (what ``__call__`` does before the first layer)."""
+        device = self.predictor.device
+        inputs = {k: v.to(device) for k, v in _inputs_of(batch).items()}
+        n = _batch_size(inputs)
+        out = _Outputs(n, self.num_layers, device, return_probabilities)
+        active = torch.arange(n, device=device)
+        log_survival = torch.zeros(n, device=device)
+        return inputs, out, active, log_survival, self.predictor.initial_state(inputs)
+
+    def _plain(
+        self,
+        batch: Batch | dict[str, Tensor],
+        return_probabilities: bool,
+        lap: Callable[[str], None],
+    ) -> RunnerOutput:
+        """``lookahead == T``: the plain model (``predict_full_depth``), the policy never
+        asked; every instance stops at the last layer."""
+        predictor = self.predictor
+        device = predictor.device
+        inputs = {k: v.to(device) for k, v in _inputs_of(batch).items()}
+        n, T = _batch_size(inputs), self.num_layers
+        predictions = predictor.predict_full_depth(inputs)
+        stop = torch.full((n,), T - 1, dtype=torch.long, device=device)
+        probs = None
+        if return_probabilities:  # never asked: NaN, and 1 at the last layer
+            probs = torch.full((n, T), math.nan, device=device)
+            probs[:, -1] = 1.0
+        lap("layer")
+        return RunnerOutput(predictions, stop, probs)
 
     def _ask(
         self,
@@ -328,6 +471,420 @@ class StopRunner:
         raise ValueError(f"unknown read-out rule {self.rule.kind!r}")
 
 
+# --- tune: the look-ahead that runs fastest on this device --------------------------------
+Timer = Callable[[str, Callable[[], object]], float]
+"""``StopRunner.tune``'s clock: ``timer(part, fn)`` runs ``fn()`` once and returns the
+seconds it took; ``part`` says what it times."""
+
+
+class WallTimer:
+    """Wall time of a call, synchronised with the device before and after."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+
+    def __call__(self, part: str, fn: Callable[[], object]) -> float:
+        _sync(self.device)
+        start = time.perf_counter()
+        fn()
+        _sync(self.device)
+        return time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_label(device: torch.device | str) -> str:
+    """What timings depend on: the device's kind and name, and on a CPU the torch threads
+    (``runner_tune.json`` is reused only on the same label)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name
+            )
+    except OSError:
+        pass
+    return f"{device.type} ({name}, {torch.get_num_threads()} threads)"
+
+
+def _seconds(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} us"
+    return f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What ``StopRunner.tune`` measured and chose. Times are seconds per batch of
+    ``batch_size`` instances.
+
+    Attributes:
+        lookahead: the chosen ``k``; ``num_layers`` (``T``): the plain model.
+        num_layers: ``T``.
+        batch_size: the batch size it was tuned for.
+        device: ``device_label`` of the device (and threads) it was timed on.
+        instances: the example instances it ran.
+        avg_layers: their mean stop layer (1-based) under the policy.
+        layer_s: one layer (the predictor's forward step), mean over the ``T`` layers.
+        policy_s: one policy call at ``k = 1`` (features, MLP, rule, synchronisation).
+        predicted_s: the model's time for each ``k < T``.
+        measured_s: the measured time of each candidate (always ``1`` and ``T``; medians).
+        relative: each candidate's time over the plain model's, the median over rounds of
+            the ratio within a round (what decides; ``T``: 1).
+    """
+
+    lookahead: int
+    num_layers: int
+    batch_size: int
+    device: str
+    instances: int
+    avg_layers: float
+    layer_s: float
+    policy_s: float
+    predicted_s: dict[int, float]
+    measured_s: dict[int, float]
+    relative: dict[int, float]
+
+    @property
+    def plain(self) -> bool:
+        return self.lookahead >= self.num_layers
+
+    @property
+    def full_depth_s(self) -> float:
+        """The plain model's measured time a batch."""
+        return self.measured_s[self.num_layers]
+
+    @property
+    def chosen_s(self) -> float:
+        return self.measured_s[self.lookahead]
+
+    @property
+    def speedup(self) -> float:
+        """The plain model's time over the chosen look-ahead's, from the paired ratios
+        (``1`` for the plain model)."""
+        r = self.relative[self.lookahead]
+        return 1 / r if r > 0 else math.nan
+
+    def describe(self) -> str:
+        T, b = self.num_layers, self.batch_size
+        early = {k: s for k, s in self.measured_s.items() if k < T}
+        tail = (
+            f"a layer {_seconds(self.layer_s)}, a policy call {_seconds(self.policy_s)}, "
+            f"{self.avg_layers:.2f} layers on average; {self.device}"
+        )
+        if self.plain:
+            best = min(early, key=lambda k: (self.relative[k], k)) if early else None
+            beaten = (
+                f"; early exit's best, k={best}: {_seconds(early[best])} "
+                f"({1 / self.relative[best]:.2f}x)"
+                if best is not None
+                else ""
+            )
+            return (
+                f"look-ahead k=T={T}, the plain model (the policy never asked), at batch {b}: "
+                f"{_seconds(self.full_depth_s)} a batch{beaten}; {tail}"
+            )
+        k1 = f"; k=1: {_seconds(early[1])}" if self.lookahead != 1 and 1 in early else ""
+        return (
+            f"look-ahead k={self.lookahead} of T={T} at batch {b}: {_seconds(self.chosen_s)} a "
+            f"batch, {self.speedup:.2f}x the plain model ({_seconds(self.full_depth_s)}){k1}; "
+            f"{tail}"
+        )
+
+    def __repr__(self) -> str:
+        return f"TuneResult({self.describe()})"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["predicted_s"] = {str(k): v for k, v in self.predicted_s.items()}
+        d["measured_s"] = {str(k): v for k, v in self.measured_s.items()}
+        d["relative"] = {str(k): v for k, v in self.relative.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TuneResult:
+        fields = dict(d)
+        fields["predicted_s"] = {int(k): float(v) for k, v in d["predicted_s"].items()}
+        fields["measured_s"] = {int(k): float(v) for k, v in d["measured_s"].items()}
+        fields["relative"] = {int(k): float(v) for k, v in d["relative"].items()}
+        return cls(**fields)
+
+
+def _timed_call(timer: Timer, part: str, fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    """``fn(*args)`` through ``timer``: its seconds and its value."""
+    box: list[Any] = []
+    seconds = timer(part, lambda: box.append(fn(*args)))
+    if not box:
+        raise RuntimeError(f"the timer did not call the function it was given ({part})")
+    return seconds, box[0]
+
+
+def _interp(xs: list[float], ys: list[float], x: float) -> float:
+    """Piecewise linear through ``(xs, ys)`` (sorted ``xs``), extended linearly beyond."""
+    if len(xs) == 1:
+        return ys[0]
+    i = min(max(bisect.bisect_right(xs, x) - 1, 0), len(xs) - 2)
+    x0, x1, y0, y1 = xs[i], xs[i + 1], ys[i], ys[i + 1]
+    return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+
+
+class _Parts:
+    """The runner's parts timed at one row count ``rows`` (medians)."""
+
+    def __init__(self, rows: int, num_layers: int, samples: dict[Any, list[float]]) -> None:
+        med = {key: statistics.median(v) for key, v in samples.items()}
+        self.rows = rows
+        self.start = med["start"]
+        self.layer = [med[("layer", t)] for t in range(num_layers)]
+        self.readout = [med[("readout", t)] for t in range(num_layers)]
+        self.ask_j = sorted(key[1] for key in med if key[0] == "ask")
+        self.ask = [med[("ask", j)] for j in self.ask_j]
+        self.finish = {k: med[("finish", k)] for k in (1, 2) if ("finish", k) in med}
+        self.compact = {k: med[("compact", k)] for k in (1, 2) if ("compact", k) in med}
+
+
+def _ask_once(
+    runner: StopRunner,
+    ask1: Callable[..., tuple[Tensor, int, Tensor, Tensor]],
+    j: int,
+    states: list[State],
+    preds: list[Tensor | None],
+    rows: dict[str, Tensor],
+    log_survival: Tensor,
+) -> int:
+    """One policy call about the layers of ``states[:j]`` and its synchronisation, as the
+    runner makes it (``ask1``: its ``k = 1`` call, the policy's weights frozen)."""
+    if j == 1:
+        stop = ask1(0, states[:1], preds[:1], rows, log_survival, _NO_LAPS)[0]
+    else:
+        stop = runner._ask_chunk(0, states[:j], preds[:j], rows, log_survival, _NO_LAPS)[0]  # type: ignore[arg-type]
+    return int(torch.count_nonzero(stop))
+
+
+def _compact_once(
+    predictor: LayeredPredictor,
+    out: _Outputs,
+    chunk: _Chunk,
+    stop: Tensor,
+    num_stop: int,
+    first: int | Tensor,
+    active: Tensor,
+    log_survival: Tensor,
+) -> None:
+    """The runner's compaction: write out the rows that ``stop``, index the others."""
+    keep = out.write_stopped(active, chunk, stop, num_stop, first)
+    active.index_select(0, keep)
+    log_survival.index_select(0, keep)
+    select_rows(predictor.carried_state(chunk.states[-1]), keep)
+    select_rows(chunk.inputs, keep)
+
+
+def _measure_parts(
+    runner: StopRunner,
+    inputs: dict[str, Tensor],
+    asks: list[int],
+    repeats: int,
+    timer: Timer,
+) -> _Parts:
+    """Each part of the runner's loop on the rows of ``inputs``: ``repeats`` rounds after
+    a warm-up round (policy calls about ``j`` layers for ``j`` in ``asks``; the rows are
+    doubled for the compaction of a one-row batch, which never compacts)."""
+    samples: dict[Any, list[float]] = {}
+    n = _batch_size(inputs)
+    for round_ in range(repeats + 1):
+        _parts_round(runner, inputs, asks, timer, samples if round_ > 0 else {})
+    return _Parts(n, runner.num_layers, samples)
+
+
+def _parts_round(
+    runner: StopRunner,
+    inputs: dict[str, Tensor],
+    asks: list[int],
+    timer: Timer,
+    samples: dict[Any, list[float]],
+) -> None:
+    predictor, T = runner.predictor, runner.num_layers
+    device = predictor.device
+    lazy = not predictor.features_use_prediction
+
+    def rec(key: Any, part: str, fn: Callable[..., Any], *args: Any) -> Any:
+        seconds, value = _timed_call(timer, part, fn, *args)
+        samples.setdefault(key, []).append(seconds)
+        return value
+
+    rows, out, active, log_survival, state = rec("start", "start", runner._start, inputs, False)
+    n = int(active.shape[0])
+    depth = max([*asks, 2])
+    states: list[State] = []
+    preds: list[Tensor] = []
+    for t in range(T):
+        state = rec(("layer", t), "layer", predictor.layer, t, state, rows)
+        pred = rec(("readout", t), "readout", predictor.readout, t, state, rows)
+        if t < depth:
+            states.append(state)
+            preds.append(pred)
+    first_preds: list[Tensor | None] = [None if lazy else preds[0]]
+    ask1 = partial(runner._ask, runner.policy.frozen_layer_logits())
+    for j in asks:
+        batch_preds = first_preds if j == 1 else list(preds)
+        rec(("ask", j), "ask", _ask_once, runner, ask1, j, states, batch_preds, rows, log_survival)
+    # Writing out every row: a chunk of k = 1 (lazy read-out where the runner reads out
+    # only the rows that stop), and of k = 2 (a layer per row).
+    one = _Chunk(predictor, 0, states[:1], first_preds, rows)
+    rec(("finish", 1), "finish", out.write, active, one, 0, None)
+    if len(states) > 1:
+        two = _Chunk(predictor, 0, states[:2], list(preds[:2]), rows)
+        at = torch.arange(n, device=device) % 2
+        rec(("finish", 2), "finish", out.write, active, two, at, None)
+    # Half the rows stop: write them out, index the others (two rows for a one-row batch).
+    dup = torch.arange(max(n, 2), device=device) % n
+    m = int(dup.shape[0])
+    rows_m = select_rows(rows, dup)
+    states_m = [select_rows(x, dup) for x in states[:2]]
+    preds_m: list[Tensor | None] = [p.index_select(0, dup) for p in preds[:2]]
+    out_m = _Outputs(m, T, device, False)
+    stop = torch.arange(m, device=device) % 2 == 0
+    num_stop = int(stop.sum())
+    where = (torch.arange(m, device=device), torch.zeros(m, device=device))
+    chunk = _Chunk(predictor, 0, states_m[:1], [None if lazy else preds_m[0]], rows_m)
+    args = (predictor, out_m, chunk, stop, num_stop, 0, *where)
+    rec(("compact", 1), "compact", _compact_once, *args)
+    if len(states_m) > 1:
+        chunk = _Chunk(predictor, 0, states_m[:2], preds_m[:2], rows_m)
+        first = torch.zeros(m, dtype=torch.long, device=device)
+        rec(("compact", 2), "compact", _compact_once, predictor, out_m, chunk, stop, num_stop,
+            first, *where)  # fmt: skip
+
+
+class _CostModel:
+    """A batch's time at look-ahead ``k``, from the parts timed at 1 and ``b`` rows
+    (linear in the row count in between) and the stops of its instances."""
+
+    def __init__(self, lo: _Parts, hi: _Parts, num_layers: int, lazy: bool) -> None:
+        self.lo, self.hi, self.T, self.lazy = lo, hi, num_layers, lazy
+
+    def _at(self, n: int, lo: float, hi: float) -> float:
+        span = self.hi.rows - self.lo.rows
+        return lo if span <= 0 else max(0.0, lo + (hi - lo) * (n - self.lo.rows) / span)
+
+    def layer(self, t: int, n: int, readout: bool) -> float:
+        lo, hi = self.lo, self.hi
+        cost = self._at(n, lo.layer[t], hi.layer[t])
+        return cost + (self._at(n, lo.readout[t], hi.readout[t]) if readout else 0.0)
+
+    def ask(self, n: int, j: int) -> float:
+        lo, hi = self.lo, self.hi
+        return self._at(n, _interp(lo.ask_j, lo.ask, j), _interp(hi.ask_j, hi.ask, j))
+
+    def _part(self, name: str, n: int, k: int) -> float:
+        lo, hi = getattr(self.lo, name), getattr(self.hi, name)
+        key = 1 if k == 1 or 2 not in lo else 2
+        return self._at(n, lo[key], hi[key])
+
+    def batch(self, k: int, stops: list[int]) -> float:
+        """The modelled time of one batch whose instances stop at ``stops`` (0-based)."""
+        T = self.T
+        n, total = len(stops), self._at(len(stops), self.lo.start, self.hi.start)
+        ordered = sorted(stops)
+        readout = not (k == 1 and self.lazy)
+        for t0 in range(0, T, k):
+            t1 = min(t0 + k, T)
+            total += sum(self.layer(t, n, readout) for t in range(t0, t1))
+            asked = (t1 - t0) - (1 if t1 == T else 0)
+            if asked:
+                total += self.ask(n, asked)
+            stopped = n - (len(ordered) - bisect.bisect_left(ordered, t1))
+            if t1 == T or stopped == n:
+                total += self._part("finish", n, k)
+                break
+            if stopped:
+                total += self._part("compact", n, k)
+                n -= stopped
+        return total
+
+
+def _tune(  # noqa: PLR0913
+    runner: StopRunner,
+    example: Batch | dict[str, Tensor],
+    batch_size: int | None,
+    repeats: int,
+    verify: int,
+    margin: float,
+    max_instances: int,
+    budget_s: float,
+    min_sample_s: float,
+    timer: Timer,
+) -> TuneResult:
+    predictor, T = runner.predictor, runner.num_layers
+    device = predictor.device
+    batches, b, count = _tune_batches(example, device, batch_size, repeats, max_instances)
+
+    def run_all() -> list[RunnerOutput]:
+        return [runner(x) for x in batches]
+
+    # 1. The stops at k = 1 (and the warm-up).
+    runner.lookahead = 1
+    first_s, outs = _timed_call(timer, "run", run_all)
+    stops = torch.cat([o.stop for o in outs]).tolist()
+    avg_layers = sum(stops) / len(stops) + 1
+    candidates = [1, T] if T > 1 else [T]
+    predicted: dict[int, float] = {}
+    layer_s = policy_s = 0.0
+    # Fewer repeats where a round would take long (the paper-scale DnCNN at batch 1024).
+    round_s = max(first_s, 1e-9) * (verify + 2)
+    reps = max(1, min(repeats, int(budget_s / round_s)))
+    if T > 1:
+        # 2. The parts, at 1 row and at b rows.
+        one_row = select_rows(batches[0], torch.zeros(1, dtype=torch.long, device=device))
+        lo = _measure_parts(runner, one_row, sorted({1, min(2, T - 1), T - 1}), reps, timer)
+        hi = (
+            lo
+            if b == 1
+            else _measure_parts(runner, batches[0], sorted({1, min(2, T - 1)}), reps, timer)
+        )
+        layer_s = sum(hi.layer) / T
+        policy_s = hi.ask[0]
+        # 3. The model, for every k < T.
+        model = _CostModel(lo, hi, T, not predictor.features_use_prediction)
+        groups = [stops[i : i + b] for i in range(0, len(stops), b)]
+        for k in range(1, T):
+            predicted[k] = sum(model.batch(k, g) for g in groups) / len(groups)
+        middle = sorted(range(2, T), key=lambda k: (predicted[k], k))[: max(0, verify)]
+        candidates += middle
+    samples = _measure_candidates(
+        runner, candidates, run_all, len(batches), first_s, reps, min_sample_s, timer
+    )
+    measured = {k: statistics.median(v) for k, v in samples.items()}
+    relative = {
+        k: statistics.median(
+            [a / b if b > 0 else math.inf for a, b in zip(v, samples[T], strict=True)]
+        )
+        for k, v in samples.items()
+    }
+    early = [k for k in candidates if k < T]
+    best = min(early, key=lambda k: (relative[k], k)) if early else T
+    chosen = best if best < T and relative[best] < 1 - margin else T
+    return TuneResult(
+        lookahead=chosen,
+        num_layers=T,
+        batch_size=b,
+        device=device_label(device),
+        instances=count,
+        avg_layers=avg_layers,
+        layer_s=layer_s,
+        policy_s=policy_s,
+        predicted_s=predicted,
+        measured_s={k: measured[k] for k in sorted(measured)},
+        relative={k: relative[k] for k in sorted(relative)},
+    )
+
+
 @dataclass(slots=True)
 class _Chunk:
     """The layers ``t0 ..`` that the active rows ran since the policy was last asked:
@@ -356,6 +913,61 @@ class _Chunk:
         if rows is None:
             return self.predictor.readout(t, state, self.inputs)
         return self.predictor.readout(t, select_rows(state, rows), select_rows(self.inputs, rows))
+
+
+def _tune_batches(
+    example: Batch | dict[str, Tensor],
+    device: torch.device,
+    batch_size: int | None,
+    repeats: int,
+    max_instances: int,
+) -> tuple[list[dict[str, Tensor]], int, int]:
+    """``tune``'s instances: whole batches of ``b`` (the batch size), at least one (the
+    example repeated if smaller); returns them, ``b`` and their count."""
+    inputs = {k: v.to(device) for k, v in _inputs_of(example).items()}
+    N = _batch_size(inputs)
+    if N == 0:
+        raise ValueError("tune needs at least one example instance")
+    b = int(batch_size or N)
+    if b < 1 or repeats < 1:
+        raise ValueError(f"batch_size and repeats must be >= 1, got {b} and {repeats}")
+    count = b * max(1, min(N, max_instances) // b)
+    rows = select_rows(inputs, torch.arange(count, device=device) % N)
+    return [{k: v[i : i + b] for k, v in rows.items()} for i in range(0, count, b)], b, count
+
+
+def _measure_candidates(  # noqa: PLR0913
+    runner: StopRunner,
+    candidates: list[int],
+    run_all: Callable[[], object],
+    batches: int,
+    first_s: float,
+    reps: int,
+    min_sample_s: float,
+    timer: Timer,
+) -> dict[int, list[float]]:
+    """``tune``'s step 4: each candidate look-ahead's time per batch, measured interleaved.
+
+    Each sample runs the batches ``inner`` times (at least ``min_sample_s``: a busy
+    machine's time slices average out), in a new order every round (seeded), so each is
+    compared with the plain model of its own round (drift between rounds cancels)."""
+    inner = max(1, math.ceil(min_sample_s / max(first_s, 1e-12)))
+
+    def run_inner() -> None:
+        for _ in range(inner):
+            run_all()
+
+    samples: dict[int, list[float]] = {k: [] for k in candidates}
+    warm = first_s * inner * len(candidates) < 1.0  # a warm-up round unless a round is slow
+    for round_ in range(-1 if warm else 0, reps):
+        order = list(candidates)
+        random.Random(round_).shuffle(order)  # no candidate always first, or after another
+        for k in order:
+            runner.lookahead = k
+            seconds, _ = _timed_call(timer, "run", run_inner)
+            if round_ >= 0:
+                samples[k].append(seconds / (inner * batches))
+    return samples
 
 
 class _Outputs:
@@ -424,7 +1036,13 @@ def run_full_depth(predictor: LayeredPredictor, batch: Batch | dict[str, Tensor]
     ``predictor.predict_full_depth``: the layers as a model without a stop policy computes
     them (no read-out after every layer where the predictor can skip it, no policy, no
     features), under the same ``torch.inference_mode`` as ``StopRunner``.
+
+    The predictor is put in eval mode if it is in training mode (``StopRunner`` does it
+    once, when it is built): ``Module.eval()`` visits every submodule, which at batch 1 on
+    a CPU costs as much as a layer (SDN's 69 modules: about 0.1-0.4 ms a call) and would
+    slow the baseline down.
     """
-    predictor.eval()
+    if predictor.training:
+        predictor.eval()
     inputs = {k: v.to(predictor.device) for k, v in _inputs_of(batch).items()}
     return predictor.predict_full_depth(inputs)

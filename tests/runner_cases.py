@@ -196,3 +196,30 @@ def build_case(case: Case) -> tuple[Task, LayeredPredictor, Batch, StopPolicy]:
     with torch.no_grad():
         trace = predictor.trace(batch, task)
     return task, predictor, batch, random_policy(predictor, trace.features, seed=1)
+
+
+def count_policy_calls(predictor: LayeredPredictor, policy: StopPolicy) -> list[str]:
+    """Wrap every way the runner reaches the policy (its features and its logits) with a
+    counter; returns the list the calls are appended to (undo with ``uncount``)."""
+    calls: list[str] = []
+    names = {
+        predictor: ["policy_features", "chunk_policy_features"],
+        policy: ["forward", "layer_logits", "frozen_layer_logits", "chunk_logits", "_layer_logits"],
+    }
+    for obj, methods in names.items():
+        for name in methods:
+            method = getattr(obj, name)
+
+            def counted(*args, _m=method, _n=name, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                calls.append(_n)
+                return _m(*args, **kwargs)
+
+            setattr(obj, name, counted)
+    return calls
+
+
+def uncount(predictor: LayeredPredictor, policy: StopPolicy) -> None:
+    for obj in (predictor, policy):
+        for name in ("policy_features", "chunk_policy_features", "forward", "layer_logits",
+                     "frozen_layer_logits", "chunk_logits", "_layer_logits"):  # fmt: skip
+            obj.__dict__.pop(name, None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from runner_cases import random_policy
@@ -28,7 +30,14 @@ def write_run_folder(root, cfg_path, learner: str = "reverse_kl", cost: float = 
     )
     with torch.no_grad():
         trace = predictor.trace(task.eval_set("val"), task)
-    policy = random_policy(predictor, trace.features, 4, build.make_policy(cfg, predictor))
+    with torch.random.fork_rng(devices=[]):  # the same body weights whatever ran before
+        torch.manual_seed(4)
+        policy = random_policy(predictor, trace.features, 4, build.make_policy(cfg, predictor))
+    with torch.no_grad():
+        # random_policy puts a logit at exactly 0 (pi = 1/2), which the quantile-0.5 rule
+        # meets as an exact tie; the toy's features repeat, so many instances would sit on
+        # it and float rounding would decide their stops. Off the boundary:
+        policy.head.bias.add_(0.01)
     save_checkpoint(
         seed_dir / learner / f"cost-{cost:g}" / "best.pt",
         {
@@ -53,7 +62,7 @@ def test_predict_run_matches_the_trace_based_evaluation(toy_run, tmp_path) -> No
 
     cfg, run, predictor, policy = toy_run
     out = tmp_path / "out" / "pred.pt"
-    summary = predict_run(cfg, run, "reverse_kl", batch_size=100, out=out)
+    summary = predict_run(cfg, run, "reverse_kl", batch_size=100, out=out, lookahead=1)
     assert summary["cost"] == 0.5 and summary["readout"] == {"kind": "quantile", "value": 0.5}
     assert summary["instances"] == 256 and summary["stop_agreement"] == 1.0
     assert summary["metric"] == pytest.approx(summary["trace_metric"], rel=1e-6)
@@ -65,10 +74,81 @@ def test_predict_run_matches_the_trace_based_evaluation(toy_run, tmp_path) -> No
     stop = ReadoutRule("quantile", 0.5).stop(policy.trace_logits(test.features))
     assert torch.equal(saved["stop"], stop) and torch.equal(saved["layers"], stop + 1)
     assert saved["predictions"].shape == (256,)
-    import json
-
     assert json.loads(out.with_suffix(".json").read_text())["avg_layers"] == summary["avg_layers"]
     assert "stop layers agree on 100.0%" in format_summary(summary)
+
+
+def test_predict_auto_tunes_on_the_first_batch_stores_and_reuses(toy_run, tmp_path) -> None:  # noqa: ANN001
+    """The default look-ahead: tuned on the first batch, stored next to the policy
+    checkpoint and reused on the same device and batch size; said in the summary."""
+    from l2s_gym.predict import TUNE_FILE, format_summary, predict_run
+
+    cfg, run, predictor, _ = toy_run
+    T = predictor.num_layers
+    stored = run / "seed-0" / "reverse_kl" / "cost-0.5" / TUNE_FILE
+    out = tmp_path / "auto.pt"
+    first = predict_run(cfg, run, "reverse_kl", batch_size=100, out=out)
+    assert first["lookahead_mode"] == "auto" and first["tune_source"] == "tuned"
+    assert first["tune_file"] == str(stored) and stored.is_file()
+    k = first["lookahead"]
+    assert 1 <= k <= T and first["tune"]["lookahead"] == k and first["tune"]["batch_size"] == 100
+    assert first["plain"] == (k == T)
+    if k < T:  # early exit at any k stops where the trace says
+        assert first["stop_agreement"] == 1.0
+    else:  # the plain model: every instance at the last layer
+        assert torch.equal(torch.load(out)["stop"], torch.full((256,), T - 1))
+    text = format_summary(first)
+    assert "look-ahead auto: k=" in text and "tuned (" in text
+    # Reused: same device, batch size and policy.
+    again = predict_run(cfg, run, "reverse_kl", batch_size=100)
+    assert again["tune_source"] == "stored" and again["lookahead"] == k
+    # Another batch size: tuned again, both kept; retune: tuned again.
+    other = predict_run(cfg, run, "reverse_kl", batch_size=7)
+    assert other["tune_source"] == "tuned" and other["tune"]["batch_size"] == 7
+    assert len(json.loads(stored.read_text())["entries"]) == 2
+    assert predict_run(cfg, run, "reverse_kl", batch_size=7, retune=True)["tune_source"] == "tuned"
+    assert len(json.loads(stored.read_text())["entries"]) == 2
+
+
+@pytest.mark.parametrize("k", [2, "T"])
+def test_predict_adopts_a_stored_choice(toy_run, k) -> None:  # noqa: ANN001
+    """A stored choice is used as it is: an early-exit k (stops as the trace's) or the plain
+    model (full depth, the policy not asked, said so)."""
+    from pathlib import Path
+
+    from l2s_gym.predict import TUNE_FILE, _tune_key, format_summary, predict_run, store_tune
+    from l2s_gym.rules import ReadoutRule
+    from l2s_gym.runner import StopRunner, TuneResult
+
+    cfg, run, predictor, policy = toy_run
+    T = predictor.num_layers
+    k = T if k == "T" else k
+    policy_path = Path(run) / "seed-0" / "reverse_kl" / "cost-0.5" / "best.pt"
+    runner = StopRunner(predictor, policy, ReadoutRule("quantile", 0.5))
+    measured = {1: 2e-3, k: 1e-3, T: 1.5e-3}
+    relative = {j: s / measured[T] for j, s in measured.items()}
+    fake = TuneResult(k, T, 64, "", 64, 3.0, 1e-5, 1e-4, {1: 2e-3}, measured, relative)
+    store_tune(policy_path.parent / TUNE_FILE, _tune_key(runner, policy_path, 64), fake)
+    summary = predict_run(cfg, run, "reverse_kl", batch_size=64)
+    assert summary["tune_source"] == "stored" and summary["lookahead"] == k
+    text = format_summary(summary)
+    if k < T:
+        assert summary["stop_agreement"] == 1.0 and not summary["plain"]
+        assert "look-ahead auto: k=2," in text
+    else:
+        assert summary["plain"] and summary["avg_layers"] == T
+        assert "k=T=6, the plain model" in text and "the policy was not asked" in text
+
+
+def test_parse_lookahead() -> None:
+    from l2s_gym.config import ConfigError
+    from l2s_gym.predict import parse_lookahead
+
+    assert parse_lookahead("auto") == "auto" and parse_lookahead("AUTO") == "auto"
+    assert parse_lookahead("3") == 3 and parse_lookahead(4) == 4
+    for bad in ("0", 0, -2, "x", "1.5", 1.5, True):
+        with pytest.raises(ConfigError, match="--lookahead"):
+            parse_lookahead(bad)
 
 
 def predictor_task(cfg):  # noqa: ANN001, ANN201
@@ -112,7 +192,7 @@ def test_predict_on_a_real_family(tmp_path, sparse_tiny_config) -> None:  # noqa
     from l2s_gym.predict import predict_run
 
     cfg, run, _, _ = write_run_folder(tmp_path, sparse_tiny_config)
-    summary = predict_run(cfg, run, "reverse_kl", batch_size=50)
+    summary = predict_run(cfg, run, "reverse_kl", batch_size=50, lookahead=1)
     assert summary["stop_agreement"] == 1.0
     assert summary["metric"] == pytest.approx(summary["trace_metric"], abs=1e-4)
     assert 1 <= summary["avg_layers"] < summary["num_layers"]
@@ -146,10 +226,19 @@ def test_speedup_benchmark_runs_and_writes_its_rows(tmp_path, toy_config) -> Non
         assert 1 <= row["avg_layers"] <= 6
         assert row["ideal_speedup"] == pytest.approx(6 / row["avg_layers"], rel=1e-3)
         assert row["measured_speedup"] > 0 and row["runner_parts_ms"]["layer"] > 0
-    # Look-aheads 1, 4 and T=6 at both batch sizes (the same stops: the script checks).
+    # Look-aheads 1, 4 and T=6 (the plain model) at both batch sizes, and the tuned runner
+    # (the same stops, or the last layer for the plain model: the script checks).
     assert {(r["batch"], r["lookahead"]) for r in rows} == {
-        (b, k) for b in (1, 16) for k in (1, 4, 6)
+        (b, k) for b in (1, 16) for k in (1, 4, 6, "auto")
     }
+    for row in rows:
+        if row["lookahead"] == "auto":
+            assert 1 <= row["k"] <= 6 and row["tune"]["lookahead"] == row["k"]
+            assert row["tune"]["batch_size"] == row["batch"]
+        else:
+            assert row["k"] == row["lookahead"]
+        if row["k"] == 6:
+            assert row["avg_layers"] == 6
     # Costs spread the depth: the highest price stops earliest.
     assert result["complete"] is True
     costs = result["families"][str(toy_config)]["costs"]
@@ -161,3 +250,32 @@ def test_speedup_benchmark_runs_and_writes_its_rows(tmp_path, toy_config) -> Non
     assert bench.main(argv) == 0
     rows = json.loads(out.read_text())["rows"]
     assert rows and all(r["num_layers"] == 4 and r["avg_layers"] <= 4 for r in rows)
+    assert "tuned k" in bench.tuned_table(rows)
+
+
+def test_speedup_benchmark_times_a_run_folder(tmp_path, toy_config) -> None:  # noqa: ANN001
+    """--runs: a trained run folder's policies (here one price), no training; the tuned
+    runner next to k = 1; --try-compile is left to the real runs (it compiles)."""
+    import importlib.util
+    import shutil
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "early_exit_speedup.py"
+    spec = importlib.util.spec_from_file_location("early_exit_speedup", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    _, run, _, _ = write_run_folder(tmp_path, toy_config)
+    shutil.copy(toy_config, run / "config.yaml")
+    out = tmp_path / "runs.json"
+    argv = ["--out", str(out), "--runs", str(run), "--threads", "1", "--repeats", "1"]
+    argv += ["--batch-sizes", "1", "8", "--instances-b1", "3", "--import", "l2s_gym.testing"]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["complete"] and list(result["families"]) == ["toy_run"]
+    rows = result["rows"]
+    assert {r["cost"] for r in rows} == {0.5, "never"}
+    assert {(r["batch"], r["lookahead"]) for r in rows} >= {(1, 1), (1, "auto"), (8, "auto")}
+    assert all(r["family"] == "toy_run" for r in rows)

@@ -6,7 +6,16 @@ import math
 
 import pytest
 import torch
-from runner_cases import CASES, _custom, _meta_lean, _toy, build_case, random_policy
+from runner_cases import (
+    CASES,
+    _custom,
+    _meta_lean,
+    _toy,
+    build_case,
+    count_policy_calls,
+    random_policy,
+    uncount,
+)
 from torch import Tensor
 
 from l2s_gym.policy import StopPolicy
@@ -160,11 +169,13 @@ def test_runner_rejects_a_policy_of_another_depth() -> None:
 
 
 # --- look-ahead: the policy asked once per k layers ----------------------------------------
-@pytest.mark.parametrize("lookahead", [2, 3, 100])
+@pytest.mark.parametrize("lookahead", [2, 3, -1], ids=["2", "3", "T-1"])
 @pytest.mark.parametrize("size", [1, 40])
 def test_lookahead_stops_where_the_trace_says(case, size: int, lookahead: int) -> None:
     task, predictor, batch, policy = case
     batch = batch.select(slice(0, size))
+    if lookahead < 0:  # T - 1: one policy call about the first T - 1 layers
+        lookahead += predictor.num_layers
     for rule in RULES:
         stop, expected, logits = reference(task, predictor, policy, batch, rule)
         runner = StopRunner(predictor, policy, rule, lookahead=lookahead)
@@ -201,6 +212,38 @@ def test_lookahead_computes_whole_chunks() -> None:
     # Layer t runs on the rows that had not stopped before its chunk began.
     expected = [int((stop >= (t // k) * k).sum()) for t in range(T)]
     assert predictor.calls == [c for c in expected if c > 0]
+
+
+@pytest.mark.parametrize("beyond", [0, 1, 50])
+def test_lookahead_of_T_or_more_is_the_plain_model(case, beyond: int) -> None:
+    """k >= T: the policy is never asked; the full-depth model's predictions, every
+    instance stopping at the last layer."""
+    task, predictor, batch, policy = case
+    T = predictor.num_layers
+    runner = StopRunner(predictor, policy, lookahead=T + beyond)
+    assert runner.lookahead == T and runner.plain
+    calls = count_policy_calls(predictor, policy)
+    try:
+        out = runner(batch, return_probabilities=True)
+        parts: dict[str, float] = {}
+        runner(batch, profile=parts)
+    finally:
+        uncount(predictor, policy)
+    assert calls == []
+    assert torch.equal(out.stop, torch.full((len(batch),), T - 1))
+    assert torch.equal(out.predictions, run_full_depth(predictor, batch))
+    probs = out.stop_probabilities
+    assert torch.isnan(probs[:, :-1]).all() and (probs[:, -1] == 1).all()
+    assert set(parts) == {"layer"}
+    # Set back below T: the early-exit loop again, and the counter sees its policy calls.
+    runner.lookahead = 1
+    calls = count_policy_calls(predictor, policy)
+    try:
+        again = runner(batch)
+    finally:
+        uncount(predictor, policy)
+    assert not runner.plain and calls
+    assert torch.equal(again.stop, StopRunner(predictor, policy)(batch).stop)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
