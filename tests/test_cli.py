@@ -143,7 +143,7 @@ def test_resume_after_sigkill_in_stage_2_gives_the_same_results(toy_config, tmp_
     import signal
     import time
 
-    args = ["--set", "imitation.steps=2600", "--set", "imitation.val_every=25"]
+    args = ["--set", "imitation.steps=500", "--set", "imitation.val_every=25"]
     ref = run_cli(
         "compare", str(toy_config), "--runs", str(tmp_path / "ref"), "--no-progress", *args
     )
