@@ -2,6 +2,7 @@
 
 from l2s_gym.predictors import (  # noqa: F401
     dncnn,
+    exit_transformer,  # noqa: F401
     lista,  # noqa: F401
     maml,  # noqa: F401
     sdn,
