@@ -66,9 +66,9 @@ from l2s_gym.risk import calibrate_risk, default_risk
 from l2s_gym.rules import (
     THRESHOLD_RULES,
     ReadoutRule,
-    default_thresholds,
     fixed_depth_stop,
     oracle_stop,
+    quantile_thresholds,
     threshold_stop,
 )
 from l2s_gym.runs import load_policy
@@ -466,9 +466,11 @@ def frontier_curves(s: _Seed, learned: _Learned, frontier_mode: bool, compare_co
     }  # fmt: skip
     for key in THRESHOLD_RULES:
         if key in s.test.extras:
-            taus = default_thresholds(s.val, key, HEURISTIC_POINTS)
+            # Points named by their validation quantile level, not by the threshold's value
+            # (which differs per seed), so that the seeds' curves pair point by point.
+            levels, taus = zip(*quantile_thresholds(s.val, key, HEURISTIC_POINTS), strict=True)
             stops = [threshold_stop(s.test, key, tau) for tau in taus]
-            frontiers[THRESHOLD_RULES[key][0]] = _points(s, s.test, stops, "heuristic", taus)
+            frontiers[THRESHOLD_RULES[key][0]] = _points(s, s.test, stops, "heuristic", levels)
     prices = [p * s.unit for p in ORACLE_PRICES]
     stops = [oracle_stop(s.test, p, s.cum) for p in prices]
     frontiers[ORACLE_CURVE] = _points(s, s.test, stops, "oracle", ORACLE_PRICES)

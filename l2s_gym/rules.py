@@ -66,9 +66,20 @@ def threshold_stop(trace: Trace, key: str, threshold: float) -> Tensor:
 
 def default_thresholds(trace: Trace, key: str, num: int = 12) -> list[float]:
     """Thresholds at quantiles of the observed values, so a sweep spans all depths."""
+    return [tau for _, tau in quantile_thresholds(trace, key, num)]
+
+
+def quantile_thresholds(trace: Trace, key: str, num: int = 12) -> list[tuple[float, float]]:
+    """``(level, threshold)`` pairs: the thresholds of ``default_thresholds`` with the
+    quantile level each was read at (for a repeated value, its lowest level), in the order
+    of the thresholds. The levels are the same in every trace, so curves over seeds pair
+    their points by level (a threshold's value depends on the seed's validation set)."""
     values = trace.extras[key].flatten().double()
     qs = torch.linspace(0.02, 0.98, num, dtype=torch.float64)
-    return sorted({float(v) for v in torch.quantile(values.cpu(), qs)})
+    first: dict[float, float] = {}
+    for q, v in zip(qs.tolist(), torch.quantile(values.cpu(), qs).tolist(), strict=True):
+        first.setdefault(float(v), round(q, 6))
+    return sorted(((q, tau) for tau, q in first.items()), key=lambda p: p[1])
 
 
 ReadoutKind = Literal["threshold", "quantile", "sample"]

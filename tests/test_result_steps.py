@@ -218,6 +218,33 @@ def test_frontier_curves_over_seeds_pair_points_by_price() -> None:
     assert at.get(1.0) == pytest.approx(0.6)  # seed 0's 0.5 and seed 1's 0.7
 
 
+def test_heuristic_curves_over_seeds_pair_points_by_quantile_level_not_threshold() -> None:
+    # Each seed's confidence thresholds are quantiles of its own validation set, so their
+    # values differ across seeds; the mean curve pairs them by level and keeps every point.
+    task = toy_task()
+    gen = torch.Generator().manual_seed(0)
+    seeds = []
+    for shift in (0.0, 0.05):
+        stats = torch.rand(64, 4, generator=gen, dtype=torch.float64)
+        conf = (torch.rand(64, 4, generator=gen) * 0.5 + shift).cumsum(dim=1).clamp(max=1.0)
+        trace = Trace(stats.clone(), stats, torch.zeros(64, 4, 1), torch.zeros(64).long(),
+                      extras={"confidence": conf})  # fmt: skip
+        s = seed_ctx(task, trace)
+        s.predictor = SimpleNamespace(display_name="Toy")
+        curves = rs.frontier_curves(s, rs._Learned(), frontier_mode=True, compare_cost=0.0)
+        seeds.append(SimpleNamespace(frontiers=curves))
+    name = "confidence threshold (SDN)"
+    per_seed = [seed.frontiers[name] for seed in seeds]
+    levels = torch.linspace(0.02, 0.98, rs.HEURISTIC_POINTS, dtype=torch.float64).tolist()
+    assert not set(per_seed[0].param) - {round(q, 6) for q in levels}
+    agg = rs._aggregate_frontiers(seeds)[name]
+    shared = set(per_seed[0].param) & set(per_seed[1].param)
+    assert len(agg.avg_layers) == len(shared) >= 6
+    first = dict(zip(per_seed[0].param, per_seed[0].avg_layers, strict=True))
+    second = dict(zip(per_seed[1].param, per_seed[1].avg_layers, strict=True))
+    assert agg.avg_layers == pytest.approx([(first[q] + second[q]) / 2 for q in agg.param])
+
+
 # --- the report ----------------------------------------------------------------------------
 
 
