@@ -78,7 +78,7 @@ from l2s_gym.config import find_config, load_config
 from l2s_gym.learner import LearnerContext
 from l2s_gym.predictor import LayeredPredictor, Trace
 from l2s_gym.rules import PAPER_RULE, ReadoutRule
-from l2s_gym.runner import StopRunner, run_full_depth
+from l2s_gym.runner import StopRunner, example_rows, run_full_depth
 from l2s_gym.stopping import cost_adjusted_losses, cumulative_costs
 from l2s_gym.task import Task
 from l2s_gym.training import train_predictor
@@ -159,10 +159,8 @@ def choose_costs(trace: Trace, cum: torch.Tensor, targets: tuple[float, ...]) ->
 
 
 def take(task: Task, n: int) -> dict[str, torch.Tensor]:
-    """The first ``n`` test instances (repeated if the test set is smaller)."""
-    test = task.eval_set("test")
-    index = torch.arange(n, device=task.device) % len(test)
-    return {k: v[index] for k, v in test.inputs.items()}
+    """``n`` test instances in a fixed random order (``example_rows``)."""
+    return example_rows(task.eval_set("test").inputs, n)
 
 
 def layer_times(
@@ -345,11 +343,9 @@ def prepare_run(
 
 
 def take_val(task: Task, n: int) -> dict[str, torch.Tensor]:
-    """The first ``n`` validation instances (repeated if fewer): what the tuned runner is
-    tuned on (not the test instances it is timed on)."""
-    val = task.eval_set("val")
-    index = torch.arange(n, device=task.device) % len(val)
-    return {k: v[index] for k, v in val.inputs.items()}
+    """``n`` validation instances in a fixed random order (``example_rows``): what the tuned
+    runner is tuned on (not the test instances it is timed on)."""
+    return example_rows(task.eval_set("val").inputs, n)
 
 
 def bench_family(

@@ -25,7 +25,14 @@ from l2s_gym.config import ConfigError, ExperimentConfig
 from l2s_gym.policy import StopPolicy
 from l2s_gym.predictor import LayeredPredictor
 from l2s_gym.rules import PAPER_RULE, ReadoutRule
-from l2s_gym.runner import StopRunner, TuneResult, _batch_size, device_label, run_full_depth
+from l2s_gym.runner import (
+    StopRunner,
+    TuneResult,
+    _batch_size,
+    device_label,
+    example_rows,
+    run_full_depth,
+)
 from l2s_gym.task import Task
 
 
@@ -234,7 +241,8 @@ def store_tune(path: Path, key: dict[str, Any], result: TuneResult) -> None:
 def _auto_lookahead(
     runner: StopRunner, inputs: dict[str, Tensor], size: int, policy_path: Path, retune: bool
 ) -> dict[str, Any]:
-    """Tune ``runner`` for batches of ``size`` on the first instances of ``inputs``, or
+    """Tune ``runner`` for batches of ``size`` on instances of ``inputs`` in a fixed random
+    order (``example_rows``; at least a batch, and ``TUNE_INSTANCES``), or
     adopt the choice stored for this device, batch size and policy; the summary's fields."""
     path = policy_path.parent / TUNE_FILE
     key = _tune_key(runner, policy_path, size)
@@ -243,8 +251,7 @@ def _auto_lookahead(
         runner.adopt(stored)
         source = "stored"
     else:
-        first = max(size, TUNE_INSTANCES)
-        runner.tune({k: v[:first] for k, v in inputs.items()}, batch_size=size)
+        runner.tune(example_rows(inputs, max(size, TUNE_INSTANCES)), batch_size=size)
         assert runner.tuned is not None
         source = "tuned"
         try:

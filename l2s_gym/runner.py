@@ -84,6 +84,17 @@ def _batch_size(inputs: dict[str, Tensor]) -> int:
     return sizes.pop()
 
 
+def example_rows(inputs: dict[str, Tensor], n: int, seed: int = 0) -> dict[str, Tensor]:
+    """``n`` rows of ``inputs`` in a fixed random order (``seed``), repeated if there are
+    fewer: an example to tune or time on. Not the first ``n``: evaluation sets are often
+    ordered by difficulty (by noise level, by chain length) and their head is no sample of
+    the whole."""
+    size = _batch_size(inputs)
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    index = order[torch.arange(n) % size]
+    return {k: v[index.to(v.device)] for k, v in inputs.items()}
+
+
 class _Laps:
     """Wall time per part of the runner's loop, for ``StopRunner(..., profile=dict)``."""
 

@@ -279,3 +279,16 @@ def test_speedup_benchmark_times_a_run_folder(tmp_path, toy_config) -> None:  # 
     assert {r["cost"] for r in rows} == {0.5, "never"}
     assert {(r["batch"], r["lookahead"]) for r in rows} >= {(1, 1), (1, "auto"), (8, "auto")}
     assert all(r["family"] == "toy_run" for r in rows)
+
+
+def test_example_rows_are_a_fixed_random_draw_not_the_head() -> None:
+    from l2s_gym.runner import example_rows
+
+    inputs = {"x": torch.arange(100).float().unsqueeze(1), "i": torch.arange(100)}
+    a, b = example_rows(inputs, 32), example_rows(inputs, 32)
+    assert torch.equal(a["i"], b["i"]) and torch.equal(a["x"][:, 0].long(), a["i"])
+    assert len(set(a["i"].tolist())) == 32 and not torch.equal(a["i"], torch.arange(32))
+    assert a["i"].max() > 50  # from the whole set, not the first rows
+    many = example_rows(inputs, 250)["i"]  # fewer rows than asked: each repeated in turn
+    assert torch.equal(many[:100].sort().values, torch.arange(100))
+    assert torch.equal(many[100:200], many[:100])
