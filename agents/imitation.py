@@ -6,6 +6,12 @@ Each step takes a batch of traces of the frozen predictor over all T layers (a f
 batch, or one drawn from a buffer traced once: ``imitation.buffer_size``; see
 ``TraceSource``) and the exact KL, so the gradient has no sampling noise. The KL target is
 the cost-aware oracle ``q*_lambda`` of the context's layer price.
+
+With a grid of prices (``ctx.prices``: ``l2s frontier --one-policy``) one price-conditioned
+policy is trained for all of them: each instance of a batch gets a price drawn uniformly
+from the grid, and the loss is the mean of the exact KL of ``q_phi(. | x, lambda_i)``
+against ``q*_{lambda_i}``, an unbiased estimate of ``E_lambda KL`` at the cost of one
+per-price step (the trace is the same at every price: only ``lambda C_t`` changes).
 TensorBoard: ``losses/kl``, ``losses/entropy``, ``charts/expected_depth`` plus the
 validation tags shared by every learner (see ``l2s_gym.learner``).
 """
@@ -20,7 +26,13 @@ from torch import Tensor
 from l2s_gym import progress
 from l2s_gym.build import make_policy
 from l2s_gym.config import AUTO_BUFFER_MAX, ImitationConfig, annealed_beta
-from l2s_gym.learner import LearnerContext, LearnerResult, Validator, anneal_multiple
+from l2s_gym.learner import (
+    LearnerContext,
+    LearnerResult,
+    PriceGridValidator,
+    Validator,
+    anneal_multiple,
+)
 from l2s_gym.predictor import Trace
 from l2s_gym.progress import notify
 from l2s_gym.registry import register_learner
@@ -123,9 +135,15 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
     beta = cfg.beta if icfg.beta is None else icfg.beta
     kl_fn = reverse_kl if direction == "reverse" else forward_kl
     budget = ctx.layer_budget
-    policy = make_policy(cfg, predictor, seed=cfg.seed + 1)
+    grid = ctx.prices
+    policy = make_policy(cfg, predictor, seed=cfg.seed + 1, price_input=grid is not None)
     optimizer = torch.optim.Adam(policy.parameters(), lr=icfg.lr)
-    validator = Validator(ctx, policy, f"{direction}_kl")
+    if grid is not None:
+        policy.set_price(ctx.cost, ctx.price_unit)
+        validator: Validator = PriceGridValidator(ctx, policy, f"{direction}_kl")
+        prices = PriceDraws(ctx, grid, icfg.beta_anneal_from, beta)
+    else:
+        validator = Validator(ctx, policy, f"{direction}_kl")
     predictor.eval()
     source = TraceSource(ctx, icfg.batch_size, budget)
     multiple = anneal_multiple(ctx, icfg.beta_anneal_from, beta)
@@ -145,8 +163,15 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
     while step < icfg.steps and source.can_draw(budget):
         step += 1
         features, losses = source.draw()
-        target = oracle_log_q(ctx.objective_losses(losses), target_beta(icfg, beta, step, multiple))
-        log_q = stop_log_q(policy.trace_logits(features))
+        if grid is None:
+            target = oracle_log_q(
+                ctx.objective_losses(losses), target_beta(icfg, beta, step, multiple)
+            )
+            log_q = stop_log_q(policy.trace_logits(features))
+        else:
+            lam, temperature = prices.draw(len(losses), icfg, beta, step)
+            target = oracle_log_q(prices.adjusted(losses, lam), temperature.unsqueeze(1))
+            log_q = stop_log_q(policy.trace_logits(features, lam))
         loss = kl_fn(log_q, target).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -184,7 +209,45 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
         stopped_by="imitation.steps" if step == icfg.steps else "compare.layer_budget",
         buffer_instances=source.size,
         anneal_multiple=multiple,
-    )
+        **({} if grid is None else {"prices": list(grid), "price_unit": ctx.price_unit,
+                                    "price_sampling": "uniform over the grid, per instance",
+                                    "anneal_multiples": prices.multiples.tolist()}),
+    )  # fmt: skip
+
+
+class PriceDraws:
+    """The prices of a price-conditioned policy's batches: one per instance, uniform over
+    the grid (``ctx.prices``, loss units), from a seeded stream; each price's KL target
+    temperature anneals from its own ``beta_anneal_from`` multiple (``auto``: measured at
+    that price, as a per-price trial at it would)."""
+
+    def __init__(
+        self, ctx: LearnerContext, grid: list[float], setting: float | str, beta: float
+    ) -> None:
+        from dataclasses import replace
+
+        self.ctx = ctx
+        self.grid = torch.tensor([float(p) for p in grid], dtype=torch.float32)
+        self.multiples = torch.tensor(
+            [anneal_multiple(replace(ctx, cost=float(p)), setting, beta) for p in grid],
+            dtype=torch.float64,
+        )
+        self.cum = ctx.cum_costs
+        self.gen = torch.Generator().manual_seed(ctx.task.stream_seed(22_000 + ctx.seed))
+
+    def draw(self, n: int, icfg: ImitationConfig, beta: float, step: int) -> tuple[Tensor, Tensor]:
+        """``(lambda, temperature)``, each ``(n,)``, on the predictor's device."""
+        idx = torch.randint(len(self.grid), (n,), generator=self.gen)
+        temps = torch.tensor(
+            [target_beta(icfg, beta, step, float(m)) for m in self.multiples], dtype=torch.float32
+        )
+        device = self.cum.device
+        return self.grid[idx].to(device), temps[idx].to(device)
+
+    def adjusted(self, losses: Tensor, lam: Tensor) -> Tensor:
+        """``l_t + lambda_i C_t`` per instance ``i``."""
+        cum = self.cum.to(device=losses.device, dtype=losses.dtype)
+        return losses + lam.to(losses.dtype).unsqueeze(1) * cum
 
 
 @register_learner("reverse_kl", "reverse KL", kind="imitation")

@@ -84,9 +84,13 @@ def make_predictor(spec: ComponentSpec, task: Task, seed: int | None = None) -> 
 
 
 def make_policy(
-    cfg: ExperimentConfig, predictor: LayeredPredictor, seed: int | None = None
+    cfg: ExperimentConfig,
+    predictor: LayeredPredictor,
+    seed: int | None = None,
+    price_input: bool = False,
 ) -> StopPolicy:
-    """The StopPolicy every learner trains, sized by ``cfg.policy``; ``seed`` fixes its init."""
+    """The StopPolicy every learner trains, sized by ``cfg.policy``; ``seed`` fixes its init.
+    ``price_input``: the price-conditioned policy of ``l2s frontier --one-policy``."""
 
     def build() -> StopPolicy:
         return StopPolicy(
@@ -96,6 +100,7 @@ def make_policy(
             depth=cfg.policy.depth,
             encoder=predictor.policy_encoder(),
             pos_dim=cfg.policy.pos_dim,
+            price_input=price_input,
         )
 
     return _seeded(seed, build).to(predictor.device)

@@ -39,6 +39,8 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
         overrides.append(f"seeds=[{', '.join(map(str, args.seeds))}]")
     if getattr(args, "threads", None) is not None:
         overrides.append(f"threads={args.threads}")
+    if getattr(args, "one_policy_run", False):
+        overrides.append("frontier.one_policy=true")
     cfg = load_config(find_config(args.config), overrides)
     from l2s_gym.build import apply_threads
 
@@ -295,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="score the finished trials on the test set (default) or on the validation "
             "set: use 'val' while choosing settings, so that no test number is looked at",
         )
+        if name == "frontier":
+            p.add_argument(
+                "--one-policy",
+                dest="one_policy_run",
+                action="store_true",
+                help="also train each imitation learner once as one price-conditioned policy "
+                "for every price of frontier.costs (sets frontier.one_policy); its curve is "
+                "drawn next to the per-price ones, its summary is '<learner> (one policy)'",
+            )
         p.set_defaults(fn=fn)
     p = sub.add_parser("train-predictor", help="stage 1 only: train the layered predictor")
     _common(p)
@@ -365,7 +376,18 @@ def add_predict_parser(sub) -> None:  # noqa: ANN001 - argparse's private subpar
     _common(p)
     p.add_argument("--run", required=True, help="a run folder (runs/<experiment>/<run-id>)")
     p.add_argument("--learner", required=True, help="the learner whose policy to run")
-    p.add_argument("--cost", type=float, help="which cost-<c> policy (default: the only one)")
+    p.add_argument(
+        "--cost",
+        type=float,
+        help="which cost-<c> policy (default: the only one); with --one-policy, any price "
+        "(in the run's frontier.cost_scale units)",
+    )
+    p.add_argument(
+        "--one-policy",
+        action="store_true",
+        help="serve the learner's price-conditioned policy (l2s frontier --one-policy) at "
+        "the price --cost, on the frontier grid or off it",
+    )
     p.add_argument("--seed", type=int, help="which seed-<s> folder (default: the config's)")
     p.add_argument("--out", help="FILE.pt for predictions and stop layers (+ FILE.json)")
     p.add_argument("--batch-size", type=int, help="default: compare.eval_batch_size")
@@ -399,6 +421,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.run,
         args.learner,
         cost=args.cost,
+        one_policy=args.one_policy,
         seed=args.seed,
         batch_size=args.batch_size,
         out=args.out,

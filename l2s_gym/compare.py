@@ -21,7 +21,7 @@ import torch
 
 from l2s_gym import plugins, registry
 from l2s_gym.build import make_predictor, make_task, resolve_device
-from l2s_gym.config import ExperimentConfig, check_layer_budget
+from l2s_gym.config import ConfigError, ExperimentConfig, check_layer_budget
 from l2s_gym.report import (
     plot_frontier,
     plot_learning_curves,
@@ -42,7 +42,15 @@ def experiment_plan(cfg: ExperimentConfig, mode: Mode) -> tuple[list[Trial], flo
         return make_plan(cfg.run_seeds, cfg.compare.learners, [cfg.cost], "loss"), cfg.cost
     costs = list(cfg.frontier.costs)
     learners = cfg.frontier.learners or cfg.compare.learners
-    plan = make_plan(cfg.run_seeds, learners, costs, cfg.frontier.cost_scale)
+    one: list[str] = []
+    if cfg.frontier.one_policy:
+        one = [n for n in learners if registry.LEARNER_KINDS.get(n) == "imitation"]
+        if not one:
+            raise ConfigError(
+                "frontier.one_policy (--one-policy): no imitation learner among the frontier's "
+                f"learners {learners}; add reverse_kl or forward_kl to frontier.learners"
+            )
+    plan = make_plan(cfg.run_seeds, learners, costs, cfg.frontier.cost_scale, one)
     return plan, min(costs)
 
 

@@ -444,6 +444,12 @@ class FrontierConfig:
     the stop model's average gain per layer on the validation set (``(mean_i l_{i,1} -
     mean_i min_t l_{i,t}) / (T - 1)``), so that a grid means the same on any task or
     predictor: at 1, a layer costs what an average layer earns under the oracle."""
+    one_policy: bool = False
+    """``l2s frontier --one-policy``: after the per-price trials, train each imitation
+    learner of ``learners`` once more, as one price-conditioned policy for every price of
+    ``costs`` (``StopPolicy(price_input=True)``; each instance of a batch at a price drawn
+    from the grid), and draw its curve next to the per-price ones. It only adds trials: a
+    run may be resumed with or without it."""
 
     def validate(self, path: str) -> None:
         if not self.costs:

@@ -75,6 +75,9 @@ class LearnerContext:
         seed: the seed of this run; learners derive their random streams from it.
         progress: show progress bars.
         cost: ``lambda``, the price of a layer in units of the loss (0: the paper's objective).
+        prices: for a price-conditioned policy (``l2s frontier --one-policy``), the grid of
+            prices ``lambda`` (loss units) it trains over; ``None``: one price, ``cost``.
+        price_unit: the gain per layer on validation, the unit of the policy's price code.
     """
 
     cfg: ExperimentConfig
@@ -85,6 +88,8 @@ class LearnerContext:
     seed: int = 0
     progress: bool = True
     cost: float = 0.0
+    prices: list[float] | None = None
+    price_unit: float = 1.0
 
     @property
     def layer_budget(self) -> int:
@@ -251,9 +256,9 @@ class Validator:
     def wall_time_s(self) -> float:
         return time.perf_counter() - self.start
 
-    @torch.no_grad()
-    def __call__(self, model: StopModel, step: int, layer_evals: int) -> float:
-        """Validate ``model`` (after ``layer_evals`` layer evaluations); returns its metric."""
+    def _measure(self, model: StopModel) -> tuple[dict[str, Any], ReadoutRule, dict[str, Any]]:
+        """The validation figures of ``model``, its read-out, and what else its checkpoint
+        records (nothing here; ``PriceGridValidator``: the read-out of every price)."""
         trace, cost = self.ctx.val_trace, self.ctx.cost
         was_training = self.module.training
         self.module.eval()
@@ -264,9 +269,6 @@ class Validator:
         stop = readout.stop(logits)
         summary = stop_summary(self.ctx.task, trace, stop)
         point = {
-            "step": float(step),
-            "layer_evals": float(layer_evals),
-            "wall_time_s": self.wall_time_s,
             "val_objective": stop_objective(trace, stop, cost, self.cum_costs),
             "val_metric": summary["metric"],
             "val_avg_layers": summary["avg_layers"],
@@ -274,6 +276,19 @@ class Validator:
             "val_reverse_kl": float(reverse_kl(log_q, self.val_oracle).mean()),
             "val_expected_depth": float(expected_depth(log_q).mean()),
             "val_entropy": float(entropy(log_q).mean()),
+        }
+        return point, readout, {}
+
+    @torch.no_grad()
+    def __call__(self, model: StopModel, step: int, layer_evals: int) -> float:
+        """Validate ``model`` (after ``layer_evals`` layer evaluations); returns its metric."""
+        cost = self.ctx.cost
+        measured, readout, recorded = self._measure(model)
+        point = {
+            "step": float(step),
+            "layer_evals": float(layer_evals),
+            "wall_time_s": self.wall_time_s,
+            **measured,
         }
         self.curve.append(point)
         w = self.writer
@@ -307,6 +322,7 @@ class Validator:
                     "cost": cost,
                     "config": self.ctx.cfg.to_dict(),
                     "data_fingerprint": self.ctx.task.fingerprint(),
+                    **recorded,
                 },
             )
         return point["val_metric"]
@@ -358,3 +374,59 @@ class Validator:
                 **extra,
             },
         )
+
+
+class PriceGridValidator(Validator):
+    """The ``Validator`` of a price-conditioned policy (``ctx.prices``): at each price of the
+    grid the read-out is chosen on the validation trace (as for a per-price policy), and
+    the checkpoint criterion ``val_objective`` is the mean over the grid of the validation
+    objective ``mean l_stop + lambda C_stop`` (every term in loss units, so no price is
+    weighed but by its own objective). ``val_metric``, ``val_avg_layers``, ``val_readout``
+    and the KL, depth and entropy figures are those at the lowest price (``ctx.cost``), so
+    the health check reads them as a per-price trial's; ``val_objective_by_price`` holds the
+    grid's. The checkpoint records every price's read-out (``readouts``, ``prices``)."""
+
+    def __init__(self, ctx: LearnerContext, module: nn.Module, learner: str) -> None:
+        super().__init__(ctx, module, learner)
+        if not ctx.prices:
+            raise ValueError("PriceGridValidator needs ctx.prices")
+        self.prices = [float(p) for p in ctx.prices]
+        losses = ctx.val_trace.losses
+        self.oracles = [
+            oracle_log_q(cost_adjusted_losses(losses, p, self.cum_costs), ctx.cfg.beta)
+            for p in self.prices
+        ]
+
+    def _measure(self, model: StopModel) -> tuple[dict[str, Any], ReadoutRule, dict[str, Any]]:
+        trace, policy = self.ctx.val_trace, self.module
+        was_training, dial = policy.training, policy.price  # type: ignore[attr-defined]
+        policy.eval()
+        objectives, rules, first = [], [], None
+        for price, oracle in zip(self.prices, self.oracles, strict=True):
+            policy.set_price(price)  # type: ignore[operator]
+            logits = stop_logits(model, trace)
+            readout, _ = choose_readout(trace, logits, price, self.cum_costs)
+            stop = readout.stop(logits)
+            objectives.append(stop_objective(trace, stop, price, self.cum_costs))
+            rules.append(readout)
+            if price == self.ctx.cost or first is None:
+                log_q = stop_log_q(logits)
+                summary = stop_summary(self.ctx.task, trace, stop)
+                first = {
+                    "val_metric": summary["metric"],
+                    "val_avg_layers": summary["avg_layers"],
+                    "val_readout": readout.label,
+                    "val_reverse_kl": float(reverse_kl(log_q, oracle).mean()),
+                    "val_expected_depth": float(expected_depth(log_q).mean()),
+                    "val_entropy": float(entropy(log_q).mean()),
+                }
+                low_rule = readout
+        policy.set_price(dial)  # type: ignore[operator]
+        policy.train(was_training)
+        point = {
+            "val_objective": float(sum(objectives) / len(objectives)),
+            **first,  # type: ignore[dict-item]
+            "val_objective_by_price": objectives,
+        }
+        recorded = {"prices": self.prices, "readouts": [r.to_dict() for r in rules]}
+        return point, low_rule, recorded

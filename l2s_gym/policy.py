@@ -22,6 +22,15 @@ def position_encoding(t: Tensor, num_layers: int, dim: int) -> Tensor:
     return enc
 
 
+def price_code(price: Tensor | float, unit: Tensor | float) -> Tensor:
+    """A layer price ``lambda`` (loss units) as a price-conditioned policy sees it:
+    ``log(1 + lambda / unit)``, ``unit`` the predictor's average gain per layer on
+    validation (``l2s_gym.stopping.gain_per_layer``). A frontier grid of 0 to 10 gain units
+    maps to 0 to 2.4, and any price, on the grid or off it, has a code."""
+    price = torch.as_tensor(price, dtype=torch.float32)
+    return torch.log1p(price.clamp_min(0) / torch.as_tensor(unit, dtype=torch.float32))
+
+
 class StopPolicy(nn.Module):
     """``pi_phi(x, x_t)``: maps the policy features at layer ``t`` and ``t`` to a stop logit.
 
@@ -36,6 +45,13 @@ class StopPolicy(nn.Module):
         depth: number of hidden layers.
         encoder: optional module ``(N, *feature_shape) -> (N, D)``; ``None`` flattens.
         pos_dim: size of the position encoding's sin/cos part.
+        price_input: a price-conditioned policy ``pi_phi(x, x_t, lambda)``: one more input,
+            ``price_code(lambda, price_unit)`` (after the position encoding). Its price is
+            a dial (``set_price``, loss units) that every path reads (``forward``,
+            ``layer_logits``, ``chunk_logits``, the folded MLP), or a per-row tensor given
+            to ``forward`` / ``trace_logits``. ``price_unit`` is a buffer, saved with the
+            weights. ``False`` (the default): the policy of every per-price learner, with
+            exactly the inputs, parameters and arithmetic it always had.
     """
 
     def __init__(
@@ -46,15 +62,17 @@ class StopPolicy(nn.Module):
         depth: int = 2,
         encoder: nn.Module | None = None,
         pos_dim: int = 8,
+        price_input: bool = False,
     ) -> None:
         super().__init__()
+        self.price_input = bool(price_input)
         self.feature_shape = tuple(int(s) for s in feature_shape)
         self.num_layers = int(num_layers)
         self.pos_dim = int(pos_dim)
         self.encoder = encoder if encoder is not None else nn.Flatten(start_dim=1)
         with torch.no_grad():
             enc_dim = int(self.encoder(torch.zeros(2, *self.feature_shape)).shape[-1])
-        in_dim = enc_dim + 1 + 2 * max(self.pos_dim // 2, 1)
+        in_dim = enc_dim + 1 + 2 * max(self.pos_dim // 2, 1) + int(self.price_input)
         layers: list[nn.Module] = []
         for _ in range(depth):
             layers += [nn.Linear(in_dim, hidden), nn.Tanh()]
@@ -69,16 +87,56 @@ class StopPolicy(nn.Module):
         # The folded MLP of ``layer_logits`` per (device, dtype), with the parameter
         # versions it was built from (not saved).
         self._folds: dict[tuple[torch.device, torch.dtype], tuple[tuple, _FoldedMLP | None]] = {}
+        self._price = 0.0
+        if self.price_input:
+            self.register_buffer("price_unit", torch.ones(()))
 
-    def hidden_features(self, features: Tensor, t: Tensor) -> Tensor:
-        """The last hidden layer for ``features`` ``(N, *feature_shape)`` at layers ``t`` ``(N,)``."""
+    @property
+    def price(self) -> float:
+        """The dial of a price-conditioned policy: ``lambda`` in loss units (default 0)."""
+        return self._price
+
+    def set_price(self, price: float, unit: float | None = None) -> StopPolicy:
+        """Set the dial to ``price`` (``lambda``, loss units) and, if given, ``price_unit``
+        (the gain per layer the code divides by); returns the policy. Refused by a policy
+        that is not price-conditioned (it was trained at one price)."""
+        if not self.price_input:
+            raise ValueError(
+                "set_price: this StopPolicy is not price-conditioned (price_input=False)"
+            )
+        price = float(price)
+        if not (price >= 0 and math.isfinite(price)):
+            raise ValueError(f"set_price: a price must be finite and >= 0, got {price!r}")
+        if unit is not None:
+            if not (unit > 0 and math.isfinite(unit)):
+                raise ValueError(f"set_price: price_unit must be finite and > 0, got {unit!r}")
+            self.price_unit.fill_(float(unit))
+        self._price = price
+        return self
+
+    def _price_column(self, price: Tensor | float | None, n: int, like: Tensor) -> Tensor:
+        """``(n, 1)`` codes of ``price`` (``None``: the dial) for rows shaped like ``like``."""
+        value = self._price if price is None else price
+        code = price_code(
+            torch.as_tensor(value, device=like.device), self.price_unit.to(like.device)
+        )
+        return code.to(like.dtype).reshape(-1, 1).expand(n, 1)
+
+    def hidden_features(self, features: Tensor, t: Tensor, price: Tensor | None = None) -> Tensor:
+        """The last hidden layer for ``features`` ``(N, *feature_shape)`` at layers ``t`` ``(N,)``
+        (a price-conditioned policy: at prices ``price`` ``(N,)``, loss units, or its dial)."""
         z = self.encoder(features)
         pos = position_encoding(t, self.num_layers, self.pos_dim).to(z.dtype)
+        if self.price_input:
+            pos = torch.cat([pos, self._price_column(price, z.shape[0], z)], dim=-1)
+        elif price is not None:
+            raise ValueError("a price was given to a StopPolicy that is not price-conditioned")
         return self.body(torch.cat([z, pos], dim=-1))
 
-    def forward(self, features: Tensor, t: Tensor) -> Tensor:
-        """Stop logits ``(N,)`` for features ``(N, *feature_shape)`` at layers ``t`` ``(N,)``."""
-        return self.head(self.hidden_features(features, t)).squeeze(-1)
+    def forward(self, features: Tensor, t: Tensor, price: Tensor | None = None) -> Tensor:
+        """Stop logits ``(N,)`` for features ``(N, *feature_shape)`` at layers ``t`` ``(N,)``
+        (and, price-conditioned, prices ``price`` ``(N,)`` or the dial)."""
+        return self.head(self.hidden_features(features, t, price)).squeeze(-1)
 
     def layer_logits(self, features: Tensor, t: int) -> Tensor:
         """``forward(features, t)`` for ``N`` instances all at the one layer ``t`` (an int).
@@ -138,12 +196,16 @@ class StopPolicy(nn.Module):
         return self._mlp(torch.cat([z, pos], dim=-1)).reshape(n, k)
 
     def _position_table(self, z: Tensor) -> Tensor:
+        """``(T, P)`` position encodings of every layer; price-conditioned, with the dial's
+        price code as one more column (the inputs after the features, at each layer)."""
         key = (z.device, z.dtype)
         table = self._positions.get(key)
         if table is None:
             layers = torch.arange(self.num_layers, device=z.device)
             table = position_encoding(layers, self.num_layers, self.pos_dim).to(z.dtype)
             self._positions[key] = table
+        if self.price_input:
+            table = torch.cat([table, self._price_column(None, table.shape[0], table)], dim=-1)
         return table
 
     def _folded(self, z: Tensor) -> _FoldedMLP | None:
@@ -151,6 +213,8 @@ class StopPolicy(nn.Module):
         rebuilt when a parameter changes: an optimiser step or ``load_state_dict``)."""
         key = (z.device, z.dtype)
         version = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        if self.price_input:  # the dial's code is folded into the per-layer bias
+            version += ((self._price, float(self.price_unit), self.price_unit._version),)
         cached = self._folds.get(key)
         if cached is not None and cached[0] == version:
             return cached[1]
@@ -169,11 +233,16 @@ class StopPolicy(nn.Module):
                 h = module(h)
         return F.linear(h, self.head.weight, self.head.bias).squeeze(-1)
 
-    def trace_logits(self, features: Tensor) -> Tensor:
-        """Stop logits ``(B, T)`` for a trace's features ``(B, T, *feature_shape)``."""
+    def trace_logits(self, features: Tensor, price: Tensor | None = None) -> Tensor:
+        """Stop logits ``(B, T)`` for a trace's features ``(B, T, *feature_shape)`` (a
+        price-conditioned policy: at prices ``price`` ``(B,)``, one per trace, or the dial)."""
         b, t = features.shape[:2]
         layer = torch.arange(t, device=features.device).expand(b, t).reshape(-1)
-        return self.forward(features.reshape(b * t, *features.shape[2:]), layer).reshape(b, t)
+        if price is not None:
+            price = torch.as_tensor(price, device=features.device).reshape(b, 1).expand(b, t)
+            price = price.reshape(-1)
+        flat = features.reshape(b * t, *features.shape[2:])
+        return self.forward(flat, layer, price).reshape(b, t)
 
 
 class _FoldedMLP:

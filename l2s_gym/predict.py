@@ -34,6 +34,7 @@ from l2s_gym.runner import (
     run_full_depth,
 )
 from l2s_gym.task import Task
+from l2s_gym.trials import ONE_POLICY_FOLDER
 
 
 def _sync(device: torch.device) -> None:
@@ -61,8 +62,14 @@ def load_run_stop_model(
     cost: float | None = None,
     seed: int | None = None,
     device: torch.device | str | None = None,
+    one_policy: bool = False,
 ) -> tuple[Task, LayeredPredictor, StopPolicy, ReadoutRule, dict[str, Any]]:
     """A run folder's oracle-trained predictor and ``learner``'s policy at ``cost``.
+
+    ``one_policy``: the learner's price-conditioned policy (``seed-<s>/<learner>/one-policy``,
+    ``l2s frontier --one-policy``) with its dial set to ``cost`` (required; any price, in
+    the run's ``frontier.cost_scale`` units), its read-out chosen on the validation trace
+    at that price (``load_one_policy``).
 
     Reads ``seed-<s>/stage1/predictor-oracle/best.pt`` and
     ``seed-<s>/<learner>/cost-<c>/best.pt`` (``cost=None``: the only cost folder there);
@@ -84,14 +91,76 @@ def load_run_stop_model(
         raise FileNotFoundError(
             f"no learner folder {learner_dir}; {seed_dir} holds: {', '.join(known) or 'nothing'}"
         )
-    cost_dir = _one_folder(learner_dir, "cost-", None if cost is None else f"{cost:g}", "--cost")
+    if one_policy:
+        if cost is None:
+            raise ConfigError("--one-policy: --cost C is needed (the price to serve)")
+        if not (cost >= 0 and math.isfinite(cost)):
+            raise ConfigError(f"--cost: a price must be finite and >= 0, got {cost!r}")
+        cost_dir = learner_dir / ONE_POLICY_FOLDER
+        if not (cost_dir / "best.pt").is_file():
+            raise FileNotFoundError(
+                f"no price-conditioned policy {cost_dir} (run l2s frontier --one-policy)"
+            )
+    else:
+        cost_dir = _price_folder(learner_dir, cost)
     dev = resolve_device(cfg.device) if device is None else torch.device(device)
     # The trials' own loader: the predictor's checkpoint is checked against the config.
     seed_cfg = trial_config(cfg, seed)
     task, predictor = load_stop_model(run_dir, seed_cfg, seed, dev)
     predictor_path = seed_dir / "stage1" / "predictor-oracle" / "best.pt"
-    policy, rule, info = load_run_policy(cfg, cost_dir / "best.pt", task, predictor, seed)
+    if one_policy:
+        policy, rule, info = load_one_policy(cfg, learner_dir, task, predictor, seed, float(cost))  # type: ignore[arg-type]
+    else:
+        policy, rule, info = load_run_policy(cfg, cost_dir / "best.pt", task, predictor, seed)
     return task, predictor, policy, rule, {**info, "predictor": str(predictor_path)}
+
+
+def _price_folder(learner_dir: Path, cost: float | None) -> Path:
+    """``learner_dir/cost-<cost>`` (the only one for ``None``); a price that was not trained
+    is one line that lists those that were (and points at ``--one-policy`` where the run
+    has a price-conditioned policy)."""
+    try:
+        return _one_folder(learner_dir, "cost-", None if cost is None else f"{cost:g}", "--cost")
+    except FileNotFoundError as exc:
+        if cost is None or not (learner_dir / ONE_POLICY_FOLDER / "best.pt").is_file():
+            raise
+        raise FileNotFoundError(
+            f"{exc}; this learner also has a price-conditioned policy: add --one-policy to "
+            f"serve it at price {cost:g}"
+        ) from None
+
+
+def load_one_policy(
+    cfg: ExperimentConfig,
+    learner_dir: Path,
+    task: Task,
+    predictor: LayeredPredictor,
+    seed: int,
+    cost: float,
+) -> tuple[StopPolicy, ReadoutRule, dict[str, Any]]:
+    """A run's price-conditioned policy at price ``cost`` (``frontier.cost_scale`` units:
+    ``lambda = cost * gain per layer`` for ``gain``): the policy with its dial set, the
+    read-out chosen on the seed's validation trace at that price (``choose_readout``, as for
+    a per-price policy) and ``{"seed", "cost", "lambda", "one_policy", "policy"}``."""
+    from l2s_gym.build import make_policy
+    from l2s_gym.evaluation import choose_readout, stop_logits
+    from l2s_gym.runs import load_policy
+    from l2s_gym.stopping import cumulative_costs
+    from l2s_gym.trials import PLAN_KEYS, RUNTIME_KEYS, load_traces, trial_config
+
+    path = Path(learner_dir) / ONE_POLICY_FOLDER / "best.pt"
+    seed_cfg = trial_config(cfg, seed)
+    policy = make_policy(cfg, predictor, price_input=True)
+    load_policy(path, policy, seed_cfg, task, ignore=PLAN_KEYS + RUNTIME_KEYS, warn=lambda _: None)
+    unit = float(policy.price_unit)
+    lam = cost * (unit if cfg.frontier.cost_scale == "gain" else 1.0)
+    policy.set_price(lam)
+    stage1 = Path(learner_dir).parent / "stage1"  # seed-<s>/stage1
+    val = load_traces(stage1, predictor.device)["oracle"]["val"]
+    cum = cumulative_costs(predictor.num_layers, predictor.layer_costs(), predictor.device)
+    rule, _ = choose_readout(val, stop_logits(policy, val), lam, cum)
+    info = {"seed": seed, "cost": cost, "lambda": lam, "one_policy": True, "policy": str(path)}
+    return policy, rule, info
 
 
 def load_run_policy(
@@ -239,13 +308,20 @@ def store_tune(path: Path, key: dict[str, Any], result: TuneResult) -> None:
 
 
 def _auto_lookahead(
-    runner: StopRunner, inputs: dict[str, Tensor], size: int, policy_path: Path, retune: bool
+    runner: StopRunner,
+    inputs: dict[str, Tensor],
+    size: int,
+    policy_path: Path,
+    retune: bool,
+    price: float | None = None,
 ) -> dict[str, Any]:
     """Tune ``runner`` for batches of ``size`` on instances of ``inputs`` in a fixed random
     order (``example_rows``; at least a batch, and ``TUNE_INSTANCES``), or
     adopt the choice stored for this device, batch size and policy; the summary's fields."""
     path = policy_path.parent / TUNE_FILE
     key = _tune_key(runner, policy_path, size)
+    if price is not None:  # a price-conditioned policy stops differently at each price
+        key["price"] = price
     stored = None if retune else load_tune(path, key)
     if stored is not None and stored.num_layers == runner.num_layers:
         runner.adopt(stored)
@@ -295,6 +371,7 @@ def predict_run(
     learner: str,
     *,
     cost: float | None = None,
+    one_policy: bool = False,
     seed: int | None = None,
     batch_size: int | None = None,
     out: str | Path | None = None,
@@ -320,7 +397,7 @@ def predict_run(
     (1-based), and the summary as ``FILE.json``. Returns the summary.
     """
     task, predictor, policy, rule, info = load_run_stop_model(
-        cfg, run_dir, learner, cost, seed, device
+        cfg, run_dir, learner, cost, seed, device, one_policy=one_policy
     )
     if input_file is not None:
         inputs, test = load_input_file(input_file, task), None
@@ -335,7 +412,9 @@ def predict_run(
     runner = StopRunner(predictor, policy, rule, lookahead=1 if choice == "auto" else choice)  # type: ignore[arg-type]
     tuned: dict[str, Any] = {}
     if choice == "auto" and n > 0:
-        tuned = _auto_lookahead(runner, inputs, size, Path(info["policy"]), retune)
+        tuned = _auto_lookahead(
+            runner, inputs, size, Path(info["policy"]), retune, info.get("lambda")
+        )
     predictions, stop, runner_s, full_s = _timed(runner, inputs, size)
     T = predictor.num_layers
     avg_layers = float((stop + 1).double().mean()) if n else math.nan
@@ -396,7 +475,8 @@ def _lookahead_words(summary: dict[str, Any]) -> str:
 def format_summary(summary: dict[str, Any]) -> str:
     """A few lines for the terminal."""
     lines = [
-        f"{summary['learner']} (cost {summary['cost']:g}, seed {summary['seed']}, "
+        f"{summary['learner']}{' (one policy)' if summary.get('one_policy') else ''} "
+        f"(cost {summary['cost']:g}, seed {summary['seed']}, "
         f"read-out: {summary['readout_label']}) on {summary['data']}: "
         f"{summary['instances']} instances",
         f"average layers {summary['avg_layers']:.2f} of {summary['num_layers']} "

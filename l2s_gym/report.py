@@ -283,6 +283,14 @@ def frontier_tables(results: RunResults) -> str:
         "",
     ]
     lines += _summary_table(summary)
+    if any(name.endswith(" (one policy)") for name in summary):
+        lines += [
+            "",
+            "'<learner> (one policy)': one price-conditioned policy per learner (l2s frontier "
+            "--one-policy), trained once over every price of the grid and read at each price "
+            "with its dial set there (read-out chosen on validation per price); the other "
+            "learned rows train one policy per price.",
+        ]
     lines += _reference_lines(results)
     lines += [
         "",
@@ -436,7 +444,10 @@ def frontier_figure(results: RunResults):  # noqa: ANN201
         kind = f.kind
         marker = "o" if kind == "learned" else ("." if kind != "oracle" else None)
         lw = 2.2 if kind == "learned" else 1.3
-        (line,) = ax.plot(xs, ys, ls=styles[kind], marker=marker, lw=lw, label=f"{name} ({kind})")
+        ls = styles[kind]
+        if kind == "learned" and (f.learner or "").endswith(" (one policy)"):
+            marker, ls = "s", (0, (6, 2))  # the price-conditioned policy: one model
+        (line,) = ax.plot(xs, ys, ls=ls, marker=marker, lw=lw, label=f"{name} ({kind})")
         if all(v is not None for v in los + his):
             ax.fill_between(xs, los, his, color=line.get_color(), alpha=0.15, lw=0)
     full = results.full_depth_metric

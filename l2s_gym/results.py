@@ -35,6 +35,7 @@ from l2s_gym import registry
 from l2s_gym.build import make_policy
 from l2s_gym.config import ExperimentConfig
 from l2s_gym.evaluation import (
+    choose_readout,
     depth_curve,
     evaluate_stop_logits,
     is_better,
@@ -319,8 +320,8 @@ class _Learned:
     health: list[Health] = field(default_factory=list)
 
 
-def _load_policy(s: _Seed, folder: Path):  # noqa: ANN202
-    policy = make_policy(s.cfg, s.predictor)
+def _load_policy(s: _Seed, folder: Path, price_input: bool = False):  # noqa: ANN202
+    policy = make_policy(s.cfg, s.predictor, price_input=price_input)
     load_policy(folder / "best.pt", policy, s.cfg, s.task, ignore=IGNORED, warn=lambda _: None)
     return policy
 
@@ -339,18 +340,8 @@ def learner_rows(s: _Seed, run_dir: Path, trials: list[Trial], compare_cost: flo
         logits = stop_logits(policy, s.test)
         summary = evaluate_stop_logits(s.task, s.test, logits, seed=s.seed, rule=rule)
         stop = rule.stop(logits)
-        stats = _stats_at(s.test, stop)
-        lo, hi = s.boot.interval(stats)
         pts = out.points.setdefault(trial.learner, _empty_learned_curve(trial.learner))
-        adjusted = cost_adjusted_losses(s.test.losses, result["lambda"], s.cum)
-        pts.stats.append(stats)  # type: ignore[union-attr]
-        for target, value in (
-            (pts.cost, trial.cost), (pts.lambdas, result["lambda"]),
-            (pts.avg_layers, summary["avg_layers"]), (pts.metric, summary["metric"]),
-            (pts.ci_low, lo), (pts.ci_high, hi),
-            (pts.objective, float(adjusted.gather(1, stop.unsqueeze(1)).double().mean())),
-        ):  # fmt: skip
-            target.append(value)  # type: ignore[union-attr]
+        _add_point(s, pts, trial.cost, result["lambda"], stop, summary)
         out.curves[f"{trial.learner}@{format_cost(trial.cost)}"] = result["curve"]
         health = _health_of(trial, result, s.T)
         if health is not None:
@@ -361,6 +352,61 @@ def learner_rows(s: _Seed, run_dir: Path, trials: list[Trial], compare_cost: flo
             if trial.learner == "reverse_kl":
                 _risk_row(s, stop_logits(policy, s.val), logits)
     return out
+
+
+ONE_POLICY_SUFFIX = " (one policy)"
+"""A price-conditioned policy's key in ``frontier_summary``: ``"<learner> (one policy)"``."""
+
+
+def one_policy_key(learner: str) -> str:
+    return learner + ONE_POLICY_SUFFIX
+
+
+def one_policy_curve_name(learner: str) -> str:
+    """The frontier curve of ``learner``'s price-conditioned policy (``--one-policy``): not
+    to be confused with ``sweep_curve_name``'s price-0 policy whose read-out is swept."""
+    label = registry.LEARNER_LABELS.get(learner, learner)
+    return f"{label}, one price-conditioned policy for every price"
+
+
+def one_policy_points(s: _Seed, run_dir: Path, trial: Trial, out: _Learned) -> None:
+    """A price-conditioned trial's frontier points: at every price of the run's grid
+    (``frontier.costs``) its dial set to that price and its read-out chosen on the
+    validation trace at that price (as for a per-price policy), then scored on ``s.test``."""
+    result = _trial_result(run_dir / trial.key)
+    if result is None:
+        return
+    out.results[trial.key] = result
+    policy = _load_policy(s, run_dir / trial.key, price_input=True)
+    scale = 1.0 if trial.scale == "loss" else s.unit
+    key = one_policy_key(trial.learner)
+    pts = out.points.setdefault(key, _empty_learned_curve(key))
+    for cost in s.cfg.frontier.costs:
+        lam = cost * scale
+        policy.set_price(lam)
+        rule, _ = choose_readout(s.val, stop_logits(policy, s.val), lam, s.cum)
+        logits = stop_logits(policy, s.test)
+        summary = evaluate_stop_logits(s.task, s.test, logits, seed=s.seed, rule=rule)
+        _add_point(s, pts, cost, lam, rule.stop(logits), summary)
+    health = _health_of(trial, result, s.T)
+    if health is not None:
+        out.health.append(replace(health, learner=key))
+
+
+def _add_point(s: _Seed, pts: Curve, cost: float, lam: float, stop: Tensor, summary: dict) -> Tensor:  # fmt: skip
+    """Append one price's point to a learned curve; returns its per-instance statistics."""
+    stats = _stats_at(s.test, stop)
+    lo, hi = s.boot.interval(stats)
+    adjusted = cost_adjusted_losses(s.test.losses, lam, s.cum)
+    pts.stats.append(stats)  # type: ignore[union-attr]
+    for target, value in (
+        (pts.cost, cost), (pts.lambdas, lam),
+        (pts.avg_layers, summary["avg_layers"]), (pts.metric, summary["metric"]),
+        (pts.ci_low, lo), (pts.ci_high, hi),
+        (pts.objective, float(adjusted.gather(1, stop.unsqueeze(1)).double().mean())),
+    ):  # fmt: skip
+        target.append(value)  # type: ignore[union-attr]
+    return stats
 
 
 def _risk_row(s: _Seed, val_logits: Tensor, logits: Tensor) -> None:
@@ -475,7 +521,11 @@ def frontier_curves(s: _Seed, learned: _Learned, frontier_mode: bool, compare_co
     stops = [oracle_stop(s.test, p, s.cum) for p in prices]
     frontiers[ORACLE_CURVE] = _points(s, s.test, stops, "oracle", ORACLE_PRICES)
     for name, pts in learned.points.items():
-        frontiers[registry.LEARNER_LABELS.get(name, name)] = replace(pts, param=list(pts.cost))
+        if name.endswith(ONE_POLICY_SUFFIX):
+            label = one_policy_curve_name(name.removesuffix(ONE_POLICY_SUFFIX))
+        else:
+            label = registry.LEARNER_LABELS.get(name, name)
+        frontiers[label] = replace(pts, param=list(pts.cost))
     for name, logits in learned.sweep_logits.items() if frontier_mode else ():
         stops = [ReadoutRule("quantile", q).stop(logits) for q in SWEEP_QUANTILES]
         curve = _points(s, s.test, stops, "sweep", list(SWEEP_QUANTILES))
@@ -522,10 +572,14 @@ def evaluate_seed(
     choosing settings without looking at test numbers (the choices made on validation
     are then scored on the same data, so those numbers are optimistic).
     """
+    one_policy = [t for t in trials if t.one_policy]
+    trials = [t for t in trials if not t.one_policy]
     s = _load_seed(run_dir, cfg_dict, seed, trials, compare_cost, split)
     heuristic_curves = baseline_rows(s, split)
     learned = learner_rows(s, run_dir, trials, compare_cost)
     frontier_mode = len({t.cost for t in trials}) > 1
+    for trial in one_policy if frontier_mode else ():
+        one_policy_points(s, run_dir, trial, learned)
     frontiers = frontier_curves(s, learned, frontier_mode, compare_cost)
     full_depth = max((r.metric for r in s.rows if r.id == "fixed_T"), key=lambda m: m if s.task.higher_is_better else -m)  # fmt: skip
     stop_at_T = depth_curve(s.task, s.test)[-1]
@@ -843,7 +897,7 @@ def evaluate_run(
         device=str(cfg.device),
         group_title=entry.group_title,
         seeds=seeds,
-        costs=sorted({t.cost for t in plan if t.kind == "stage2"}),
+        costs=sorted({t.cost for t in plan if t.kind == "stage2" and not t.one_policy}),
         cost_scale=next((t.scale for t in plan if t.kind == "stage2"), "loss"),
         compare_cost=compare_cost,
         failed=failed,

@@ -4,6 +4,8 @@ A ``compare`` or ``frontier`` run is a plan of trials (``make_plan``):
 
     stage1 (seed)                      -> both predictors, their val/test traces
     stage2 (seed, learner, cost)       -> a policy checkpoint, its curve; needs its seed's stage1
+    stage2 (seed, learner, one policy) -> one price-conditioned policy for every price of
+                                          frontier.costs (``l2s frontier --one-policy``)
 
 A trial reads its inputs from disk (its config, the stage-1 trial's files) and writes
 only inside its own folder, ``<run>/<trial.key>``; it writes ``done`` last. So trials can
@@ -26,7 +28,7 @@ import shutil
 import time
 import traceback
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +59,13 @@ CostScale = Literal["loss", "gain"]
 DONE = "done"
 RESULT = "result.json"
 TRACES = "traces.pt"
-PLAN_KEYS = ("seeds", "frontier.costs", "frontier.learners", "compare.learners")
+PLAN_KEYS = (
+    "seeds",
+    "frontier.costs",
+    "frontier.learners",
+    "frontier.one_policy",
+    "compare.learners",
+)
 """Config keys that only select which trials a run holds: a resumed run may differ in them."""
 RUNTIME_KEYS = ("device", "threads", "compare.eval_batch_size", "ray")
 """Config keys that change how a trial runs, not what it computes."""
@@ -70,19 +78,25 @@ def format_cost(cost: float) -> str:
 
 @dataclass(frozen=True)
 class Trial:
-    """One unit of work. ``cost`` is in units of ``scale`` (see ``FrontierConfig``)."""
+    """One unit of work. ``cost`` is in units of ``scale`` (see ``FrontierConfig``).
+
+    ``one_policy``: the learner's price-conditioned policy, trained over every price of
+    ``frontier.costs`` at once (its ``cost`` is 0 and means nothing)."""
 
     kind: TrialKind
     seed: int
     learner: str = ""
     cost: float = 0.0
     scale: CostScale = "loss"
+    one_policy: bool = False
 
     @property
     def key(self) -> str:
         """The trial's folder, relative to the run folder."""
         if self.kind == "stage1":
             return f"seed-{self.seed}/stage1"
+        if self.one_policy:
+            return f"seed-{self.seed}/{self.learner}/{ONE_POLICY_FOLDER}"
         return f"seed-{self.seed}/{self.learner}/cost-{format_cost(self.cost)}"
 
     @property
@@ -90,19 +104,33 @@ class Trial:
         return () if self.kind == "stage1" else (Trial("stage1", self.seed),)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.one_policy:  # a per-price trial's record is what it always was
+            del out["one_policy"]
+        return out
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Trial:
         return Trial(**data)
 
 
+ONE_POLICY_FOLDER = "one-policy"
+"""A learner's price-conditioned trial: ``seed-<s>/<learner>/one-policy``."""
+
+
 def make_plan(
-    seeds: list[int], learners: list[str], costs: list[float], scale: CostScale = "loss"
+    seeds: list[int],
+    learners: list[str],
+    costs: list[float],
+    scale: CostScale = "loss",
+    one_policy: Sequence[str] = (),
 ) -> list[Trial]:
-    """Stage 1 for every seed, then every learner at every cost for every seed."""
+    """Stage 1 for every seed, then every learner at every cost for every seed, then (for
+    ``l2s frontier --one-policy``) each learner of ``one_policy``'s price-conditioned trial
+    for every seed."""
     plan = [Trial("stage1", s) for s in seeds]
     plan += [Trial("stage2", s, name, c, scale) for s in seeds for name in learners for c in costs]
+    plan += [Trial("stage2", s, name, 0.0, scale, one_policy=True) for s in seeds for name in one_policy]  # fmt: skip
     return plan
 
 
@@ -291,13 +319,24 @@ def _run_stage2(
     plugins.load_plugins()
     if trial.learner not in registry.LEARNERS:
         raise ConfigError(f"unknown learner {trial.learner!r}")
+    if trial.one_policy and registry.LEARNER_KINDS.get(trial.learner) != "imitation":
+        raise ConfigError(
+            f"--one-policy: {trial.learner!r} is not an imitation learner (one price-conditioned "
+            "policy is trained by reverse_kl, forward_kl and other imitation learners only)"
+        )
     device = resolve_device(cfg.device)
     task, predictor = load_stop_model(run_dir, cfg, trial.seed, device)
     stage1 = run_dir / Trial("stage1", trial.seed).key
     val = load_traces(stage1, predictor.device)["oracle"]["val"]
-    unit = gain_per_layer(val) if trial.scale == "gain" else 1.0
+    gain = gain_per_layer(val)
+    unit = gain if trial.scale == "gain" else 1.0
     lam = trial.cost * unit
-    ctx = LearnerContext(cfg, task, predictor, val, folder, trial.seed, progress, cost=lam)
+    prices = None
+    if trial.one_policy:
+        prices = [c * unit for c in cfg.frontier.costs]
+        lam = min(prices)
+    ctx = LearnerContext(cfg, task, predictor, val, folder, trial.seed, progress, cost=lam,
+                         prices=prices, price_unit=gain)  # fmt: skip
     result = registry.LEARNERS[trial.learner](ctx)
     health = assess_health(ctx, result)
     if health["status"] != "ok":
@@ -308,6 +347,11 @@ def _run_stage2(
         "cost": trial.cost,
         "cost_scale": trial.scale,
         "lambda": lam,
+        **(
+            {}
+            if prices is None
+            else {"one_policy": True, "costs": list(cfg.frontier.costs), "lambdas": prices}
+        ),  # fmt: skip
         "wall_time_s": result.wall_time_s,
         "layer_evals": result.layer_evals,
         "readout": result.readout.to_dict(),
