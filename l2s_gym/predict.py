@@ -80,6 +80,10 @@ def load_run_stop_model(
     from l2s_gym.build import resolve_device
     from l2s_gym.trials import load_stop_model, trial_config
 
+    if one_policy and cost is None:
+        raise ConfigError("--one-policy: --cost C is needed (the price to serve)")
+    if one_policy and not (cost >= 0 and math.isfinite(cost)):  # type: ignore[operator]
+        raise ConfigError(f"--cost: a price must be finite and >= 0, got {cost!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder not found: {run_dir}")
@@ -92,10 +96,6 @@ def load_run_stop_model(
             f"no learner folder {learner_dir}; {seed_dir} holds: {', '.join(known) or 'nothing'}"
         )
     if one_policy:
-        if cost is None:
-            raise ConfigError("--one-policy: --cost C is needed (the price to serve)")
-        if not (cost >= 0 and math.isfinite(cost)):
-            raise ConfigError(f"--cost: a price must be finite and >= 0, got {cost!r}")
         cost_dir = learner_dir / ONE_POLICY_FOLDER
         if not (cost_dir / "best.pt").is_file():
             raise FileNotFoundError(
