@@ -450,6 +450,9 @@ class FrontierConfig:
     ``costs`` (``StopPolicy(price_input=True)``; each instance of a batch at a price drawn
     from the grid), and draw its curve next to the per-price ones. It only adds trials: a
     run may be resumed with or without it."""
+    one_policy_steps: int | None = None
+    """``imitation.steps`` of the price-conditioned trial (``None``: ``imitation.steps``,
+    what each per-price trial runs). With fresh batches the layer budget still caps it."""
 
     def validate(self, path: str) -> None:
         if not self.costs:
@@ -458,6 +461,13 @@ class FrontierConfig:
             raise ConfigError(f"{path}.costs: costs must be finite and >= 0, got {self.costs}")
         if len(set(self.costs)) != len(self.costs):
             raise ConfigError(f"{path}.costs: a cost is listed twice: {self.costs}")
+        steps = self.one_policy_steps
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+        ):
+            raise ConfigError(
+                f"{path}.one_policy_steps: a whole number >= 1 or null, got {steps!r}"
+            )
         known = plugins.learner_names()
         for name in self.learners:
             if name not in known:

@@ -335,6 +335,10 @@ def _run_stage2(
     if trial.one_policy:
         prices = [c * unit for c in cfg.frontier.costs]
         lam = min(prices)
+        if cfg.frontier.one_policy_steps is not None:
+            cfg = replace(
+                cfg, imitation=replace(cfg.imitation, steps=cfg.frontier.one_policy_steps)
+            )
     ctx = LearnerContext(cfg, task, predictor, val, folder, trial.seed, progress, cost=lam,
                          prices=prices, price_unit=gain)  # fmt: skip
     result = registry.LEARNERS[trial.learner](ctx)

@@ -189,6 +189,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         ("frontier", ["--one-policy", "--set", "frontier.learners=[reinforce]"],
          "frontier.one_policy (--one-policy): no imitation learner"),
         ("predict", ["--learner", "reverse_kl", "--one-policy"], "--cost C is needed"),
+        ("frontier", ["--one-policy", "--set", "frontier.one_policy_steps=0"],
+         "frontier.one_policy_steps: a whole number >= 1"),
     ],
 )  # fmt: skip
 def test_config_errors_are_one_line(tmp_path: Path, command: str, extra: list, needle: str) -> None:
