@@ -169,7 +169,11 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
             )
             log_q = stop_log_q(policy.trace_logits(features))
         else:
-            lam, temperature = prices.draw(len(losses), icfg, beta, step)
+            draws = cfg.frontier.one_policy_draws
+            if min(draws, len(grid)) > 1:  # each instance at several prices of the grid
+                m = min(draws, len(grid))
+                features, losses = features.repeat_interleave(m, 0), losses.repeat_interleave(m, 0)
+            lam, temperature = prices.draw(len(losses), icfg, beta, step, draws)
             target = oracle_log_q(prices.adjusted(losses, lam), temperature.unsqueeze(1))
             log_q = stop_log_q(policy.trace_logits(features, lam))
         loss = kl_fn(log_q, target).mean()
@@ -210,7 +214,7 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
         buffer_instances=source.size,
         anneal_multiple=multiple,
         **({} if grid is None else {"prices": list(grid), "price_unit": ctx.price_unit,
-                                    "price_sampling": "uniform over the grid, per instance",
+                                    "price_draws_per_instance": min(cfg.frontier.one_policy_draws, len(grid)),
                                     "anneal_multiples": prices.multiples.tolist()}),
     )  # fmt: skip
 
@@ -235,9 +239,21 @@ class PriceDraws:
         self.cum = ctx.cum_costs
         self.gen = torch.Generator().manual_seed(ctx.task.stream_seed(22_000 + ctx.seed))
 
-    def draw(self, n: int, icfg: ImitationConfig, beta: float, step: int) -> tuple[Tensor, Tensor]:
-        """``(lambda, temperature)``, each ``(n,)``, on the predictor's device."""
-        idx = torch.randint(len(self.grid), (n,), generator=self.gen)
+    def draw(
+        self, n: int, icfg: ImitationConfig, beta: float, step: int, per_instance: int = 1
+    ) -> tuple[Tensor, Tensor]:
+        """``(lambda, temperature)``, each ``(n,)``, on the predictor's device. With
+        ``per_instance = m > 1`` the ``n`` rows are ``n / m`` instances repeated ``m`` times
+        (consecutively), each at ``m`` distinct grid prices (all of them for ``m >= K``)."""
+        K = len(self.grid)
+        m = min(per_instance, K)
+        if m <= 1:
+            idx = torch.randint(K, (n,), generator=self.gen)
+        elif m == K:
+            idx = torch.arange(K).repeat(n // K)
+        else:
+            order = torch.rand(n // m, K, generator=self.gen).argsort(dim=1)
+            idx = order[:, :m].reshape(-1)
         temps = torch.tensor(
             [target_beta(icfg, beta, step, float(m)) for m in self.multiples], dtype=torch.float32
         )

@@ -453,6 +453,11 @@ class FrontierConfig:
     one_policy_steps: int | None = None
     """``imitation.steps`` of the price-conditioned trial (``None``: ``imitation.steps``,
     what each per-price trial runs). With fresh batches the layer budget still caps it."""
+    one_policy_draws: int = 1
+    """Prices per instance per step of the price-conditioned trial, drawn from the grid
+    without replacement (1: one price per instance, a step costs a per-price step; the
+    grid's size or more: every instance at every grid price, the exact mean over the grid,
+    at that many times the policy's compute)."""
 
     def validate(self, path: str) -> None:
         if not self.costs:
@@ -461,6 +466,8 @@ class FrontierConfig:
             raise ConfigError(f"{path}.costs: costs must be finite and >= 0, got {self.costs}")
         if len(set(self.costs)) != len(self.costs):
             raise ConfigError(f"{path}.costs: a cost is listed twice: {self.costs}")
+        if isinstance(self.one_policy_draws, bool) or not isinstance(self.one_policy_draws, int) or self.one_policy_draws < 1:  # fmt: skip
+            raise ConfigError(f"{path}.one_policy_draws: a whole number >= 1, got {self.one_policy_draws!r}")  # fmt: skip
         steps = self.one_policy_steps
         if steps is not None and (
             isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
