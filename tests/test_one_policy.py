@@ -219,3 +219,18 @@ def test_grid_draws_cover_the_grid() -> None:
     assert torch.allclose(temp, torch.full_like(temp, 0.5))
     adjusted = draws.adjusted(torch.zeros(3000, 4), lam)
     assert torch.allclose(adjusted[:, -1], 4 * lam)
+
+
+def test_several_prices_per_instance_are_distinct_and_all_means_every_price() -> None:
+    from agents.imitation import PriceDraws
+    from l2s_gym.config import ImitationConfig
+
+    draws = PriceDraws.__new__(PriceDraws)
+    draws.grid = torch.tensor([0.0, 0.1, 1.0, 3.0])
+    draws.multiples = torch.ones(4, dtype=torch.float64)
+    draws.cum, draws.gen = torch.arange(1.0, 5.0), torch.Generator().manual_seed(0)
+    lam, _ = draws.draw(5 * 4, ImitationConfig(), 0.5, 1, per_instance=9)
+    assert lam.reshape(5, 4).tolist() == [[0.0, 0.1, 1.0, 3.0]] * 5
+    lam, _ = draws.draw(50 * 2, ImitationConfig(), 0.5, 1, per_instance=2)
+    pairs = lam.reshape(50, 2)
+    assert bool((pairs[:, 0] != pairs[:, 1]).all())
