@@ -97,7 +97,7 @@ def test_the_default_trace_buffer_is_sized_from_the_budget_and_recorded(tmp_path
 @pytest.mark.parametrize("steps", [5, 0])
 def test_a_parameter_free_predictor_runs_compare_frontier_and_predict(tmp_path, steps) -> None:
     data = toy(predictor={"learnable": False} if steps else {}, stage1={"steps": steps},
-               frontier={"costs": [0, 1]})  # fmt: skip
+               imitation={"steps": 30, "val_every": 10}, frontier={"costs": [0, 1]})  # fmt: skip
     path = write_config(tmp_path, yaml.safe_dump(data))
     runs = tmp_path / "runs"
     for command in ("compare", "frontier"):
