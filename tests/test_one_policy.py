@@ -234,3 +234,33 @@ def test_several_prices_per_instance_are_distinct_and_all_means_every_price() ->
     lam, _ = draws.draw(50 * 2, ImitationConfig(), 0.5, 1, per_instance=2)
     pairs = lam.reshape(50, 2)
     assert bool((pairs[:, 0] != pairs[:, 1]).all())
+
+
+def test_the_env_shows_the_price_only_when_asked() -> None:
+    """``observe_price``: ``[features, lambda, t]``, the same episodes and rewards as
+    without it; off by default (``[features, t]``, as always)."""
+    from gymnasium.utils.env_checker import check_env
+
+    from l2s_gym.envs import BatchedStopEnv, StopEnv, split_obs
+    from l2s_gym.envs.batched import obs_price
+    from l2s_gym.testing import ToyCounter, ToyPredictorConfig, ToyTask, ToyTaskConfig
+
+    task = ToyTask(ToyTaskConfig(num_layers=5, val_size=8, test_size=8))
+    predictor = ToyCounter(ToyPredictorConfig(num_layers=5), task)
+    plain = BatchedStopEnv(predictor, task, 4, beta=0.1, cost=0.2)
+    shown = BatchedStopEnv(predictor, task, 4, beta=0.1, cost=0.2, observe_price=True)
+    assert shown.obs_dim == plain.obs_dim + 1
+    a, b = plain.reset(seed=3), shown.reset(seed=3)
+    shape = plain.feature_shape
+    assert obs_price(a, shape) is None
+    assert torch.allclose(obs_price(b, shape), torch.full((4,), 0.2))
+    for x, y in zip(split_obs(a, shape), split_obs(b, shape), strict=True):
+        assert torch.equal(x, y)
+    for step in range(6):
+        action = torch.tensor([step % 2, 0, 1, step % 3 == 0]).long()
+        (oa, ra, da, _), (ob, rb, db, _) = plain.step(action), shown.step(action)
+        assert torch.equal(ra, rb) and torch.equal(da, db)
+        assert torch.equal(torch.cat([ob[:, :-2], ob[:, -1:]], 1), oa)
+    env = StopEnv(task=task, predictor=predictor, beta=0.1, cost=0.2, observe_price=True)
+    check_env(env, skip_render_check=True)
+    assert env.observation_space.shape == (shown.obs_dim,)

@@ -28,23 +28,36 @@ INSTANCE_BLOCK = 256
 """Instances are drawn from the task in blocks of this size (see ``BatchedStopEnv``)."""
 
 
-def make_obs(features: Tensor, t: Tensor) -> Tensor:
+def make_obs(features: Tensor, t: Tensor, price: float | None = None) -> Tensor:
     """Flatten ``(N, *feature_shape)`` features and append the 0-based layer index ``t`` ``(N,)``.
 
-    Returns ``(N, prod(feature_shape) + 1)`` float32.
+    Returns ``(N, prod(feature_shape) + 1)`` float32; with ``price`` (``lambda``, an env's
+    ``observe_price``), ``[features, lambda, t]``, ``(N, prod(feature_shape) + 2)``.
     """
     flat = features.reshape(features.shape[0], -1).to(torch.float32)
-    return torch.cat([flat, t.to(torch.float32).unsqueeze(1)], dim=1)
+    parts = [flat, t.to(torch.float32).unsqueeze(1)]
+    if price is not None:
+        parts.insert(1, torch.full_like(parts[1], float(price)))
+    return torch.cat(parts, dim=1)
 
 
 def split_obs(obs: Tensor, feature_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """Inverse of ``make_obs``: obs ``(N, obs_dim)`` -> features ``(N, *feature_shape)``, ``t``.
 
-    ``t`` is ``(N,)`` long, so ``policy(*split_obs(obs, shape))`` runs a ``StopPolicy``.
+    ``t`` is ``(N,)`` long, so ``policy(*split_obs(obs, shape))`` runs a ``StopPolicy``. An
+    observation that also shows the price (``observe_price``) gives the same two; its
+    ``lambda`` is ``obs_price``'s.
     """
-    features = obs[:, :-1].reshape(obs.shape[0], *feature_shape)
+    features = obs[:, : math.prod(feature_shape)].reshape(obs.shape[0], *feature_shape)
     t = obs[:, -1].round().long()
     return features, t
+
+
+def obs_price(obs: Tensor, feature_shape: tuple[int, ...]) -> Tensor | None:
+    """The price ``lambda`` ``(N,)`` an ``observe_price`` observation shows; ``None`` for an
+    observation without one (``[features, t]``)."""
+    n = math.prod(feature_shape)
+    return obs[:, n] if obs.shape[1] == n + 2 else None
 
 
 def _rows(mask: Tensor, like: Tensor) -> Tensor:
@@ -162,6 +175,7 @@ class BatchedStopEnv:
         seed: int = 0,
         instance_block: int = INSTANCE_BLOCK,
         reward_scale: float = 1.0,
+        observe_price: bool = False,
     ) -> None:
         if not (math.isfinite(reward_scale) and reward_scale > 0):
             raise ValueError(f"reward_scale must be a finite number > 0, got {reward_scale!r}")
@@ -190,7 +204,10 @@ class BatchedStopEnv:
         self.num_envs = num_envs
         self.num_layers = int(predictor.num_layers)
         self.feature_shape = tuple(int(s) for s in predictor.feature_shape)
-        self.obs_dim = math.prod(self.feature_shape) + 1
+        self.observe_price = bool(observe_price)
+        """Show ``lambda`` (``cost``, loss units) in the observation: ``[features, lambda,
+        t]`` (``obs_price`` reads it). Off by default: ``[features, t]``."""
+        self.obs_dim = math.prod(self.feature_shape) + 1 + int(self.observe_price)
         self.device = predictor.device
         self.beta = float(beta)
         self.reward_mode = reward
@@ -262,6 +279,9 @@ class BatchedStopEnv:
             "layers_computed": computed,
         }
 
+    def _make_obs(self, features: Tensor, t: Tensor) -> Tensor:
+        return make_obs(features, t, self.cost if self.observe_price else None)
+
     @torch.no_grad()
     def reset(self, seed: int | None = None) -> Tensor:
         """Start a fresh instance in every row; returns obs ``(N, obs_dim)`` float32.
@@ -289,7 +309,7 @@ class BatchedStopEnv:
                 self._t, self.predictor.initial_state(fresh.inputs), fresh
             )
             self.layer_evals += self.num_envs
-        self._obs = make_obs(self._features, self._t)  # type: ignore[arg-type]
+        self._obs = self._make_obs(self._features, self._t)  # type: ignore[arg-type]
         return self._obs
 
     @torch.no_grad()
@@ -362,9 +382,9 @@ class BatchedStopEnv:
 
         self._episodes_done += done.sum()
         self._first = done if held is None else done | (self._first & held)
-        obs = make_obs(self._features, new_t)  # type: ignore[arg-type]
+        obs = self._make_obs(self._features, new_t)  # type: ignore[arg-type]
         self._obs = obs
-        ended = (make_obs(ended_features, t_end), ended_loss, ended_stat, ended_best)
+        ended = (self._make_obs(ended_features, t_end), ended_loss, ended_stat, ended_best)
         info = self._step_info(done, t_end, new_t, obs, *ended)
         if self.reward_scale != 1.0:
             reward = reward * self.reward_scale
@@ -606,4 +626,4 @@ class BatchedStopEnv:
         self._checked_shapes = True
 
 
-__all__ = ["REWARD_MODES", "BatchedStopEnv", "make_obs", "split_obs"]
+__all__ = ["REWARD_MODES", "BatchedStopEnv", "make_obs", "obs_price", "split_obs"]

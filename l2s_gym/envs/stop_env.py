@@ -7,6 +7,7 @@ only checks the keyword arguments, builds the task and predictor from them
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ def _batched_env(
     seed: int,
     task_seed: int,
     reward_scale: float = 1.0,
+    observe_price: bool = False,
 ) -> BatchedStopEnv:
     """Check the keyword arguments both env classes share and build their batched core."""
     _check_reward(reward)
@@ -102,6 +104,7 @@ def _batched_env(
         cost=cost,
         seed=seed,
         reward_scale=reward_scale,
+        observe_price=observe_price,
     )
 
 
@@ -152,7 +155,7 @@ def render_lines(
         parts = [f"layer {t[i] + 1}/{T}"]
         if stop_prob is not None:
             parts.append(f"stop p={1.0 if t[i] == T - 1 else float(stop_prob[i]):.3f}")
-        parts.append(_features_text(obs[i, :-1]))
+        parts.append(_features_text(obs[i, : math.prod(env.feature_shape)]))
         if ended[i]:
             parts.append("(episode over)")
         lines.append("  ".join(parts))
@@ -202,6 +205,10 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
     0-based index ``t`` of that layer, in ``[0, T - 1]`` (``T - 1`` only in the observation
     that ends an episode at layer ``T``). ``l2s_gym.envs.split_obs`` turns
     it back into what a ``StopPolicy`` takes. The predictor's docstring lists its features.
+    With ``observe_price=True`` (off by default) the price ``lambda`` (``cost``, loss
+    units) sits between the features and ``t``: ``[features, lambda, t]``, one more
+    number (``l2s_gym.envs.batched.obs_price`` reads it; ``split_obs`` still gives the
+    features and ``t``), for an agent meant to act at more than one price.
 
     ## Rewards (``reward=``), with ``l_t`` the task's loss after layer ``t`` (1-based)
     - ``"terminal_loss"`` (default): stopping at ``t`` earns ``-l_t / beta``, continuing 0.
@@ -283,6 +290,7 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
         render_mode: str | None = None,
         policy: StopLogits | None = None,
         reward_scale: float = 1.0,
+        observe_price: bool = False,
     ) -> None:
         self.batched = _batched_env(
             "StopEnv",
@@ -300,6 +308,7 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
             seed,
             task_seed,
             reward_scale,
+            observe_price,
         )
         self.task, self.predictor, self.beta = (
             self.batched.task,
@@ -450,6 +459,7 @@ class StopVectorEnv(VectorEnv):
         policy: StopLogits | None = None,
         reward_scale: float = 1.0,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        observe_price: bool = False,
     ) -> None:
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
         self.batched = _batched_env(
@@ -468,6 +478,7 @@ class StopVectorEnv(VectorEnv):
             seed,
             task_seed,
             reward_scale,
+            observe_price,
         )
         self.task, self.predictor, self.beta = (
             self.batched.task,
