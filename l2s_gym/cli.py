@@ -409,11 +409,24 @@ def add_predict_parser(sub) -> None:  # noqa: ANN001 - argparse's private subpar
         help="a .pt dict of input tensors to run instead of the test set (any task: the "
         "keys and per-instance shapes of its test inputs)",
     )
+    p.add_argument(
+        "--risk",
+        nargs="?",
+        const="default",
+        metavar="EPSILON",
+        help="read the policy out by the risk-calibrated rule instead of the one chosen on "
+        "validation: the earliest rule certified on the seed's validation trace by Learn "
+        "then Test (risk against full depth <= EPSILON with probability >= 1 - --delta; "
+        "without a value, the task's stated epsilon; docs/method.md)",
+    )
+    p.add_argument(
+        "--delta", type=float, help="with --risk: 1 - the confidence (default: the task's)"
+    )
     p.set_defaults(fn=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from l2s_gym.predict import format_summary, predict_run
+    from l2s_gym.predict import format_summary, parse_risk, predict_run
 
     cfg = _config(args)
     summary = predict_run(
@@ -428,6 +441,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         input_file=args.input,
         lookahead=args.lookahead,
         retune=args.retune,
+        risk=parse_risk(args.risk),
+        delta=args.delta,
     )
     print(format_summary(summary))
     return 0

@@ -22,8 +22,10 @@ import torch
 from torch import Tensor
 
 from l2s_gym.config import ConfigError, ExperimentConfig
+from l2s_gym.evaluation import stop_logits
 from l2s_gym.policy import StopPolicy
 from l2s_gym.predictor import LayeredPredictor
+from l2s_gym.risk import RiskCalibration, calibrate_risk, default_risk
 from l2s_gym.rules import PAPER_RULE, ReadoutRule
 from l2s_gym.runner import (
     StopRunner,
@@ -34,7 +36,7 @@ from l2s_gym.runner import (
     run_full_depth,
 )
 from l2s_gym.task import Task
-from l2s_gym.trials import ONE_POLICY_FOLDER
+from l2s_gym.trials import ONE_POLICY_FOLDER, TRACES, load_traces
 
 
 def _sync(device: torch.device) -> None:
@@ -365,6 +367,45 @@ def _check_on_test(  # noqa: PLR0913
     }
 
 
+def parse_risk(value: float | str | None) -> float | str | None:
+    """``--risk``: ``None`` (not given), ``"default"`` (the task's stated epsilon) or an
+    epsilon > 0; a one-line ``ConfigError`` otherwise."""
+    if value is None or value == "default":
+        return value
+    try:
+        epsilon = float(value)
+    except (TypeError, ValueError):
+        epsilon = math.nan
+    if not (epsilon > 0 and math.isfinite(epsilon)):
+        raise ConfigError(f"--risk: expected an epsilon > 0 (or no value), got {value!r}")
+    return epsilon
+
+
+def calibrated_rule(
+    task: Task,
+    predictor: LayeredPredictor,
+    policy: StopPolicy,
+    policy_path: Path,
+    risk: float | str,
+    delta: float | None = None,
+) -> RiskCalibration:
+    """The risk-calibrated read-out of ``policy`` (``l2s_gym.risk.calibrate_risk``),
+    certified on the validation trace of the policy's seed (the one ``seed-<s>/stage1``
+    saved, else traced now; ``policy_path`` is ``seed-<s>/<learner>/<folder>/best.pt``) at
+    the task's stated risk, ``epsilon = risk`` unless ``"default"``."""
+    stated = default_risk(task)
+    epsilon = stated.epsilon if risk == "default" else float(risk)
+    delta = stated.delta if delta is None else float(delta)
+    if not 0 < delta < 1:
+        raise ConfigError(f"--delta: must be in (0, 1), got {delta!r}")
+    stage1 = policy_path.parents[2] / "stage1"
+    if (stage1 / TRACES).exists():  # the trace the run's tables were computed on
+        val = load_traces(stage1, predictor.device)["oracle"]["val"]
+    else:
+        val = predictor.trace_eval(task.eval_set("val"), task)
+    return calibrate_risk(val, stop_logits(policy, val), task, epsilon, delta, loss=stated.loss)
+
+
 def predict_run(
     cfg: ExperimentConfig,
     run_dir: str | Path,
@@ -379,6 +420,8 @@ def predict_run(
     device: torch.device | str | None = None,
     lookahead: int | str = "auto",
     retune: bool = False,
+    risk: float | str | None = None,
+    delta: float | None = None,
 ) -> dict[str, Any]:
     """Run a run folder's stop model with early exit on the test set (or ``input_file``).
 
@@ -393,12 +436,20 @@ def predict_run(
     (``retune``: tune again all the same). A number ``K``: ``StopRunner``'s ``lookahead``
     (``K >= T``: the plain model, the policy never asked).
 
+    ``risk``: read the policy out by the risk-calibrated rule (``calibrated_rule``:
+    ``epsilon = risk``, or the task's stated one for ``"default"``; ``delta``, or the
+    task's) instead of the rule chosen on validation; the summary's ``risk`` says what it
+    promises.
+
     ``out`` (``FILE.pt``): the tensors ``predictions``, ``stop`` (0-based) and ``layers``
     (1-based), and the summary as ``FILE.json``. Returns the summary.
     """
     task, predictor, policy, rule, info = load_run_stop_model(
         cfg, run_dir, learner, cost, seed, device, one_policy=one_policy
     )
+    if risk is not None:
+        calibration = calibrated_rule(task, predictor, policy, Path(info["policy"]), risk, delta)
+        rule, info = calibration.rule, {**info, "risk": calibration.to_dict()}
     if input_file is not None:
         inputs, test = load_input_file(input_file, task), None
     else:
@@ -487,6 +538,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         + _lookahead_words(summary)
         + f"{summary['device']}, {summary['threads']} threads)",
     ]
+    if "risk" in summary:
+        lines.append("guarantee: " + RiskCalibration.from_dict(summary["risk"]).promise)
     if "tune" in summary:
         tune = TuneResult.from_dict(summary["tune"])
         lines.append(f"{summary['tune_source']} ({summary['tune_file']}): {tune.describe()}")

@@ -172,6 +172,11 @@ def test_predict_command(toy_run, toy_config, tmp_path, capsys) -> None:  # noqa
     assert "look-ahead 3" in printed and "agree on 100.0%" in printed
     assert main([*base, "--learner", "reverse_kl", "--lookahead", "0"]) == 2
     assert "--lookahead" in capsys.readouterr().err
+    # The risk-calibrated read-out, its promise printed; a bad epsilon is one line.
+    assert main([*base, "--learner", "reverse_kl", "--lookahead", "1", "--risk", "0.2"]) == 0
+    assert "guarantee: " in capsys.readouterr().out
+    assert main([*base, "--learner", "reverse_kl", "--risk", "-1"]) == 2
+    assert "--risk" in capsys.readouterr().err
     # A user's batch: only inputs, no metric.
     inputs = tmp_path / "batch.pt"
     torch.save({"hint": torch.rand(10, 1)}, inputs)
@@ -292,3 +297,32 @@ def test_example_rows_are_a_fixed_random_draw_not_the_head() -> None:
     many = example_rows(inputs, 250)["i"]  # fewer rows than asked: each repeated in turn
     assert torch.equal(many[:100].sort().values, torch.arange(100))
     assert torch.equal(many[100:200], many[:100])
+
+
+def test_predict_with_risk_reads_out_by_the_calibrated_rule(toy_run) -> None:  # noqa: ANN001
+    from l2s_gym.build import make_task
+    from l2s_gym.config import ConfigError
+    from l2s_gym.evaluation import stop_logits
+    from l2s_gym.predict import format_summary, parse_risk, predict_run
+    from l2s_gym.risk import calibrate_risk, default_risk
+
+    cfg, run, predictor, policy = toy_run
+    summary = predict_run(cfg, run, "reverse_kl", batch_size=100, lookahead=1, risk=0.2)
+    task = make_task(cfg.task, 0, "cpu")
+    val = predictor.trace_eval(task.eval_set("val"), task)
+    stated = default_risk(task)
+    expected = calibrate_risk(
+        val, stop_logits(policy, val), task, 0.2, stated.delta, loss=stated.loss
+    )
+    assert summary["readout"] == expected.rule.to_dict() != {"kind": "quantile", "value": 0.5}
+    assert summary["risk"]["epsilon"] == 0.2 and summary["risk"]["delta"] == stated.delta
+    assert summary["stop_agreement"] == 1.0  # the runner's stops are the calibrated rule's
+    assert "guarantee: " in format_summary(summary) and "<= 0.2" in format_summary(summary)
+    default = predict_run(cfg, run, "reverse_kl", batch_size=100, lookahead=1, risk="default")
+    assert default["risk"]["epsilon"] == stated.epsilon
+    assert parse_risk(None) is None and parse_risk("0.05") == 0.05
+    for bad in ("0", "-1", "x", "nan"):
+        with pytest.raises(ConfigError, match="--risk"):
+            parse_risk(bad)
+    with pytest.raises(ConfigError, match="--delta"):
+        predict_run(cfg, run, "reverse_kl", lookahead=1, risk=0.2, delta=1.5)
