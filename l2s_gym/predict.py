@@ -406,6 +406,29 @@ def calibrated_rule(
     return calibrate_risk(val, stop_logits(policy, val), task, epsilon, delta, loss=stated.loss)
 
 
+def _run_figures(
+    runner: StopRunner, stop: Tensor, size: int, runner_s: float, full_s: float
+) -> dict[str, Any]:
+    """The summary's figures of one timed run: the stops, the look-ahead, the times."""
+    n, T = int(stop.numel()), runner.num_layers
+    avg_layers = float((stop + 1).double().mean()) if n else math.nan
+    return {
+        "instances": n,
+        "num_layers": T,
+        "avg_layers": avg_layers,
+        "histogram": torch.bincount(stop.cpu(), minlength=T).tolist(),
+        "batch_size": size,
+        "lookahead": runner.lookahead,
+        "plain": runner.plain,
+        "device": str(runner.predictor.device),
+        "threads": torch.get_num_threads(),
+        "runner_s": runner_s,
+        "full_depth_s": full_s,
+        "measured_speedup": full_s / runner_s if runner_s > 0 else math.nan,
+        "ideal_speedup": T / avg_layers if n else math.nan,
+    }
+
+
 def predict_run(
     cfg: ExperimentConfig,
     run_dir: str | Path,
@@ -467,8 +490,6 @@ def predict_run(
             runner, inputs, size, Path(info["policy"]), retune, info.get("lambda")
         )
     predictions, stop, runner_s, full_s = _timed(runner, inputs, size)
-    T = predictor.num_layers
-    avg_layers = float((stop + 1).double().mean()) if n else math.nan
     summary: dict[str, Any] = {
         "experiment": cfg.experiment,
         "run": str(run_dir),
@@ -477,21 +498,9 @@ def predict_run(
         "readout": rule.to_dict(),
         "readout_label": rule.label,
         "data": str(input_file) if input_file is not None else "test set",
-        "instances": n,
-        "num_layers": T,
-        "avg_layers": avg_layers,
-        "histogram": torch.bincount(stop.cpu(), minlength=T).tolist(),
-        "batch_size": size,
-        "lookahead": runner.lookahead,
+        **_run_figures(runner, stop, size, runner_s, full_s),
         "lookahead_mode": "auto" if choice == "auto" else "fixed",
-        "plain": runner.plain,
         **tuned,
-        "device": str(predictor.device),
-        "threads": torch.get_num_threads(),
-        "runner_s": runner_s,
-        "full_depth_s": full_s,
-        "measured_speedup": full_s / runner_s if runner_s > 0 else math.nan,
-        "ideal_speedup": T / avg_layers if n else math.nan,
     }
     if test is not None:
         summary.update(_check_on_test(task, predictor, policy, rule, test, predictions, stop, size))
