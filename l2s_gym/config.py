@@ -598,6 +598,18 @@ def _non_negative(obj: Any, path: str, *names: str) -> None:
             raise ConfigError(f"{path}.{name}: must be >= 0, got {getattr(obj, name)!r}")
 
 
+def feature_groups(obj: Any, path: str, allowed: tuple[str, ...], name: str = "features") -> None:
+    """``obj.<name>``: a non-empty list of the groups in ``allowed``, none twice (a
+    predictor's policy feature groups)."""
+    value = list(getattr(obj, name))
+    if not value or any(g not in allowed for g in value):
+        raise ConfigError(
+            f"{path}.{name}: expected a non-empty list of {', '.join(allowed)}, got {value}"
+        )
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{path}.{name}: a feature group is listed twice: {value}")
+
+
 positive = _positive
 non_negative = _non_negative
 

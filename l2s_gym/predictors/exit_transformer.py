@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from l2s_gym.config import ConfigError, positive
+from l2s_gym.config import ConfigError, feature_groups, positive
 from l2s_gym.predictor import LayeredPredictor, State
 from l2s_gym.registry import register_predictor
 from l2s_gym.tasks.pointer_chasing import PointerChasingTask
@@ -60,14 +60,7 @@ class ExitTransformerConfig:
             raise ConfigError(
                 f"{path}.heads: must divide d_model ({self.d_model}), got {self.heads!r}"
             )
-        unknown = [f for f in self.features if f not in FEATURE_SETS]
-        if unknown or not self.features:
-            raise ConfigError(
-                f"{path}.features: expected a non-empty list of {', '.join(FEATURE_SETS)}, "
-                f"got {self.features}"
-            )
-        if len(set(self.features)) != len(self.features):
-            raise ConfigError(f"{path}.features: a feature group is listed twice: {self.features}")
+        feature_groups(self, path, FEATURE_SETS)
 
 
 class Block(nn.Module):

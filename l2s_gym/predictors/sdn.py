@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from l2s_gym.config import ConfigError, positive
+from l2s_gym.config import ConfigError, feature_groups, positive
 from l2s_gym.predictor import LayeredPredictor, State
 from l2s_gym.registry import register_predictor
 from l2s_gym.tasks.recognition import RecognitionTask
@@ -49,14 +49,7 @@ class SDNConfig:
                 f"{path}.pool_after: blocks must be in 1..num_layers ({self.num_layers}), "
                 f"got {self.pool_after}"
             )
-        unknown = [f for f in self.features if f not in FEATURE_SETS]
-        if unknown or not self.features:
-            raise ConfigError(
-                f"{path}.features: expected a non-empty list of {', '.join(FEATURE_SETS)}, "
-                f"got {self.features}"
-            )
-        if len(set(self.features)) != len(self.features):
-            raise ConfigError(f"{path}.features: a feature group is listed twice: {self.features}")
+        feature_groups(self, path, FEATURE_SETS)
 
 
 @register_predictor("sdn", SDNConfig, task="recognition")
