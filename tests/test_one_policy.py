@@ -206,7 +206,7 @@ def test_config_errors_are_one_line(tmp_path: Path, command: str, extra: list, n
 
 def test_grid_draws_cover_the_grid() -> None:
     """Training draws a price per instance, uniform over the grid (checked on the draws)."""
-    from agents.imitation import PriceDraws
+    from l2s_gym.agents.imitation import PriceDraws
     from l2s_gym.config import ImitationConfig
 
     draws = PriceDraws.__new__(PriceDraws)  # its fields, without a learner context
@@ -222,7 +222,7 @@ def test_grid_draws_cover_the_grid() -> None:
 
 
 def test_several_prices_per_instance_are_distinct_and_all_means_every_price() -> None:
-    from agents.imitation import PriceDraws
+    from l2s_gym.agents.imitation import PriceDraws
     from l2s_gym.config import ImitationConfig
 
     draws = PriceDraws.__new__(PriceDraws)
