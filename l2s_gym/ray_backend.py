@@ -149,7 +149,7 @@ class RayRunner:
         start_ray(self.address, self.num_cpus)
         outcomes: dict[Trial, TrialOutcome] = {}
         for t in plan:
-            if is_done(run_dir / t.key, cfg_dict, t.kind):
+            if is_done(run_dir / t.key, cfg_dict, t.digest_kind):
                 result = json.loads((run_dir / t.key / RESULT).read_text())
                 outcomes[t] = TrialOutcome(t, "reused", result=result)
         stage1 = [t for t in plan if t.kind == "stage1" and t not in outcomes]

@@ -54,6 +54,8 @@ from l2s_gym.runs import (
 from l2s_gym.stopping import gain_per_layer
 
 TrialKind = Literal["stage1", "stage2"]
+DigestKind = Literal["stage1", "stage2", "one_policy"]
+"""Which config keys a trial's ``done`` marker records (``Trial.digest_kind``)."""
 CostScale = Literal["loss", "gain"]
 
 DONE = "done"
@@ -69,6 +71,12 @@ PLAN_KEYS = (
 """Config keys that only select which trials a run holds: a resumed run may differ in them."""
 RUNTIME_KEYS = ("device", "threads", "compare.eval_batch_size", "ray")
 """Config keys that change how a trial runs, not what it computes."""
+ONE_POLICY_KEYS = ("frontier.one_policy_steps", "frontier.one_policy_draws")
+"""Config keys only a price-conditioned (one-policy) trial reads: a per-price trial's
+``done`` marker leaves them out, so changing them retrains the one policy only."""
+ONE_POLICY_GRID = "frontier.costs"
+"""A plan key that a one-policy trial depends on (it trains over the grid): its marker
+records it, so a run resumed with another grid retrains the one policy."""
 
 
 def format_cost(cost: float) -> str:
@@ -98,6 +106,15 @@ class Trial:
         if self.one_policy:
             return f"seed-{self.seed}/{self.learner}/{ONE_POLICY_FOLDER}"
         return f"seed-{self.seed}/{self.learner}/cost-{format_cost(self.cost)}"
+
+    @property
+    def digest_kind(self) -> DigestKind:
+        """What its ``done`` marker records: ``stage1`` (the stage-1 keys), ``stage2`` (all
+        but the plan's, the runtime's and ``ONE_POLICY_KEYS``), ``one_policy`` (all but the
+        plan's and the runtime's, plus the grid ``frontier.costs``)."""
+        if self.kind == "stage1":
+            return "stage1"
+        return "one_policy" if self.one_policy else "stage2"
 
     @property
     def needs(self) -> tuple[Trial, ...]:
@@ -178,18 +195,22 @@ STAGE1_KEYS = ("task", "predictor", "stage1", "seed", "beta", "cost")
 (``imitation``, ``rl``, ``policy``, ...) can reuse its seed's stage-1 trial."""
 
 
-def _digest_keys(flat: dict[str, Any], kind: TrialKind) -> dict[str, Any]:
-    return {
+def _digest_keys(flat: dict[str, Any], kind: DigestKind) -> dict[str, Any]:
+    skip = PLAN_KEYS + RUNTIME_KEYS + (ONE_POLICY_KEYS if kind == "stage2" else ())
+    out = {
         k: v
         for k, v in flat.items()
-        if not is_under(k, PLAN_KEYS + RUNTIME_KEYS)
-        and (kind != "stage1" or is_under(k, STAGE1_KEYS))
+        if not is_under(k, skip) and (kind != "stage1" or is_under(k, STAGE1_KEYS))
     }
+    if kind == "one_policy" and ONE_POLICY_GRID in flat:
+        out[ONE_POLICY_GRID] = flat[ONE_POLICY_GRID]
+    return out
 
 
-def _trial_digest(cfg_dict: dict[str, Any], kind: TrialKind = "stage2") -> dict[str, Any]:
+def _trial_digest(cfg_dict: dict[str, Any], kind: DigestKind = "stage2") -> dict[str, Any]:
     """What a finished trial's ``done`` marker records of the config it ran under: every key
-    but the plan's and the runtime's, and for a stage-1 trial only ``STAGE1_KEYS``."""
+    but the plan's and the runtime's, and for a stage-1 trial only ``STAGE1_KEYS`` (see
+    ``Trial.digest_kind``)."""
     return _digest_keys(flatten_config(cfg_dict), kind)
 
 
@@ -205,7 +226,7 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def is_done(folder: Path, cfg_dict: dict[str, Any], kind: TrialKind = "stage2") -> bool:
+def is_done(folder: Path, cfg_dict: dict[str, Any], kind: DigestKind = "stage2") -> bool:
     """Whether the ``kind`` trial in ``folder`` finished under this config (its ``done``
     marker).
 
@@ -233,7 +254,7 @@ def is_done(folder: Path, cfg_dict: dict[str, Any], kind: TrialKind = "stage2") 
     return _trial_digest(through_schema(_unflatten({**filler, **saved})), kind) == current
 
 
-def _mark_done(folder: Path, cfg_dict: dict[str, Any], kind: TrialKind) -> None:
+def _mark_done(folder: Path, cfg_dict: dict[str, Any], kind: DigestKind) -> None:
     record = {"config": _trial_digest(cfg_dict, kind), "finished": time.time()}
     write_json(folder / DONE, record)
 
@@ -381,7 +402,7 @@ def run_trial(
     cfg_dict = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else cfg
     run_dir = Path(run_dir)
     folder = run_dir / trial.key
-    if is_done(folder, cfg_dict, trial.kind):
+    if is_done(folder, cfg_dict, trial.digest_kind):
         return json.loads((folder / RESULT).read_text())
     if folder.exists():
         shutil.rmtree(folder)
@@ -399,7 +420,7 @@ def run_trial(
             result = _run_stage2(trial, run_dir, folder, seed_cfg, progress)
     result = {"trial": trial.to_dict(), "key": trial.key, **result, "notes": notes}
     write_json(folder / RESULT, result)
-    _mark_done(folder, cfg_dict, trial.kind)
+    _mark_done(folder, cfg_dict, trial.digest_kind)
     return result
 
 
@@ -493,7 +514,7 @@ class LocalRunner:
         if any(outcomes[n].status in ("failed", "skipped") for n in trial.needs):
             return TrialOutcome(trial, "skipped", error="a trial it needs failed")
         folder = run_dir / trial.key
-        if is_done(folder, cfg_dict, trial.kind):
+        if is_done(folder, cfg_dict, trial.digest_kind):
             return TrialOutcome(trial, "reused", result=json.loads((folder / RESULT).read_text()))
         outcome = TrialOutcome(trial, "failed")
         for attempt in range(1, self.retries + 2):

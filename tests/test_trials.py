@@ -80,6 +80,36 @@ def test_digest_ignores_plan_and_runtime_keys() -> None:
     assert not any(k.startswith(("seeds", "threads", "compare.learners")) for k in _trial_digest(base))  # fmt: skip
 
 
+def test_one_policy_knobs_and_grid_reach_only_the_one_policy_trial(tmp_path) -> None:
+    """``frontier.one_policy_*`` retrain the price-conditioned trial, not the per-price ones;
+    the grid ``frontier.costs`` (a plan key) retrains the one policy, which trains over it."""
+    base = toy_dict()
+    knob = toy_dict(frontier__one_policy_steps=17, frontier__one_policy_draws=2)
+    grid = toy_dict(frontier__costs=[0.0, 5.0])
+    assert Trial("stage2", 0, "reverse_kl", one_policy=True).digest_kind == "one_policy"
+    assert Trial("stage2", 0, "reverse_kl", 0.3).digest_kind == "stage2"
+    assert Trial("stage1", 0).digest_kind == "stage1"
+    assert (
+        _trial_digest(base, "stage2")
+        == _trial_digest(knob, "stage2")
+        == _trial_digest(grid, "stage2")
+    )
+    assert _trial_digest(base, "one_policy") != _trial_digest(knob, "one_policy")
+    assert _trial_digest(base, "one_policy") != _trial_digest(grid, "one_policy")
+    per_price, one = tmp_path / "p", tmp_path / "o"
+    per_price.mkdir(), one.mkdir()
+    _mark_done(per_price, base, "stage2")
+    _mark_done(one, base, "one_policy")
+    assert is_done(per_price, knob, "stage2") and is_done(per_price, grid, "stage2")
+    assert not is_done(one, knob, "one_policy") and not is_done(one, grid, "one_policy")
+    assert is_done(one, toy_dict(seeds=[0, 1]), "one_policy")  # other plan keys: reused
+    # A per-price marker written before the knobs were left out (it records them) is reused.
+    record = json.loads((per_price / DONE).read_text())
+    record["config"].update({"frontier.one_policy_steps": 5, "frontier.one_policy_draws": 3})
+    (per_price / DONE).write_text(json.dumps(record))
+    assert is_done(per_price, base, "stage2")
+
+
 def test_is_done_reuses_stage1_across_stage2_changes_only(tmp_path) -> None:
     base = toy_dict()
     assert not is_done(tmp_path, base, "stage1")  # no marker
