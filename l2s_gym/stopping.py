@@ -135,18 +135,24 @@ def cumulative_costs(
     return torch.cumsum(c / c.mean(), dim=0)
 
 
-def cost_adjusted_losses(losses: Tensor, cost: float, cum_costs: Tensor | None = None) -> Tensor:
+def cost_adjusted_losses(
+    losses: Tensor, cost: float | Tensor, cum_costs: Tensor | None = None
+) -> Tensor:
     """``l_t + lambda * C_t``: the per-layer loss once computing layers has a price.
 
     The one definition behind the cost-aware oracle, stage 1 (if asked), the imitation
     target, the environment's rewards and the evaluation objective. ``cost = 0`` gives
-    ``losses`` back unchanged.
+    ``losses`` back unchanged. ``cost`` may also be a tensor of one price per row,
+    ``(B,)`` for ``losses`` ``(B, T)`` (an env whose episodes draw their own price).
     """
-    if not cost:
+    if not isinstance(cost, Tensor) and not cost:
         return losses
     if cum_costs is None:
         cum_costs = cumulative_costs(losses.shape[-1], device=losses.device)
-    return losses + cost * cum_costs.to(device=losses.device, dtype=losses.dtype)
+    cum = cum_costs.to(device=losses.device, dtype=losses.dtype)
+    if isinstance(cost, Tensor):
+        return losses + cost.to(losses.dtype).unsqueeze(-1) * cum
+    return losses + cost * cum
 
 
 def oracle_log_q(losses: Tensor, beta: float) -> Tensor:

@@ -12,6 +12,7 @@ An observation is the flat vector ``[policy features at layer t, t]`` with ``t``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -27,16 +28,23 @@ REWARD_MODES = ("terminal_loss", "log_oracle", "improvement")
 INSTANCE_BLOCK = 256
 """Instances are drawn from the task in blocks of this size (see ``BatchedStopEnv``)."""
 
+PRICE_STREAM = 104_729
+"""Offset of the price stream's seed from the instance stream's (``BatchedStopEnv``'s
+``prices``): the two streams are apart, so drawing prices leaves the instances as they are."""
 
-def make_obs(features: Tensor, t: Tensor, price: float | None = None) -> Tensor:
+
+def make_obs(features: Tensor, t: Tensor, price: float | Tensor | None = None) -> Tensor:
     """Flatten ``(N, *feature_shape)`` features and append the 0-based layer index ``t`` ``(N,)``.
 
     Returns ``(N, prod(feature_shape) + 1)`` float32; with ``price`` (``lambda``, an env's
-    ``observe_price``), ``[features, lambda, t]``, ``(N, prod(feature_shape) + 2)``.
+    ``observe_price``: one number, or one per row ``(N,)``), ``[features, lambda, t]``,
+    ``(N, prod(feature_shape) + 2)``.
     """
     flat = features.reshape(features.shape[0], -1).to(torch.float32)
     parts = [flat, t.to(torch.float32).unsqueeze(1)]
-    if price is not None:
+    if isinstance(price, Tensor):
+        parts.insert(1, price.to(device=flat.device, dtype=torch.float32).reshape(-1, 1))
+    elif price is not None:
         parts.insert(1, torch.full_like(parts[1], float(price)))
     return torch.cat(parts, dim=1)
 
@@ -86,6 +94,58 @@ def _cat_batches(batches: list[Batch]) -> Batch:
     )
 
 
+def _check_args(
+    predictor: LayeredPredictor, num_envs: int, beta: float, reward: str, cost: float,
+    instance_block: int, reward_scale: float, prices: Sequence[float] | None,
+) -> list[float] | None:  # fmt: skip
+    """``BatchedStopEnv``'s argument checks (one ``ValueError`` line each, ``TypeError``
+    for a predictor that is not one); returns the price grid as floats (``None``: none)."""
+    if not (math.isfinite(reward_scale) and reward_scale > 0):
+        raise ValueError(f"reward_scale must be a finite number > 0, got {reward_scale!r}")
+    if reward not in REWARD_MODES:
+        raise ValueError(f"reward must be one of {', '.join(REWARD_MODES)}; got {reward!r}")
+    if not isinstance(num_envs, int) or num_envs < 1:
+        raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta!r}")
+    if not (math.isfinite(cost) and cost >= 0):
+        raise ValueError(f"cost must be a finite number >= 0, got {cost!r}")
+    if instance_block < 1:
+        raise ValueError(f"instance_block must be >= 1, got {instance_block!r}")
+    grid = None if prices is None else _check_prices(prices, cost)
+    if not isinstance(predictor, LayeredPredictor):
+        raise TypeError(f"predictor must be a LayeredPredictor, got {type(predictor).__name__}")
+    predictor.check_protocol()
+    if predictor.num_layers < 2:
+        raise ValueError(
+            f"{type(predictor).__name__}.num_layers is {predictor.num_layers}: the stop "
+            "environment needs num_layers >= 2 (with one layer every episode ends after "
+            "layer 1 and the agent has no decision to take)"
+        )
+    return grid
+
+
+def _check_prices(prices: Sequence[float], cost: float) -> list[float]:
+    """``prices`` as a list of floats, or one ``ValueError`` line saying what is wrong."""
+    try:
+        if isinstance(prices, (str, bytes)):
+            raise TypeError
+        grid = [float(p) for p in prices]
+    except (TypeError, ValueError):
+        raise ValueError(f"prices must be a sequence of numbers >= 0, got {prices!r}") from None
+    if not grid:
+        raise ValueError("prices must hold at least one price (loss units), got an empty list")
+    bad = [p for p in grid if not (math.isfinite(p) and p >= 0)]
+    if bad:
+        raise ValueError(f"prices must be finite numbers >= 0, got {bad[0]!r} in {grid}")
+    if cost:
+        raise ValueError(
+            f"cost={cost!r} and prices={grid}: give one of them (with prices each episode "
+            "draws its own price; leave cost at 0)"
+        )
+    return grid
+
+
 class BatchedStopEnv:
     """N instances of the stop problem advance together on ``predictor.device``.
 
@@ -129,6 +189,17 @@ class BatchedStopEnv:
       ``log_oracle`` mode the stop reward is ``log q*_lambda(t) + lambda C_t / beta`` (the
       oracle of the cost-adjusted losses, its cost part paid per layer instead), so the
       return is exactly ``log q*_lambda(t)``; the normaliser's full pass is not charged.
+    - ``prices`` (a grid of ``lambda``, loss units; instead of ``cost``): each episode draws
+      its own price, uniformly from the grid, when its row starts it (at ``reset`` and at
+      every autoreset), and every reward above charges that row's price, ``log_oracle``'s
+      oracle included (``q*_lambda`` at the row's ``lambda``). The observation shows it
+      (``prices`` implies ``observe_price``); ``row_prices`` holds the ongoing episodes'
+      prices, and a row's terminal observation shows the price of the episode that ended.
+      The draws come from a ``torch.Generator`` of their own on the device, seeded from
+      ``seed + PRICE_STREAM`` (restarted by ``reset(seed=s)`` from ``s + PRICE_STREAM``),
+      one draw per row and step (kept only where a row starts an episode): reproducible
+      for a given ``seed`` and ``num_envs``, and the instance stream is the one without
+      ``prices``.
 
     Instances come from ``task.train_batch`` with a ``torch.Generator`` seeded from
     ``seed``, drawn in blocks of ``instance_block`` and handed to rows in row order as
@@ -161,6 +232,9 @@ class BatchedStopEnv:
         reward_scale: every reward is multiplied by it (``> 0``; the optimum is unchanged).
             1 keeps the rewards in units of ``beta``, exact for the project's learners;
             ``l2s_gym.make_env`` sets it from a calibration batch for off-the-shelf agents.
+        observe_price: show ``lambda`` in the observation, ``[features, lambda, t]``.
+        prices: ``None`` (one price, ``cost``), or the grid (finite numbers ``>= 0``, loss
+            units) each episode draws its price from; ``cost`` is then left at 0.
     """
 
     def __init__(
@@ -176,37 +250,19 @@ class BatchedStopEnv:
         instance_block: int = INSTANCE_BLOCK,
         reward_scale: float = 1.0,
         observe_price: bool = False,
+        prices: Sequence[float] | None = None,
     ) -> None:
-        if not (math.isfinite(reward_scale) and reward_scale > 0):
-            raise ValueError(f"reward_scale must be a finite number > 0, got {reward_scale!r}")
-        if reward not in REWARD_MODES:
-            raise ValueError(f"reward must be one of {', '.join(REWARD_MODES)}; got {reward!r}")
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
-        if not beta > 0:
-            raise ValueError(f"beta must be > 0, got {beta!r}")
-        if not (math.isfinite(cost) and cost >= 0):
-            raise ValueError(f"cost must be a finite number >= 0, got {cost!r}")
-        if instance_block < 1:
-            raise ValueError(f"instance_block must be >= 1, got {instance_block!r}")
-        if not isinstance(predictor, LayeredPredictor):
-            raise TypeError(f"predictor must be a LayeredPredictor, got {type(predictor).__name__}")
-        predictor.check_protocol()
-        if predictor.num_layers < 2:
-            raise ValueError(
-                f"{type(predictor).__name__}.num_layers is {predictor.num_layers}: the stop "
-                "environment needs num_layers >= 2 (with one layer every episode ends after "
-                "layer 1 and the agent has no decision to take)"
-            )
+        grid = _check_args(predictor, num_envs, beta, reward, cost, instance_block,
+                           reward_scale, prices)  # fmt: skip
         predictor.eval()
         self.predictor = predictor
         self.task = task
         self.num_envs = num_envs
         self.num_layers = int(predictor.num_layers)
         self.feature_shape = tuple(int(s) for s in predictor.feature_shape)
-        self.observe_price = bool(observe_price)
-        """Show ``lambda`` (``cost``, loss units) in the observation: ``[features, lambda,
-        t]`` (``obs_price`` reads it). Off by default: ``[features, t]``."""
+        self.observe_price = bool(observe_price) or grid is not None
+        """Show ``lambda`` (``cost``, or the row's price, loss units) in the observation:
+        ``[features, lambda, t]`` (``obs_price`` reads it). Off by default: ``[features, t]``."""
         self.obs_dim = math.prod(self.feature_shape) + 1 + int(self.observe_price)
         self.device = predictor.device
         self.beta = float(beta)
@@ -222,6 +278,14 @@ class BatchedStopEnv:
         self.instance_block = int(instance_block)
         self.layer_evals = 0
         """Layer computations so far, every one of them (the full passes of ``log_oracle``)."""
+        self.prices = (
+            None if grid is None else torch.tensor(grid, dtype=torch.float32, device=self.device)
+        )
+        """The price grid ``(P,)`` float32 (loss units) episodes draw from; ``None``: ``cost``."""
+        self._row_prices = torch.full(
+            (num_envs,), self.cost, dtype=torch.float32, device=self.device
+        )
+        self._price_generator: torch.Generator | None = None
 
         n = num_envs
         self._rows = torch.arange(n, device=self.device)
@@ -252,6 +316,12 @@ class BatchedStopEnv:
         return int(self._episodes_done)
 
     @property
+    def row_prices(self) -> Tensor:
+        """``lambda`` ``(N,)`` float32 (loss units) of each row's ongoing episode: drawn from
+        ``prices`` when the episode started, else ``cost`` in every row."""
+        return self._row_prices
+
+    @property
     def instances(self) -> Batch:
         """The instances of the ongoing episodes, one per row (inputs, targets, groups)."""
         if self._batch is None:
@@ -279,8 +349,14 @@ class BatchedStopEnv:
             "layers_computed": computed,
         }
 
-    def _make_obs(self, features: Tensor, t: Tensor) -> Tensor:
-        return make_obs(features, t, self.cost if self.observe_price else None)
+    def _make_obs(self, features: Tensor, t: Tensor, row_prices: Tensor | None = None) -> Tensor:
+        """The observation; with ``prices`` it shows ``row_prices`` (default: the ongoing
+        episodes')."""
+        if not self.observe_price:
+            return make_obs(features, t)
+        if self.prices is None:
+            return make_obs(features, t, self.cost)
+        return make_obs(features, t, self._row_prices if row_prices is None else row_prices)
 
     @torch.no_grad()
     def reset(self, seed: int | None = None) -> Tensor:
@@ -295,7 +371,12 @@ class BatchedStopEnv:
             self._pool = None
             self._pool_left_min = 0
             self._pool_pos.zero_()
+            if self.prices is not None:
+                self._price_generator = torch.Generator(device=self.device)
+                first = self.seed if seed is None else int(seed)
+                self._price_generator.manual_seed(first + PRICE_STREAM)
         all_rows = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        self._draw_prices(all_rows)
         fresh = self._take(all_rows)
         self._batch = fresh
         self._t = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
@@ -377,14 +458,17 @@ class BatchedStopEnv:
             step_gain = (loss_old - reached_loss) / self.beta
             reward = reward + torch.where(cont, step_gain, torch.zeros_like(reward))
         first = self._first if held is None else self._first & ~held
-        if self.cost:
+        if self.cost or self.prices is not None:
             reward = reward - self._price_paid(cont, first, t_old)
 
         self._episodes_done += done.sum()
         self._first = done if held is None else done | (self._first & held)
+        ended_prices = self._row_prices
+        self._draw_prices(done)  # the fresh episodes' prices (with ``prices``)
         obs = self._make_obs(self._features, new_t)  # type: ignore[arg-type]
         self._obs = obs
-        ended = (self._make_obs(ended_features, t_end), ended_loss, ended_stat, ended_best)
+        ended_obs = self._make_obs(ended_features, t_end, ended_prices)
+        ended = (ended_obs, ended_loss, ended_stat, ended_best)
         info = self._step_info(done, t_end, new_t, obs, *ended)
         if self.reward_scale != 1.0:
             reward = reward * self.reward_scale
@@ -396,7 +480,22 @@ class BatchedStopEnv:
         the episode started (charged on its first step); continuing computes layer t + 2."""
         price = self._layer_price
         paid = cont.to(price.dtype) * price[t_old + 1] + first.to(price.dtype) * price[0]
-        return self.cost * paid / self.beta
+        return self._price_scale() * paid / self.beta
+
+    def _price_scale(self) -> float | Tensor:
+        """``lambda``: ``cost``, or with ``prices`` each row's ``(N,)``."""
+        return self.cost if self.prices is None else self._row_prices
+
+    def _draw_prices(self, starting: Tensor) -> None:
+        """With ``prices``: a fresh price for each row where ``starting`` is set (one draw
+        per row from the price stream, kept where the row starts an episode)."""
+        if self.prices is None:
+            return
+        assert self._price_generator is not None
+        pick = torch.randint(
+            len(self.prices), (self.num_envs,), generator=self._price_generator, device=self.device
+        )
+        self._row_prices = torch.where(starting, self.prices[pick], self._row_prices)
 
     def _step_info(
         self, done: Tensor, t_end: Tensor, new_t: Tensor, obs: Tensor,
@@ -423,10 +522,14 @@ class BatchedStopEnv:
         features where each row's episode ends (at ``t_end``), from its full pass."""
         all_losses = self._all_losses
         assert all_losses is not None and self._all_features is not None
-        adjusted = cost_adjusted_losses(all_losses, self.cost, self.cum_costs)
+        lam = self._price_scale()
+        adjusted = cost_adjusted_losses(all_losses, lam, self.cum_costs)
         log_q = oracle_log_q(adjusted, self.beta)
         # The cost part of log q*_lambda is paid per layer in ``step``, as in the other modes.
-        payoff = log_q + self.cost * self.cum_costs / self.beta
+        if isinstance(lam, Tensor):
+            payoff = log_q + lam.unsqueeze(1) * self.cum_costs / self.beta
+        else:
+            payoff = log_q + lam * self.cum_costs / self.beta
         at_end = t_end.unsqueeze(1)
         stop_reward = payoff.gather(1, at_end).squeeze(1)
         ended_best = adjusted.argmin(dim=1) + 1
@@ -600,7 +703,7 @@ class BatchedStopEnv:
 
     def _best_layer(self) -> Tensor:
         """The oracle's 1-based stop layer of each row's instance (``log_oracle`` mode only)."""
-        adjusted = cost_adjusted_losses(self._all_losses, self.cost, self.cum_costs)  # type: ignore[arg-type]
+        adjusted = cost_adjusted_losses(self._all_losses, self._price_scale(), self.cum_costs)  # type: ignore[arg-type]
         return adjusted.argmin(dim=1) + 1
 
     def _read_full_pass(self) -> None:

@@ -79,6 +79,7 @@ def _batched_env(
     task_seed: int,
     reward_scale: float = 1.0,
     observe_price: bool = False,
+    prices: Sequence[float] | None = None,
 ) -> BatchedStopEnv:
     """Check the keyword arguments both env classes share and build their batched core."""
     _check_reward(reward)
@@ -105,6 +106,7 @@ def _batched_env(
         seed=seed,
         reward_scale=reward_scale,
         observe_price=observe_price,
+        prices=prices,
     )
 
 
@@ -209,6 +211,10 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
     units) sits between the features and ``t``: ``[features, lambda, t]``, one more
     number (``l2s_gym.envs.batched.obs_price`` reads it; ``split_obs`` still gives the
     features and ``t``), for an agent meant to act at more than one price.
+    With ``prices=[...]`` (a grid of ``lambda``, loss units, instead of ``cost``) each
+    episode draws its own price uniformly from the grid when it starts, is charged that
+    price, and shows it there (``prices`` implies ``observe_price``; ``BatchedStopEnv``
+    documents the seeded price stream).
 
     ## Rewards (``reward=``), with ``l_t`` the task's loss after layer ``t`` (1-based)
     - ``"terminal_loss"`` (default): stopping at ``t`` earns ``-l_t / beta``, continuing 0.
@@ -258,7 +264,8 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
     ``task`` (bound by the registered id; or a ``Task`` instance), ``predictor`` (a
     ``LayeredPredictor``) or ``checkpoint`` (a predictor ``best.pt`` written by ``l2s``),
     ``task_config`` and ``predictor_config`` (dicts of config parameters when the env builds
-    them), ``reward``, ``beta`` (default: the checkpoint's, else 0.1), ``cost``,
+    them), ``reward``, ``beta`` (default: the checkpoint's, else 0.1), ``cost`` (or
+    ``prices``), ``observe_price``, ``reward_scale``,
     ``device`` (``"auto"``: CUDA when present), ``seed``, ``task_seed``, ``render_mode``,
     ``policy`` (for ``ansi`` rendering only; it never acts).
     See ``l2s_gym.build.build_components`` for how they combine.
@@ -291,6 +298,7 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
         policy: StopLogits | None = None,
         reward_scale: float = 1.0,
         observe_price: bool = False,
+        prices: Sequence[float] | None = None,
     ) -> None:
         self.batched = _batched_env(
             "StopEnv",
@@ -309,6 +317,7 @@ class StopEnv(gym.Env[np.ndarray, np.int64]):
             task_seed,
             reward_scale,
             observe_price,
+            prices,
         )
         self.task, self.predictor, self.beta = (
             self.batched.task,
@@ -460,6 +469,7 @@ class StopVectorEnv(VectorEnv):
         reward_scale: float = 1.0,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         observe_price: bool = False,
+        prices: Sequence[float] | None = None,
     ) -> None:
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
         self.batched = _batched_env(
@@ -479,6 +489,7 @@ class StopVectorEnv(VectorEnv):
             task_seed,
             reward_scale,
             observe_price,
+            prices,
         )
         self.task, self.predictor, self.beta = (
             self.batched.task,
