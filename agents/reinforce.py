@@ -57,6 +57,16 @@ the price of a layer; ``beta_anneal_from`` / ``anneal_fraction`` start the tempe
 hotter (the continuation imitation has, see ``l2s_gym.learner.anneal_env_beta``;
 ``charts/target_beta``).
 
+One policy for every price (``ctx.prices``, ``l2s frontier --one-policy``): the policy is
+price-conditioned (``StopPolicy(price_input=True)``), the env draws each episode's price
+``lambda`` from the grid (``BatchedStopEnv(prices=...)``) and shows it in the observation;
+the policy acts at the price its observation shows, the rewards charge each episode its own
+price, the update re-runs the policy at those prices, and the baseline is the leave-one-out
+mean over the decisions at the same layer *and price* (returns at different prices differ
+by ``lambda C_t / beta``; grouping by price keeps that out of the advantages, and still
+uses only other episodes). Validation and checkpoints go over the grid
+(``PriceGridValidator``). Without ``ctx.prices`` nothing of this runs.
+
 TensorBoard: ``losses/policy_gradient``, ``losses/entropy`` (the per-episode estimate of
 ``H(q)``), ``charts/episode_return``, ``charts/episode_layers``, ``charts/used_fraction``
 (share of the window's layer steps that belonged to counted episodes), plus the
@@ -73,10 +83,11 @@ from torch import Tensor
 
 from l2s_gym import progress
 from l2s_gym.build import make_policy
-from l2s_gym.envs.batched import BatchedStopEnv, split_obs
+from l2s_gym.envs.batched import BatchedStopEnv, obs_price, split_obs
 from l2s_gym.learner import (
     LearnerContext,
     LearnerResult,
+    PriceGridValidator,
     Validator,
     anneal_env_beta,
     anneal_multiple,
@@ -102,6 +113,9 @@ class Rollout:
     counted: Tensor
     layers: Tensor
     """``info["t"]``: the stop layer (1-based) where ``done``."""
+    price: Tensor | None = None
+    """A price-conditioned policy's: the price ``lambda`` each decision was taken at (the
+    observation's, its episode's own); ``None`` for a per-price policy."""
 
 
 @torch.no_grad()
@@ -118,12 +132,20 @@ def collect_rollout(
     until all of them have ended. ``obs`` is the env's current observation.
     """
     feats, ts, stops, rewards, dones, counted_steps, layers = [], [], [], [], [], [], []
+    prices: list[Tensor] = []
     # A row at t = 0 starts a fresh episode now; rows mid-episode began under older weights.
     counted = obs[:, -1] == 0
     step = 0
     while True:
         features, t = split_obs(obs, env.feature_shape)
-        stop_prob = torch.sigmoid(policy(features, t))
+        if policy.price_input:  # each row acts at the price its observation shows
+            price = obs_price(obs, env.feature_shape)
+            if price is None:
+                raise ValueError("a price-conditioned policy needs an env that shows the price")
+            prices.append(price)
+            stop_prob = torch.sigmoid(policy(features, t, price))
+        else:
+            stop_prob = torch.sigmoid(policy(features, t))
         stop = torch.bernoulli(stop_prob, generator=generator).bool()
         next_obs, reward, done, info = env.step(stop)
         feats.append(features)
@@ -147,6 +169,7 @@ def collect_rollout(
         done=torch.stack(dones),
         counted=torch.stack(counted_steps),
         layers=torch.stack(layers),
+        price=torch.stack(prices) if prices else None,
     )
     return rollout, obs
 
@@ -181,7 +204,8 @@ def soft_returns(
 
 
 def per_layer_baseline(returns: Tensor, t: Tensor, mask: Tensor, num_layers: int) -> Tensor:
-    """Leave-one-out mean of ``returns`` over the other masked decisions at the same layer."""
+    """Leave-one-out mean of ``returns`` over the other masked decisions at the same layer
+    (``t``; any group index below ``num_layers`` works the same, e.g. layer and price)."""
     r, tt, m = returns.flatten(), t.flatten(), mask.flatten().to(returns.dtype)
     total = torch.zeros(num_layers, dtype=r.dtype, device=r.device).index_add_(0, tt, r * m)
     count = torch.zeros(num_layers, dtype=r.dtype, device=r.device).index_add_(0, tt, m)
@@ -218,13 +242,18 @@ def policy_gradient_loss(
     divides the whole surrogate by the standard deviation of the advantages over the
     counted decisions (``cfg.rl.reinforce_scale_free``): the same direction, a size that
     does not depend on the scale of the returns. The reported ``policy_gradient`` and
-    ``entropy`` are the unscaled terms.
+    ``entropy`` are the unscaled terms. A window with prices (``rollout.price``) takes its
+    baseline per layer and price.
     """
     decision = rollout.counted
     entropy = bernoulli_entropy(logits) * decision
     log_prob = torch.where(rollout.stop, F.logsigmoid(logits), F.logsigmoid(-logits))
     soft, plain = soft_returns(rollout.reward, rollout.done, entropy.detach(), gamma, entropy_coef)
-    advantage = soft - per_layer_baseline(soft, rollout.t, decision, num_layers)
+    group, groups = rollout.t, num_layers
+    if rollout.price is not None:
+        values, price_index = torch.unique(rollout.price, return_inverse=True)
+        group, groups = price_index * num_layers + rollout.t, num_layers * len(values)
+    advantage = soft - per_layer_baseline(soft, group, decision, groups)
     num_episodes = (rollout.done & rollout.counted).sum().clamp(min=1)
     pg_loss = -(log_prob * advantage.detach() * decision).sum() / num_episodes
     entropy_per_episode = entropy.sum() / num_episodes
@@ -243,11 +272,16 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
     rl = cfg.rl
     T = predictor.num_layers
     env = make_rl_env(ctx, stream=30_000, num_envs=rl.reinforce_num_envs)
-    policy = make_policy(cfg, predictor, seed=cfg.seed + 1)
+    grid = ctx.prices
+    policy = make_policy(cfg, predictor, seed=cfg.seed + 1, price_input=grid is not None)
     optimizer = torch.optim.Adam(policy.parameters(), lr=rl.lr)
     generator = torch.Generator(device=env.device)
     generator.manual_seed(40_000 + ctx.seed)
-    validator = Validator(ctx, policy, "reinforce")
+    if grid is not None:
+        policy.set_price(ctx.cost, ctx.price_unit)
+        validator: Validator = PriceGridValidator(ctx, policy, "reinforce")
+    else:
+        validator = Validator(ctx, policy, "reinforce")
     w = validator.writer
     validator(policy, 0, 0)
 
@@ -265,8 +299,9 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
         # Re-run the policy on the window with gradients; every step of a counted episode is
         # one of its decisions (the env asks none at layer T).
         K, N = rollout.t.shape
+        price = None if rollout.price is None else rollout.price.reshape(-1)
         logits = policy(
-            rollout.features.reshape(K * N, *env.feature_shape), rollout.t.reshape(-1)
+            rollout.features.reshape(K * N, *env.feature_shape), rollout.t.reshape(-1), price
         ).reshape(K, N)
         terms = policy_gradient_loss(
             logits, rollout, rl.gamma, rl.entropy_coef, T, rl.reinforce_scale_free
@@ -306,10 +341,11 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
         episodes=env.episodes_done,
         stopped_by="compare.layer_budget",
         anneal_multiple=multiple,
+        **({} if grid is None else {"prices": list(grid), "price_unit": ctx.price_unit}),
     )
 
 
-@register_learner("reinforce", "REINFORCE")
+@register_learner("reinforce", "REINFORCE", one_policy=True)
 def reinforce_learner(ctx: LearnerContext) -> LearnerResult:
     """REINFORCE with the exact max-entropy gradient and a per-layer baseline."""
     return train_reinforce(ctx)

@@ -44,11 +44,12 @@ def experiment_plan(cfg: ExperimentConfig, mode: Mode) -> tuple[list[Trial], flo
     learners = cfg.frontier.learners or cfg.compare.learners
     one: list[str] = []
     if cfg.frontier.one_policy:
-        one = [n for n in learners if registry.LEARNER_KINDS.get(n) == "imitation"]
+        one = [n for n in learners if n in registry.ONE_POLICY_LEARNERS]
         if not one:
             raise ConfigError(
-                "frontier.one_policy (--one-policy): no imitation learner among the frontier's "
-                f"learners {learners}; add reverse_kl or forward_kl to frontier.learners"
+                "frontier.one_policy (--one-policy): none of the frontier's learners "
+                f"{learners} can train one price-conditioned policy; add one that can to "
+                f"frontier.learners: {', '.join(sorted(registry.ONE_POLICY_LEARNERS))}"
             )
     plan = make_plan(cfg.run_seeds, learners, costs, cfg.frontier.cost_scale, one)
     return plan, min(costs)

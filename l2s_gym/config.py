@@ -445,14 +445,17 @@ class FrontierConfig:
     mean_i min_t l_{i,t}) / (T - 1)``), so that a grid means the same on any task or
     predictor: at 1, a layer costs what an average layer earns under the oracle."""
     one_policy: bool = False
-    """``l2s frontier --one-policy``: after the per-price trials, train each imitation
-    learner of ``learners`` once more, as one price-conditioned policy for every price of
-    ``costs`` (``StopPolicy(price_input=True)``; each instance of a batch at a price drawn
-    from the grid), and draw its curve next to the per-price ones. It only adds trials: a
-    run may be resumed with or without it."""
+    """``l2s frontier --one-policy``: after the per-price trials, train each learner of
+    ``learners`` that can (``l2s_gym.registry.ONE_POLICY_LEARNERS``: the imitation learners
+    and ``reinforce``) once more, as one price-conditioned policy for every price of
+    ``costs`` (``StopPolicy(price_input=True)``; imitation: each instance of a batch at a
+    price drawn from the grid; ``reinforce``: each episode at a price drawn from the grid,
+    shown in its observation), and draw its curve next to the per-price ones. It only adds
+    trials: a run may be resumed with or without it."""
     one_policy_steps: int | None = None
     """``imitation.steps`` of the price-conditioned trial (``None``: ``imitation.steps``,
-    what each per-price trial runs). With fresh batches the layer budget still caps it."""
+    what each per-price trial runs). With fresh batches the layer budget still caps it.
+    An RL learner's one-policy trial runs on ``compare.layer_budget``, as a per-price one."""
     one_policy_draws: int = 1
     """Prices per instance per step of the price-conditioned trial, drawn from the grid
     without replacement (1: one price per instance, a step costs a per-price step; the

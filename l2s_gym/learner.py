@@ -113,7 +113,9 @@ def make_rl_env(ctx: LearnerContext, stream: int, num_envs: int = 0) -> BatchedS
     (0: ``ctx.cfg.rl.num_envs``).
 
     ``stream`` picks the task's random stream (see ``Task.stream_seed``), apart from the
-    streams of the validation and test sets and of the other learners.
+    streams of the validation and test sets and of the other learners. With ``ctx.prices``
+    (a price-conditioned policy) each episode draws its price from that grid and the
+    observation shows it (``BatchedStopEnv``'s ``prices``); else every episode pays ``ctx.cost``.
     """
     rl = ctx.cfg.rl
     return BatchedStopEnv(
@@ -122,8 +124,9 @@ def make_rl_env(ctx: LearnerContext, stream: int, num_envs: int = 0) -> BatchedS
         num_envs or rl.num_envs,
         beta=ctx.cfg.beta,
         reward=rl.reward,
-        cost=ctx.cost,
+        cost=ctx.cost if ctx.prices is None else 0.0,
         seed=ctx.task.stream_seed(stream + ctx.seed),
+        prices=ctx.prices,
     )
 
 

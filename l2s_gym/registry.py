@@ -49,6 +49,10 @@ LEARNERS: dict[str, Callable[..., Any]] = {}
 LEARNER_LABELS: dict[str, str] = {}
 LEARNER_KINDS: dict[str, str] = {}
 """Learner name -> ``"imitation"`` (fits the oracle exactly) or ``"rl"`` (sampled episodes)."""
+ONE_POLICY_LEARNERS: set[str] = set()
+"""Learners that can train one price-conditioned policy for every price of a grid
+(``LearnerContext.prices``; ``l2s frontier --one-policy``): ``register_learner``'s
+``one_policy``."""
 BASELINES: dict[str, list[Callable[[Any, int], list[tuple[str, Any]]]]] = {}
 """Task name -> functions ``(task, num_layers) -> [(label, untrained predictor), ...]``:
 classical methods reported at full depth beside the learned ones (e.g. ISTA, FISTA)."""
@@ -160,15 +164,21 @@ def register_predictor(
 
 
 def register_learner(
-    name: str, label: str, kind: str = "rl"
+    name: str, label: str, kind: str = "rl", one_policy: bool | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a stop-policy learner ``fn(ctx) -> LearnerResult`` shown as ``label``.
 
     ``kind``: ``"imitation"`` or ``"rl"``; the fair-study tables compare each learner
-    against the best RL learner. Registering a name twice follows the module's rule.
+    against the best RL learner. ``one_policy``: the learner can train one price-conditioned
+    policy over a grid of prices (given ``ctx.prices`` it builds ``make_policy(...,
+    price_input=True)``, trains it at every price of the grid and validates it with
+    ``PriceGridValidator``), so ``l2s frontier --one-policy`` gives it a one-policy trial;
+    ``None`` (the default): imitation learners can, RL learners cannot. Registering a name
+    twice follows the module's rule.
     """
     if kind not in ("imitation", "rl"):
         raise ValueError(f"learner kind must be 'imitation' or 'rl', got {kind!r}")
+    can_one_policy = kind == "imitation" if one_policy is None else bool(one_policy)
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         _remember(fn)
@@ -177,6 +187,10 @@ def register_learner(
         LEARNERS[name] = fn
         LEARNER_LABELS[name] = label
         LEARNER_KINDS[name] = kind
+        if can_one_policy:
+            ONE_POLICY_LEARNERS.add(name)
+        else:
+            ONE_POLICY_LEARNERS.discard(name)
         return fn
 
     return deco

@@ -340,10 +340,10 @@ def _run_stage2(
     plugins.load_plugins()
     if trial.learner not in registry.LEARNERS:
         raise ConfigError(f"unknown learner {trial.learner!r}")
-    if trial.one_policy and registry.LEARNER_KINDS.get(trial.learner) != "imitation":
+    if trial.one_policy and trial.learner not in registry.ONE_POLICY_LEARNERS:
         raise ConfigError(
-            f"--one-policy: {trial.learner!r} is not an imitation learner (one price-conditioned "
-            "policy is trained by reverse_kl, forward_kl and other imitation learners only)"
+            f"--one-policy: {trial.learner!r} cannot train one price-conditioned policy; "
+            f"the learners that can: {', '.join(sorted(registry.ONE_POLICY_LEARNERS))}"
         )
     device = resolve_device(cfg.device)
     task, predictor = load_stop_model(run_dir, cfg, trial.seed, device)
