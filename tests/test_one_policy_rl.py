@@ -242,3 +242,20 @@ def test_a_learner_that_cannot_is_refused_naming_those_that_can(tmp_path: Path) 
     with pytest.raises(ConfigError, match="'ppo' cannot train one price-conditioned") as err:
         _run_stage2(trial, tmp_path, tmp_path, from_dict(data), False)
     assert "reinforce" in str(err.value)
+
+
+def test_make_env_takes_prices_in_the_cost_unit(tmp_path: Path) -> None:
+    from conftest import TOY_CONFIG, write_config
+
+    from l2s_gym import make_env
+
+    config = write_config(tmp_path, TOY_CONFIG, "toy.yaml")
+    env = make_env(config, prices=[0, 1, 3], num_envs=8, api="batched", verbose=False)
+    gain = env.calibration.gain_per_layer
+    assert torch.allclose(env.prices, torch.tensor([0.0, gain, 3 * gain]))
+    obs = env.reset()
+    assert torch.equal(obs_price(obs, env.feature_shape), env.row_prices)
+    loss_unit = make_env(config, prices=[0.5], cost_unit="loss", api="batched", verbose=False)
+    assert loss_unit.prices.tolist() == [0.5]
+    with pytest.raises(ValueError, match="give one of them"):
+        make_env(config, cost=0.1, prices=[0.5], api="batched", verbose=False)

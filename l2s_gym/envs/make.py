@@ -30,6 +30,7 @@ episode. ``env.calibration`` (also ``envs.calibration`` on every API) holds the 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import torch
 
 from l2s_gym.build import make_predictor, make_task, resolve_device
 from l2s_gym.config import ExperimentConfig, load_config
-from l2s_gym.envs.batched import BatchedStopEnv
+from l2s_gym.envs.batched import BatchedStopEnv, _check_prices
 from l2s_gym.predictor import LayeredPredictor
 from l2s_gym.stopping import cost_adjusted_losses, cumulative_costs, gain_per_layer
 from l2s_gym.task import Task
@@ -154,6 +155,7 @@ def make_env(
     source: str | Path | ExperimentConfig,
     *,
     cost: float = 0.0,
+    prices: Sequence[float] | None = None,
     num_envs: int | None = None,
     api: str = "gymnasium",
     device: str = "config",
@@ -181,7 +183,9 @@ def make_env(
     seed (its stage-1 predictor) and seeds the instance stream. ``device="config"``: the
     config's device (``auto`` picks CUDA when present). Other ``kwargs`` go to the
     Gymnasium env class (``render_mode``, ``policy``, ``autoreset_mode``).
-    ``verbose``: print the calibration line to stderr.
+    ``verbose``: print the calibration line to stderr. ``prices``: instead of ``cost``, a
+    grid of prices in the same unit (``cost_unit``); each episode draws its own from it and
+    the observation shows it in loss units (``BatchedStopEnv``'s ``prices``).
     """
     if api not in APIS:
         raise ValueError(f"make_env: api must be one of {', '.join(APIS)}; got {api!r}")
@@ -194,7 +198,10 @@ def make_env(
     if verbose:
         print(cal.line(), file=sys.stderr)
     stream = seed if env_seed is None else int(env_seed)
-    common = {"beta": beta_value, "reward": reward, "cost": cal.cost, "seed": stream}
+    common: dict[str, Any] = {"beta": beta_value, "reward": reward, "cost": cal.cost, "seed": stream}  # fmt: skip
+    if prices is not None:
+        unit = cal.gain_per_layer if cost_unit == "gain" else 1.0
+        common["prices"] = [p * unit for p in _check_prices(prices, cost)]
     if api == "gymnasium":
         from l2s_gym.envs.stop_env import StopEnv, StopVectorEnv
 
