@@ -35,6 +35,12 @@ layer evaluations. The best checkpoint (of the StopPolicy copy) is restored and 
 TensorBoard: SB3's own tags (``train/...``, ``rollout/ep_rew_mean``, x axis: timesteps)
 and the shared validation tags (x axis: updates) land in the same run folder.
 
+One policy for every price (``ctx.prices``, ``l2s frontier --one-policy``; PPO only): the
+env draws each episode's price from the grid and shows it (``[features, lambda, t]``),
+the features extractor appends ``price_code(lambda, price_unit)`` after the position
+encoding, as a ``StopPolicy(price_input=True)`` does, so the copy is a price-conditioned
+StopPolicy, validated over the grid (``PriceGridValidator``).
+
 stable-baselines3 is imported inside the functions: importing ``l2s_gym.agents`` stays fast.
 """
 
@@ -47,9 +53,15 @@ from torch import Tensor, nn
 
 from l2s_gym.build import make_policy
 from l2s_gym.config import SB3_SCHEDULES, sb3_arguments
-from l2s_gym.envs.batched import make_obs, split_obs
-from l2s_gym.learner import LearnerContext, LearnerResult, Validator, make_rl_env
-from l2s_gym.policy import StopPolicy, position_encoding
+from l2s_gym.envs.batched import make_obs, obs_price, split_obs
+from l2s_gym.learner import (
+    LearnerContext,
+    LearnerResult,
+    PriceGridValidator,
+    Validator,
+    make_rl_env,
+)
+from l2s_gym.policy import StopPolicy, position_encoding, price_code
 from l2s_gym.progress import notify
 from l2s_gym.registry import register_learner
 
@@ -74,6 +86,8 @@ def stop_features_extractor_class() -> type:
             num_layers: ``T``.
             pos_dim: ``cfg.policy.pos_dim``.
             encoder: the predictor's ``policy_encoder()`` (``None``: flatten).
+            price_unit: a price-conditioned actor's (the observation shows ``lambda``;
+                ``price_code(lambda, price_unit)`` is one more input); ``None``: none.
         """
 
         def __init__(
@@ -83,11 +97,15 @@ def stop_features_extractor_class() -> type:
             num_layers: int,
             pos_dim: int,
             encoder: nn.Module | None = None,
+            price_unit: float | None = None,
         ) -> None:
             encoder = encoder if encoder is not None else nn.Flatten(start_dim=1)
             with torch.no_grad():
                 enc_dim = int(encoder(torch.zeros(2, *feature_shape)).shape[-1])
-            super().__init__(observation_space, enc_dim + 1 + 2 * max(pos_dim // 2, 1))
+            # The width of the price code, whatever form ``price_code`` gives it.
+            priced = 0 if price_unit is None else price_code(torch.zeros(2), 1.0).reshape(2, -1).shape[1]  # fmt: skip
+            super().__init__(observation_space, enc_dim + 1 + 2 * max(pos_dim // 2, 1) + priced)
+            self.price_unit = price_unit
             self.encoder = encoder
             self.feature_shape = tuple(feature_shape)
             self.num_layers = int(num_layers)
@@ -97,7 +115,13 @@ def stop_features_extractor_class() -> type:
             features, t = split_obs(obs, self.feature_shape)
             z = self.encoder(features)
             pos = position_encoding(t, self.num_layers, self.pos_dim).to(z.dtype)
-            return torch.cat([z, pos], dim=-1)
+            if self.price_unit is None:
+                return torch.cat([z, pos], dim=-1)
+            price = obs_price(obs, self.feature_shape)
+            if price is None:
+                raise ValueError("a price-conditioned actor needs an env that shows the price")
+            code = price_code(price, self.price_unit).to(z.dtype).reshape(len(price), -1)
+            return torch.cat([z, pos, code], dim=-1)
 
     return StopFeaturesExtractor
 
@@ -191,6 +215,7 @@ def make_model(
             "num_layers": predictor.num_layers,
             "pos_dim": cfg.policy.pos_dim,
             "encoder": predictor.policy_encoder(),
+            "price_unit": None if ctx.prices is None else ctx.price_unit,
         },
         "net_arch": {"pi": width, "vf": width},
         "activation_fn": nn.Tanh,
@@ -233,8 +258,11 @@ def train_sb3(ctx: LearnerContext, algorithm: Algorithm) -> LearnerResult:
     model = make_model(algorithm, ctx, venv, seed=cfg.seed + 1)
     # SB3 seeded the env with its own seed; give it a stream apart from the task's eval sets.
     venv.seed(task.stream_seed(offset + ctx.seed))
-    stop_policy = make_policy(cfg, predictor)
-    validator = Validator(ctx, stop_policy, algorithm)
+    priced = ctx.prices is not None
+    stop_policy = make_policy(cfg, predictor, price_input=priced)
+    if priced:
+        stop_policy.set_price(ctx.cost, ctx.price_unit)
+    validator = (PriceGridValidator if priced else Validator)(ctx, stop_policy, algorithm)
     model.set_logger(configure(str(ctx.run_dir / "tb"), ["tensorboard"]))
     validation = ValidationCallback(
         validator,
@@ -262,10 +290,11 @@ def train_sb3(ctx: LearnerContext, algorithm: Algorithm) -> LearnerResult:
         episodes=env.episodes_done,
         timesteps=model.num_timesteps,
         stopped_by="compare.layer_budget",
+        **({"prices": list(ctx.prices), "price_unit": ctx.price_unit} if priced else {}),
     )
 
 
-@register_learner("ppo", "PPO")
+@register_learner("ppo", "PPO", one_policy=True)
 def ppo_learner(ctx: LearnerContext) -> LearnerResult:
     """stable-baselines3 PPO on the batched env, actor sized like the StopPolicy."""
     return train_sb3(ctx, "ppo")

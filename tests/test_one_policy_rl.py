@@ -203,22 +203,21 @@ def test_reinforce_one_policy_frontier_end_to_end(tmp_path: Path) -> None:
     from l2s_gym.config import from_dict
 
     data = yaml.safe_load(TOY_FRONTIER)
-    data["frontier"] = {"costs": [0, 1], "one_policy": True, "learners": ["reverse_kl", "reinforce"]}  # fmt: skip
+    data["frontier"] = {"costs": [0, 1], "one_policy": True, "learners": ["reverse_kl", "reinforce", "ppo"]}  # fmt: skip
     data["compare"] = {"learners": ["reverse_kl"], "layer_budget": 4000}
-    data["rl"] = {"num_envs": 16, "val_every": 5, "rollout_steps": 4}
+    data["rl"] = {"num_envs": 16, "val_every": 5, "rollout_steps": 4,
+                  "ppo": {"n_steps": 8, "batch_size": 64, "n_epochs": 2}}  # fmt: skip
     cfg = from_dict(data)
-    run_dir, run = run_experiment(cfg, tmp_path, "frontier", progress=False, log=lambda *_: None)
+    run_dir, _ = run_experiment(cfg, tmp_path, "frontier", progress=False, log=lambda *_: None)
     res = json.loads((run_dir / "results.json").read_text())
-    assert {"reinforce", "reinforce (one policy)", "reverse_kl (one policy)"} <= set(
-        res["frontier_summary"]
-    )
+    names = {"reinforce (one policy)", "reverse_kl (one policy)", "ppo (one policy)"}
+    assert names | {"reinforce", "ppo"} <= set(res["frontier_summary"])
     curve = res["frontiers"]["REINFORCE, one price-conditioned policy for every price"]
     assert curve["kind"] == "learned" and curve["cost"] == [0, 1]
     assert "| reinforce (one policy) |" in (run_dir / "results.md").read_text()
-    trial = json.loads((run_dir / "seed-0/reinforce/one-policy/result.json").read_text())
-    assert trial["one_policy"] and len(trial["extra"]["prices"]) == 2
-    statuses = {t["key"]: t["status"] for t in run.trials}
-    assert statuses["seed-0/reinforce/one-policy"] != "failed"
+    for learner in ("reinforce", "ppo"):
+        trial = json.loads((run_dir / f"seed-0/{learner}/one-policy/result.json").read_text())
+        assert trial["one_policy"] and len(trial["extra"]["prices"]) == 2
 
 
 def test_a_learner_that_cannot_is_refused_naming_those_that_can(tmp_path: Path) -> None:
@@ -228,18 +227,18 @@ def test_a_learner_that_cannot_is_refused_naming_those_that_can(tmp_path: Path) 
     from l2s_gym.trials import Trial, _run_stage2
 
     plugins.load_plugins()
-    assert {"reverse_kl", "forward_kl", "reinforce"} <= registry.ONE_POLICY_LEARNERS
-    assert not {"ppo", "a2c", "dqn"} & registry.ONE_POLICY_LEARNERS
+    assert {"reverse_kl", "forward_kl", "reinforce", "ppo"} <= registry.ONE_POLICY_LEARNERS
+    assert not {"a2c", "dqn"} & registry.ONE_POLICY_LEARNERS
     data = {**yaml.safe_load(TOY_FRONTIER), "frontier": {"costs": [0, 1], "one_policy": True}}
-    data["frontier"]["learners"] = ["ppo"]
+    data["frontier"]["learners"] = ["a2c"]
     with pytest.raises(ConfigError, match="can train one price-conditioned policy") as err:
         experiment_plan(from_dict(data), "frontier")
     assert "reinforce" in str(err.value) and "reverse_kl" in str(err.value)
-    data["frontier"]["learners"] = ["ppo", "reinforce"]
+    data["frontier"]["learners"] = ["a2c", "reinforce"]
     plan, _ = experiment_plan(from_dict(data), "frontier")
     assert [t.learner for t in plan if t.one_policy] == ["reinforce"]
-    trial = Trial("stage2", 0, "ppo", 0.0, "gain", one_policy=True)
-    with pytest.raises(ConfigError, match="'ppo' cannot train one price-conditioned") as err:
+    trial = Trial("stage2", 0, "a2c", 0.0, "gain", one_policy=True)
+    with pytest.raises(ConfigError, match="'a2c' cannot train one price-conditioned") as err:
         _run_stage2(trial, tmp_path, tmp_path, from_dict(data), False)
     assert "reinforce" in str(err.value)
 
@@ -259,3 +258,40 @@ def test_make_env_takes_prices_in_the_cost_unit(tmp_path: Path) -> None:
     assert loss_unit.prices.tolist() == [0.5]
     with pytest.raises(ValueError, match="give one of them"):
         make_env(config, cost=0.1, prices=[0.5], api="batched", verbose=False)
+
+
+def test_price_conditioned_ppo_actor_copies_into_a_price_conditioned_stop_policy(
+    tmp_path: Path,
+) -> None:
+    """The features extractor appends the observation's price code as the StopPolicy does,
+    so the copied policy has the SB3 actor's stop logits at every row's price."""
+    from dataclasses import replace
+
+    from conftest import TOY_RL
+
+    from l2s_gym.agents.sb3_agents import copy_actor_to_stop_policy, make_model
+    from l2s_gym.build import make_policy, make_predictor, make_task
+    from l2s_gym.config import from_dict
+    from l2s_gym.envs.batched import make_obs
+    from l2s_gym.envs.sb3_vec import StopVecEnv
+    from l2s_gym.learner import LearnerContext
+
+    cfg = from_dict(yaml.safe_load(TOY_RL))
+    task = make_task(cfg.task, cfg.seed, "cpu")
+    predictor = make_predictor(cfg.predictor, task, seed=0).requires_grad_(False)
+    val = predictor.trace_eval(task.eval_set("val"), task)
+    ctx = LearnerContext(cfg, task, predictor, val, tmp_path, progress=False)
+    ctx = replace(ctx, prices=[0.0, 0.02, 0.2], price_unit=0.02)
+    env = BatchedStopEnv(predictor, task, 8, beta=cfg.beta, prices=ctx.prices)
+    model = make_model("ppo", ctx, StopVecEnv(env), seed=0)
+    with torch.no_grad():
+        for p in model.policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    policy = make_policy(cfg, predictor, price_input=True).set_price(0.0, ctx.price_unit)
+    copy_actor_to_stop_policy(model.policy, policy)
+    features, t = val.features[:60, 2], torch.full((60,), 2)
+    lam = torch.tensor(ctx.prices).repeat(20)
+    logits = model.policy.get_distribution(make_obs(features, t, lam)).distribution.logits
+    got = policy(features, t, lam)
+    torch.testing.assert_close(got, logits[:, 1] - logits[:, 0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, policy(features, t, torch.zeros(60)))
