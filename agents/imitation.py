@@ -122,6 +122,17 @@ class TraceSource:
         return self.buffer.features[idx], self.buffer.losses[idx]
 
 
+def _say_if_unfunded(name: str, icfg: ImitationConfig, budget: int, source: TraceSource) -> None:
+    """Say so when the layer budget funds fewer fresh batches than ``imitation.steps``."""
+    funded = icfg.steps if source.buffer is not None else budget // (icfg.batch_size * source.T)
+    if funded < icfg.steps:
+        notify(
+            f"{name}: compare.layer_budget {budget:,} funds {funded:,} of imitation.steps "
+            f"{icfg.steps:,} (fresh batches of {icfg.batch_size} x T = {source.T} layers); "
+            "set imitation.buffer_size or raise the budget"
+        )
+
+
 def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> LearnerResult:
     """Train a StopPolicy to imitate the oracle ``q*`` of the frozen ``ctx.predictor``.
 
@@ -141,21 +152,16 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
     if grid is not None:
         policy.set_price(ctx.cost, ctx.price_unit)
         validator: Validator = PriceGridValidator(ctx, policy, f"{direction}_kl")
-        prices = PriceDraws(ctx, grid, icfg.beta_anneal_from, beta)
+        prices = PriceDraws(ctx, grid, icfg.beta_anneal_from, beta, cfg.frontier.one_policy_draws)
     else:
         validator = Validator(ctx, policy, f"{direction}_kl")
     predictor.eval()
     source = TraceSource(ctx, icfg.batch_size, budget)
     multiple = anneal_multiple(ctx, icfg.beta_anneal_from, beta)
-    funded = icfg.steps if source.buffer is not None else budget // (icfg.batch_size * source.T)
-    if funded < icfg.steps:
-        notify(
-            f"imitation ({direction} KL): compare.layer_budget {budget:,} funds {funded:,} of "
-            f"imitation.steps {icfg.steps:,} (fresh batches of {icfg.batch_size} x T = "
-            f"{source.T} layers); set imitation.buffer_size or raise the budget"
-        )
+    name = f"imitation ({direction} KL)"
+    _say_if_unfunded(name, icfg, budget, source)
     validator(policy, 0, source.layer_evals)
-    bar = progress.bar(icfg.steps, f"imitation ({direction} KL)", ctx.progress)
+    bar = progress.bar(icfg.steps, name, ctx.progress)
     w = validator.writer
     # Logged in batches at each validation: a .item() per step would synchronise a GPU.
     pending: list[tuple[int, Tensor, Tensor, Tensor]] = []
@@ -169,12 +175,7 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
             )
             log_q = stop_log_q(policy.trace_logits(features))
         else:
-            draws = cfg.frontier.one_policy_draws
-            if min(draws, len(grid)) > 1:  # each instance at several prices of the grid
-                m = min(draws, len(grid))
-                features, losses = features.repeat_interleave(m, 0), losses.repeat_interleave(m, 0)
-            lam, temperature = prices.draw(len(losses), icfg, beta, step, draws)
-            target = oracle_log_q(prices.adjusted(losses, lam), temperature.unsqueeze(1))
+            features, lam, target = prices.targets(features, losses, icfg, beta, step)
             log_q = stop_log_q(policy.trace_logits(features, lam))
         loss = kl_fn(log_q, target).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -187,19 +188,11 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
         bar.update(1)
         last = step == icfg.steps or not source.can_draw(budget)
         if step % icfg.val_every == 0 or last:
-            check_finite(
-                torch.stack([p[1] for p in pending]).sum(),
-                f"imitation ({direction} KL)",
-                f"step {step}",
-                validator.best_path,
-                validator.writer,
-                bar,
-                module=policy,
-            )
+            total = torch.stack([p[1] for p in pending]).sum()
+            check_finite(total, name, f"step {step}", validator.best_path, w, bar, module=policy)
             for s, kl, ent, depth in pending:
-                w.add_scalar("losses/kl", float(kl), s)
-                w.add_scalar("losses/entropy", float(ent), s)
-                w.add_scalar("charts/expected_depth", float(depth), s)
+                for tag, value in (("losses/kl", kl), ("losses/entropy", ent), ("charts/expected_depth", depth)):  # fmt: skip
+                    w.add_scalar(tag, float(value), s)
                 w.add_scalar("charts/target_beta", target_beta(icfg, beta, s, multiple), s)
             pending.clear()
             metric = validator(policy, step, source.layer_evals)
@@ -213,10 +206,8 @@ def train_imitation(ctx: LearnerContext, direction: Direction = "reverse") -> Le
         stopped_by="imitation.steps" if step == icfg.steps else "compare.layer_budget",
         buffer_instances=source.size,
         anneal_multiple=multiple,
-        **({} if grid is None else {"prices": list(grid), "price_unit": ctx.price_unit,
-                                    "price_draws_per_instance": min(cfg.frontier.one_policy_draws, len(grid)),
-                                    "anneal_multiples": prices.multiples.tolist()}),
-    )  # fmt: skip
+        **({} if grid is None else prices.record()),
+    )
 
 
 class PriceDraws:
@@ -226,12 +217,19 @@ class PriceDraws:
     that price, as a per-price trial at it would)."""
 
     def __init__(
-        self, ctx: LearnerContext, grid: list[float], setting: float | str, beta: float
+        self,
+        ctx: LearnerContext,
+        grid: list[float],
+        setting: float | str,
+        beta: float,
+        per_instance: int = 1,
     ) -> None:
         from dataclasses import replace
 
         self.ctx = ctx
-        self.grid = torch.tensor([float(p) for p in grid], dtype=torch.float32)
+        self.per_instance = min(int(per_instance), len(grid))
+        self.prices = [float(p) for p in grid]
+        self.grid = torch.tensor(self.prices, dtype=torch.float32)
         self.multiples = torch.tensor(
             [anneal_multiple(replace(ctx, cost=float(p)), setting, beta) for p in grid],
             dtype=torch.float64,
@@ -259,6 +257,27 @@ class PriceDraws:
         )
         device = self.cum.device
         return self.grid[idx].to(device), temps[idx].to(device)
+
+    def targets(
+        self, features: Tensor, losses: Tensor, icfg: ImitationConfig, beta: float, step: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(features, lambda, log q*_lambda)`` of a batch at step ``step``: each instance at
+        ``per_instance`` grid prices (its rows repeated that many times), the KL target at
+        each row's price and temperature."""
+        m = self.per_instance
+        if m > 1:  # each instance at several prices of the grid
+            features, losses = features.repeat_interleave(m, 0), losses.repeat_interleave(m, 0)
+        lam, temperature = self.draw(len(losses), icfg, beta, step, m)
+        return features, lam, oracle_log_q(self.adjusted(losses, lam), temperature.unsqueeze(1))
+
+    def record(self) -> dict[str, object]:
+        """What the learner's result records of the grid."""
+        return {
+            "prices": list(self.prices),
+            "price_unit": self.ctx.price_unit,
+            "price_draws_per_instance": self.per_instance,
+            "anneal_multiples": self.multiples.tolist(),
+        }
 
     def adjusted(self, losses: Tensor, lam: Tensor) -> Tensor:
         """``l_t + lambda_i C_t`` per instance ``i``."""
