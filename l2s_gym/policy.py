@@ -22,13 +22,32 @@ def position_encoding(t: Tensor, num_layers: int, dim: int) -> Tensor:
     return enc
 
 
+PRICE_CENTRES = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0)
+"""Where the price code's bumps sit, in ``s = log10(lambda / unit + 0.01)``: the default
+grid's ``lambda / unit`` = 0, 0.03, 0.1, 0.3, 1, 3, 10 lands at ``s`` = -2, -1.4, -0.96,
+-0.51, 0.00, 0.48, 1.00, about one bump each."""
+PRICE_WIDTH = 0.5
+"""The bumps' width (standard deviation) in ``s``: neighbouring grid prices share some."""
+PRICE_CODE_DIM = 1 + len(PRICE_CENTRES)
+"""The width of ``price_code``: the inputs a price-conditioned policy adds."""
+
+
 def price_code(price: Tensor | float, unit: Tensor | float) -> Tensor:
-    """A layer price ``lambda`` (loss units) as a price-conditioned policy sees it:
-    ``log(1 + lambda / unit)``, ``unit`` the predictor's average gain per layer on
-    validation (``l2s_gym.stopping.gain_per_layer``). A frontier grid of 0 to 10 gain units
-    maps to 0 to 2.4, and any price, on the grid or off it, has a code."""
+    """A layer price ``lambda`` (loss units) as a price-conditioned policy sees it,
+    ``(..., PRICE_CODE_DIM)``: ``log(1 + lambda / unit)`` (``unit`` the predictor's average
+    gain per layer on validation, ``l2s_gym.stopping.gain_per_layer``: the default grid of
+    0 to 10 gain units maps to 0 to 2.4) and Gaussian bumps ``exp(-(s - c)^2 / (2 w^2))``
+    of ``s = log10(lambda / unit + 0.01)`` at the centres ``PRICE_CENTRES`` (width
+    ``PRICE_WIDTH``). The bumps give each decade of price inputs of its own: with the
+    logarithm alone, the low prices (0, 0.03, 0.1 gain units: codes 0 to 0.1) were hard to
+    tell apart, and the one policy stopped at low prices as it did at high ones
+    (docs/method.md). Any price, on the grid or off it, has a code, smooth in the price."""
     price = torch.as_tensor(price, dtype=torch.float32)
-    return torch.log1p(price.clamp_min(0) / torch.as_tensor(unit, dtype=torch.float32))
+    ratio = price.clamp_min(0) / torch.as_tensor(unit, dtype=torch.float32, device=price.device)
+    s = torch.log10(ratio + 0.01).unsqueeze(-1)
+    centres = torch.tensor(PRICE_CENTRES, dtype=torch.float32, device=s.device)
+    bumps = torch.exp(-0.5 * ((s - centres) / PRICE_WIDTH) ** 2)
+    return torch.cat([torch.log1p(ratio).unsqueeze(-1), bumps], dim=-1)
 
 
 class StopPolicy(nn.Module):
@@ -45,8 +64,8 @@ class StopPolicy(nn.Module):
         depth: number of hidden layers.
         encoder: optional module ``(N, *feature_shape) -> (N, D)``; ``None`` flattens.
         pos_dim: size of the position encoding's sin/cos part.
-        price_input: a price-conditioned policy ``pi_phi(x, x_t, lambda)``: one more input,
-            ``price_code(lambda, price_unit)`` (after the position encoding). Its price is
+        price_input: a price-conditioned policy ``pi_phi(x, x_t, lambda)``: ``PRICE_CODE_DIM``
+            more inputs, ``price_code(lambda, price_unit)`` (after the position encoding). Its price is
             a dial (``set_price``, loss units) that every path reads (``forward``,
             ``layer_logits``, ``chunk_logits``, the folded MLP), or a per-row tensor given
             to ``forward`` / ``trace_logits``. ``price_unit`` is a buffer, saved with the
@@ -72,7 +91,7 @@ class StopPolicy(nn.Module):
         self.encoder = encoder if encoder is not None else nn.Flatten(start_dim=1)
         with torch.no_grad():
             enc_dim = int(self.encoder(torch.zeros(2, *self.feature_shape)).shape[-1])
-        in_dim = enc_dim + 1 + 2 * max(self.pos_dim // 2, 1) + int(self.price_input)
+        in_dim = enc_dim + 1 + 2 * max(self.pos_dim // 2, 1) + (PRICE_CODE_DIM if self.price_input else 0)
         layers: list[nn.Module] = []
         for _ in range(depth):
             layers += [nn.Linear(in_dim, hidden), nn.Tanh()]
@@ -115,12 +134,13 @@ class StopPolicy(nn.Module):
         return self
 
     def _price_column(self, price: Tensor | float | None, n: int, like: Tensor) -> Tensor:
-        """``(n, 1)`` codes of ``price`` (``None``: the dial) for rows shaped like ``like``."""
+        """``(n, PRICE_CODE_DIM)`` codes of ``price`` (``None``: the dial) for rows like ``like``."""
         value = self._price if price is None else price
         code = price_code(
             torch.as_tensor(value, device=like.device), self.price_unit.to(like.device)
         )
-        return code.to(like.dtype).reshape(-1, 1).expand(n, 1)
+        d = code.shape[-1]
+        return code.to(like.dtype).reshape(-1, d).expand(n, d)
 
     def hidden_features(self, features: Tensor, t: Tensor, price: Tensor | None = None) -> Tensor:
         """The last hidden layer for ``features`` ``(N, *feature_shape)`` at layers ``t`` ``(N,)``

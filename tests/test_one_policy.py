@@ -14,7 +14,7 @@ import torch
 import yaml
 from conftest import TOY_FRONTIER, write_config
 
-from l2s_gym.policy import StopPolicy, price_code
+from l2s_gym.policy import PRICE_CENTRES, PRICE_CODE_DIM, PRICE_WIDTH, StopPolicy, price_code
 from l2s_gym.stopping import (
     cost_adjusted_losses,
     cumulative_costs,
@@ -87,7 +87,7 @@ def test_the_price_changes_the_policy_and_every_fast_path_reads_the_dial() -> No
     policy = _policy(True, T).eval()
     policy.set_price(0.0, 0.5)
     with torch.no_grad():
-        policy.body[0].weight[:, -1] = 3.0  # a policy that listens to the price
+        policy.body[0].weight[:, -PRICE_CODE_DIM:] = 3.0  # a policy that listens to the price
     feats = torch.randn(N, T, 3)
     low = policy.trace_logits(feats)
     policy.set_price(2.0)
@@ -102,7 +102,24 @@ def test_the_price_changes_the_policy_and_every_fast_path_reads_the_dial() -> No
         assert torch.allclose(policy.chunk_logits(feats[:, 1:4], 1), high[:, 1:4], atol=1e-5)
         policy.set_price(0.0)  # the folded MLP is rebuilt for the new price
         assert torch.allclose(policy.layer_logits(feats[:, 2], 2), low[:, 2], atol=1e-5)
-    assert float(price_code(2.0, 0.5)) == pytest.approx(math.log(5.0))
+
+
+def test_the_price_code_is_the_log_and_one_bump_per_decade() -> None:
+    """``price_code``: ``log(1 + lambda / unit)`` then the bumps of ``log10(lambda / unit +
+    0.01)``, each price of the default grid nearest its own centre, smooth off the grid."""
+    code = price_code(2.0, 0.5)
+    assert code.shape == (PRICE_CODE_DIM,)
+    assert float(code[0]) == pytest.approx(math.log(5.0))
+    s = math.log10(4.0 + 0.01)
+    for c, bump in zip(PRICE_CENTRES, code[1:].tolist(), strict=True):
+        assert bump == pytest.approx(math.exp(-0.5 * ((s - c) / PRICE_WIDTH) ** 2), rel=1e-5)
+    grid = torch.tensor([0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
+    codes = price_code(grid * 0.7, 0.7)
+    assert codes.shape == (7, PRICE_CODE_DIM)
+    assert codes[:, 1:].argmax(dim=1).tolist() == list(range(7))
+    assert (codes[1:, 1:] - codes[:-1, 1:]).abs().max() < 1  # neighbours share their bumps
+    fine = price_code(torch.cat([torch.zeros(1), torch.logspace(-4, 1.5, 2000)]), 1.0)
+    assert torch.isfinite(fine).all() and (fine[1:] - fine[:-1]).abs().max() < 0.02
 
 
 def test_a_policy_that_is_not_price_conditioned_is_unchanged() -> None:
@@ -113,7 +130,7 @@ def test_a_policy_that_is_not_price_conditioned_is_unchanged() -> None:
     assert plain.body[0].in_features == 3 + 1 + 4
     assert "price_unit" not in plain.state_dict()
     priced = _policy(True)
-    assert priced.body[0].in_features == 3 + 1 + 4 + 1
+    assert priced.body[0].in_features == 3 + 1 + 4 + PRICE_CODE_DIM
     assert "price_unit" in priced.state_dict()
     with pytest.raises(ValueError, match="not price-conditioned"):
         plain.set_price(1.0)
