@@ -38,7 +38,13 @@ import torch
 
 from l2s_gym import plugins, registry
 from l2s_gym.build import make_predictor, make_task, resolve_device
-from l2s_gym.config import ConfigError, ExperimentConfig, from_dict, through_schema
+from l2s_gym.config import (
+    ConfigError,
+    ExperimentConfig,
+    ImitationConfig,
+    from_dict,
+    through_schema,
+)
 from l2s_gym.predictor import Trace
 from l2s_gym.progress import WorkMeter, collect_notes, metering, notify
 from l2s_gym.runs import (
@@ -74,6 +80,11 @@ RUNTIME_KEYS = ("device", "threads", "compare.eval_batch_size", "ray")
 ONE_POLICY_KEYS = ("frontier.one_policy_steps", "frontier.one_policy_draws")
 """Config keys only a price-conditioned (one-policy) trial reads: a per-price trial's
 ``done`` marker leaves them out, so changing them retrains the one policy only."""
+ONE_POLICY_FORMAT = 2
+"""The version of a one-policy trial, in its ``done`` marker: a trial of another version is
+trained again (1: the one-number price code; 2: ``PRICE_CODE_DIM`` inputs, twice the steps
+by default)."""
+_FORMAT_KEY = "_one_policy_format"
 ONE_POLICY_GRID = "frontier.costs"
 """A plan key that a one-policy trial depends on (it trains over the grid): its marker
 records it, so a run resumed with another grid retrains the one policy."""
@@ -242,6 +253,8 @@ def is_done(folder: Path, cfg_dict: dict[str, Any], kind: DigestKind = "stage2")
         return False
     if not isinstance(saved, dict):
         return False
+    if kind == "one_policy" and saved.pop(_FORMAT_KEY, None) != ONE_POLICY_FORMAT:
+        return False
     current = _trial_digest(cfg_dict, kind)
     if _digest_keys(saved, kind) == current:
         return True
@@ -256,6 +269,8 @@ def is_done(folder: Path, cfg_dict: dict[str, Any], kind: DigestKind = "stage2")
 
 def _mark_done(folder: Path, cfg_dict: dict[str, Any], kind: DigestKind) -> None:
     record = {"config": _trial_digest(cfg_dict, kind), "finished": time.time()}
+    if kind == "one_policy":
+        record["config"][_FORMAT_KEY] = ONE_POLICY_FORMAT
     write_json(folder / DONE, record)
 
 
@@ -332,6 +347,21 @@ def _run_stage1(
     return out
 
 
+ONE_POLICY_STEPS = 2
+"""A one-policy trial's default ``imitation.steps``: this many times a per-price trial's."""
+
+
+def one_policy_imitation(cfg: ExperimentConfig) -> ImitationConfig:
+    """The ``imitation`` section of a price-conditioned (one-policy) trial: ``steps`` =
+    ``frontier.one_policy_steps`` (``None``: ``ONE_POLICY_STEPS`` x ``imitation.steps``),
+    and ``val_every`` scaled by as much, so that it validates as often as a per-price trial
+    (each of its validations scores every price of the grid)."""
+    icfg = cfg.imitation
+    steps = cfg.frontier.one_policy_steps or ONE_POLICY_STEPS * icfg.steps
+    every = max(1, round(icfg.val_every * steps / max(1, icfg.steps)))
+    return replace(icfg, steps=steps, val_every=every)
+
+
 def _run_stage2(
     trial: Trial, run_dir: Path, folder: Path, cfg: ExperimentConfig, progress: bool
 ) -> dict[str, Any]:
@@ -356,10 +386,7 @@ def _run_stage2(
     if trial.one_policy:
         prices = [c * unit for c in cfg.frontier.costs]
         lam = min(prices)
-        if cfg.frontier.one_policy_steps is not None:
-            cfg = replace(
-                cfg, imitation=replace(cfg.imitation, steps=cfg.frontier.one_policy_steps)
-            )
+        cfg = replace(cfg, imitation=one_policy_imitation(cfg))
     ctx = LearnerContext(cfg, task, predictor, val, folder, trial.seed, progress, cost=lam,
                          prices=prices, price_unit=gain)  # fmt: skip
     result = registry.LEARNERS[trial.learner](ctx)

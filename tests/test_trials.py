@@ -103,6 +103,11 @@ def test_one_policy_knobs_and_grid_reach_only_the_one_policy_trial(tmp_path) -> 
     assert is_done(per_price, knob, "stage2") and is_done(per_price, grid, "stage2")
     assert not is_done(one, knob, "one_policy") and not is_done(one, grid, "one_policy")
     assert is_done(one, toy_dict(seeds=[0, 1]), "one_policy")  # other plan keys: reused
+    # A one-policy trial of an older format (no format in its marker) is trained again.
+    old = json.loads((one / DONE).read_text())
+    del old["config"]["_one_policy_format"]
+    (one / DONE).write_text(json.dumps(old))
+    assert not is_done(one, base, "one_policy")
     # A per-price marker written before the knobs were left out (it records them) is reused.
     record = json.loads((per_price / DONE).read_text())
     record["config"].update({"frontier.one_policy_steps": 5, "frontier.one_policy_draws": 3})
@@ -157,3 +162,20 @@ def test_resume_check_allows_plan_and_runtime_keys_and_names_the_first_differenc
     message = str(err.value)
     assert "differs from the run's at beta" in message
     assert "(run: 0.05, now: 0.25)" in message and str(tmp_path) in message
+
+
+def test_one_policy_trial_trains_twice_the_steps_and_validates_as_often() -> None:
+    """A one-policy trial's ``imitation``: ``ONE_POLICY_STEPS`` x the steps by default (or
+    ``frontier.one_policy_steps``), ``val_every`` scaled by as much (as many validations as a
+    per-price trial, each over the whole grid); nothing else changes."""
+    from dataclasses import replace
+
+    from l2s_gym.trials import ONE_POLICY_STEPS, one_policy_imitation
+
+    cfg = from_dict(toy_dict())
+    cfg = replace(cfg, imitation=replace(cfg.imitation, steps=40, val_every=10))
+    icfg = one_policy_imitation(cfg)
+    assert (icfg.steps, icfg.val_every) == (ONE_POLICY_STEPS * 40, ONE_POLICY_STEPS * 10)
+    assert replace(icfg, steps=40, val_every=10) == cfg.imitation
+    chosen = replace(cfg, frontier=replace(cfg.frontier, one_policy_steps=60))
+    assert (one_policy_imitation(chosen).steps, one_policy_imitation(chosen).val_every) == (60, 15)
