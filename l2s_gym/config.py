@@ -453,8 +453,10 @@ class FrontierConfig:
     shown in its observation), and draw its curve next to the per-price ones. It only adds
     trials: a run may be resumed with or without it."""
     one_policy_steps: int | None = None
-    """``imitation.steps`` of the price-conditioned trial (``None``: ``imitation.steps``,
-    what each per-price trial runs). With fresh batches the layer budget still caps it.
+    """``imitation.steps`` of the price-conditioned trial (``None``: twice
+    ``imitation.steps``, what each per-price trial runs; ``imitation.val_every`` is scaled
+    by as much, so that it validates as often: ``l2s_gym.trials.one_policy_imitation``).
+    With fresh batches the layer budget still caps it.
     An RL learner's one-policy trial runs on ``compare.layer_budget``, as a per-price one."""
     one_policy_draws: int = 1
     """Prices per instance per step of the price-conditioned trial, drawn from the grid
