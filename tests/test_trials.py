@@ -179,3 +179,17 @@ def test_one_policy_trial_trains_twice_the_steps_and_validates_as_often() -> Non
     assert replace(icfg, steps=40, val_every=10) == cfg.imitation
     chosen = replace(cfg, frontier=replace(cfg.frontier, one_policy_steps=60))
     assert (one_policy_imitation(chosen).steps, one_policy_imitation(chosen).val_every) == (60, 15)
+
+
+def test_an_rl_one_policy_trial_gets_twice_the_layer_budget() -> None:
+    """An RL learner's one-policy trial runs on ``ONE_POLICY_STEPS`` x the layer budget (its
+    episodes are spread over the grid); an imitation learner's budget is unchanged."""
+    import l2s_gym.agents  # noqa: F401  (registers the learners)
+    from l2s_gym.trials import ONE_POLICY_STEPS, one_policy_config
+
+    cfg = from_dict(toy_dict())
+    rl = one_policy_config(cfg, "reinforce")
+    assert rl.compare.layer_budget == ONE_POLICY_STEPS * cfg.compare.layer_budget
+    imitation = one_policy_config(cfg, "reverse_kl")
+    assert imitation.compare.layer_budget == cfg.compare.layer_budget
+    assert imitation.imitation.steps == ONE_POLICY_STEPS * cfg.imitation.steps
