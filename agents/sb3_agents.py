@@ -35,7 +35,7 @@ layer evaluations. The best checkpoint (of the StopPolicy copy) is restored and 
 TensorBoard: SB3's own tags (``train/...``, ``rollout/ep_rew_mean``, x axis: timesteps)
 and the shared validation tags (x axis: updates) land in the same run folder.
 
-One policy for every price (``ctx.prices``, ``l2s frontier --one-policy``; PPO only): the
+One policy for every price (``ctx.prices``, ``l2s frontier --one-policy``; PPO and A2C): the
 env draws each episode's price from the grid and shows it (``[features, lambda, t]``),
 the features extractor appends ``price_code(lambda, price_unit)`` after the position
 encoding, as a ``StopPolicy(price_input=True)`` does, so the copy is a price-conditioned
@@ -300,7 +300,7 @@ def ppo_learner(ctx: LearnerContext) -> LearnerResult:
     return train_sb3(ctx, "ppo")
 
 
-@register_learner("a2c", "A2C")
+@register_learner("a2c", "A2C", one_policy=True)
 def a2c_learner(ctx: LearnerContext) -> LearnerResult:
     """stable-baselines3 A2C on the batched env, actor sized like the StopPolicy."""
     return train_sb3(ctx, "a2c")

@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--one-policy",
                 dest="one_policy_run",
                 action="store_true",
-                help="also train each learner that can (the imitation learners, reinforce, ppo) once "
+                help="also train each learner that can (the imitation learners, reinforce, ppo, a2c) once "
                 "as one price-conditioned policy for every price of frontier.costs (sets "
                 "frontier.one_policy); its curve is "
                 "drawn next to the per-price ones, its summary is '<learner> (one policy)'",

@@ -447,9 +447,9 @@ class FrontierConfig:
     one_policy: bool = False
     """``l2s frontier --one-policy``: after the per-price trials, train each learner of
     ``learners`` that can (``l2s_gym.registry.ONE_POLICY_LEARNERS``: the imitation learners,
-    ``reinforce`` and ``ppo``) once more, as one price-conditioned policy for every price of
+    ``reinforce``, ``ppo`` and ``a2c``) once more, as one price-conditioned policy for every price of
     ``costs`` (``StopPolicy(price_input=True)``; imitation: each instance of a batch at a
-    price drawn from the grid; ``reinforce``, ``ppo``: each episode at a price drawn from the grid,
+    price drawn from the grid; ``reinforce``, ``ppo``, ``a2c``: each episode at a price drawn from the grid,
     shown in its observation), and draw its curve next to the per-price ones. It only adds
     trials: a run may be resumed with or without it."""
     one_policy_steps: int | None = None

@@ -203,7 +203,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("command", "extra", "needle"),
     [
-        ("frontier", ["--one-policy", "--set", "frontier.learners=[a2c]"],
+        ("frontier", ["--one-policy", "--set", "frontier.learners=[dqn]"],
          "frontier.one_policy (--one-policy): none of the frontier's learners"),
         ("predict", ["--learner", "reverse_kl", "--one-policy"], "--cost C is needed"),
         ("frontier", ["--one-policy", "--set", "frontier.one_policy_steps=0"],

@@ -203,19 +203,19 @@ def test_reinforce_one_policy_frontier_end_to_end(tmp_path: Path) -> None:
     from l2s_gym.config import from_dict
 
     data = yaml.safe_load(TOY_FRONTIER)
-    data["frontier"] = {"costs": [0, 1], "one_policy": True, "learners": ["reverse_kl", "reinforce", "ppo"]}  # fmt: skip
+    data["frontier"] = {"costs": [0, 1], "one_policy": True, "learners": ["reverse_kl", "reinforce", "ppo", "a2c"]}  # fmt: skip
     data["compare"] = {"learners": ["reverse_kl"], "layer_budget": 4000}
     data["rl"] = {"num_envs": 16, "val_every": 5, "rollout_steps": 4,
                   "ppo": {"n_steps": 8, "batch_size": 64, "n_epochs": 2}}  # fmt: skip
     cfg = from_dict(data)
     run_dir, _ = run_experiment(cfg, tmp_path, "frontier", progress=False, log=lambda *_: None)
     res = json.loads((run_dir / "results.json").read_text())
-    names = {"reinforce (one policy)", "reverse_kl (one policy)", "ppo (one policy)"}
-    assert names | {"reinforce", "ppo"} <= set(res["frontier_summary"])
+    names = {"reinforce (one policy)", "reverse_kl (one policy)", "ppo (one policy)", "a2c (one policy)"}  # fmt: skip
+    assert names | {"reinforce", "ppo", "a2c"} <= set(res["frontier_summary"])
     curve = res["frontiers"]["REINFORCE, one price-conditioned policy for every price"]
     assert curve["kind"] == "learned" and curve["cost"] == [0, 1]
     assert "| reinforce (one policy) |" in (run_dir / "results.md").read_text()
-    for learner in ("reinforce", "ppo"):
+    for learner in ("reinforce", "ppo", "a2c"):
         trial = json.loads((run_dir / f"seed-0/{learner}/one-policy/result.json").read_text())
         assert trial["one_policy"] and len(trial["extra"]["prices"]) == 2
 
@@ -227,18 +227,18 @@ def test_a_learner_that_cannot_is_refused_naming_those_that_can(tmp_path: Path) 
     from l2s_gym.trials import Trial, _run_stage2
 
     plugins.load_plugins()
-    assert {"reverse_kl", "forward_kl", "reinforce", "ppo"} <= registry.ONE_POLICY_LEARNERS
-    assert not {"a2c", "dqn"} & registry.ONE_POLICY_LEARNERS
+    assert {"reverse_kl", "forward_kl", "reinforce", "ppo", "a2c"} <= registry.ONE_POLICY_LEARNERS
+    assert "dqn" not in registry.ONE_POLICY_LEARNERS
     data = {**yaml.safe_load(TOY_FRONTIER), "frontier": {"costs": [0, 1], "one_policy": True}}
-    data["frontier"]["learners"] = ["a2c"]
+    data["frontier"]["learners"] = ["dqn"]
     with pytest.raises(ConfigError, match="can train one price-conditioned policy") as err:
         experiment_plan(from_dict(data), "frontier")
     assert "reinforce" in str(err.value) and "reverse_kl" in str(err.value)
-    data["frontier"]["learners"] = ["a2c", "reinforce"]
+    data["frontier"]["learners"] = ["dqn", "reinforce"]
     plan, _ = experiment_plan(from_dict(data), "frontier")
     assert [t.learner for t in plan if t.one_policy] == ["reinforce"]
-    trial = Trial("stage2", 0, "a2c", 0.0, "gain", one_policy=True)
-    with pytest.raises(ConfigError, match="'a2c' cannot train one price-conditioned") as err:
+    trial = Trial("stage2", 0, "dqn", 0.0, "gain", one_policy=True)
+    with pytest.raises(ConfigError, match="'dqn' cannot train one price-conditioned") as err:
         _run_stage2(trial, tmp_path, tmp_path, from_dict(data), False)
     assert "reinforce" in str(err.value)
 
