@@ -91,7 +91,12 @@ class StopPolicy(nn.Module):
         self.encoder = encoder if encoder is not None else nn.Flatten(start_dim=1)
         with torch.no_grad():
             enc_dim = int(self.encoder(torch.zeros(2, *self.feature_shape)).shape[-1])
-        in_dim = enc_dim + 1 + 2 * max(self.pos_dim // 2, 1) + (PRICE_CODE_DIM if self.price_input else 0)
+        in_dim = (
+            enc_dim
+            + 1
+            + 2 * max(self.pos_dim // 2, 1)
+            + (PRICE_CODE_DIM if self.price_input else 0)
+        )
         layers: list[nn.Module] = []
         for _ in range(depth):
             layers += [nn.Linear(in_dim, hidden), nn.Tanh()]
