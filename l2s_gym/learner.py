@@ -379,21 +379,6 @@ class Validator:
         )
 
 
-@torch.no_grad()
-def _dial_logits(model: StopModel, trace: Trace, chunk_size: int = 4096) -> Tensor:
-    """``stop_logits`` of a ``StopPolicy`` at its dial through its folded MLP
-    (``chunk_logits`` over all ``T`` layers: the same function up to float rounding, about
-    half the time on a CPU, which a validation over every grid price repeats); any other
-    model as ``stop_logits``."""
-    from l2s_gym.policy import StopPolicy
-
-    if not isinstance(model, StopPolicy):
-        return stop_logits(model, trace, chunk_size)
-    feats = trace.features
-    parts = [model.chunk_logits(feats[i : i + chunk_size], 0) for i in range(0, len(trace), chunk_size)]  # fmt: skip
-    return torch.cat(parts)
-
-
 class PriceGridValidator(Validator):
     """The ``Validator`` of a price-conditioned policy (``ctx.prices``): at each price of the
     grid the read-out is chosen on the validation trace (as for a per-price policy), and
@@ -422,7 +407,8 @@ class PriceGridValidator(Validator):
         objectives, rules, first = [], [], None
         for price, oracle in zip(self.prices, self.oracles, strict=True):
             policy.set_price(price)  # type: ignore[operator]
-            logits = _dial_logits(model, trace)
+            # Every grid price at each validation: the folded MLP, about half the time.
+            logits = stop_logits(model, trace, folded=True)
             readout, _ = choose_readout(trace, logits, price, self.cum_costs)
             stop = readout.stop(logits)
             objectives.append(stop_objective(trace, stop, price, self.cum_costs))
