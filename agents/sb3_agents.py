@@ -61,7 +61,7 @@ from l2s_gym.learner import (
     Validator,
     make_rl_env,
 )
-from l2s_gym.policy import StopPolicy, position_encoding, price_code
+from l2s_gym.policy import PRICE_CODE_DIM, StopPolicy, position_encoding, price_code
 from l2s_gym.progress import notify
 from l2s_gym.registry import register_learner
 
@@ -102,8 +102,7 @@ def stop_features_extractor_class() -> type:
             encoder = encoder if encoder is not None else nn.Flatten(start_dim=1)
             with torch.no_grad():
                 enc_dim = int(encoder(torch.zeros(2, *feature_shape)).shape[-1])
-            # The width of the price code, whatever form ``price_code`` gives it.
-            priced = 0 if price_unit is None else price_code(torch.zeros(2), 1.0).reshape(2, -1).shape[1]  # fmt: skip
+            priced = 0 if price_unit is None else PRICE_CODE_DIM
             super().__init__(observation_space, enc_dim + 1 + 2 * max(pos_dim // 2, 1) + priced)
             self.price_unit = price_unit
             self.encoder = encoder
