@@ -423,6 +423,13 @@ def add_predict_parser(sub) -> None:  # noqa: ANN001 - argparse's private subpar
     p.add_argument(
         "--delta", type=float, help="with --risk: 1 - the confidence (default: the task's)"
     )
+    p.add_argument(
+        "--risk-set",
+        action="store_true",
+        help="with --risk: promise the risk of the instances this command serves (their "
+        "share made worse <= EPSILON, over the draw of the validation and of these "
+        "instances) instead of the population risk; stricter, it stops later",
+    )
     p.set_defaults(fn=cmd_predict)
 
 
@@ -444,6 +451,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         retune=args.retune,
         risk=parse_risk(args.risk),
         delta=args.delta,
+        risk_set=args.risk_set,
     )
     print(format_summary(summary))
     return 0

@@ -388,11 +388,13 @@ def calibrated_rule(
     policy_path: Path,
     risk: float | str,
     delta: float | None = None,
+    test_size: int | None = None,
 ) -> RiskCalibration:
     """The risk-calibrated read-out of ``policy`` (``l2s_gym.risk.calibrate_risk``),
     certified on the validation trace of the policy's seed (the one ``seed-<s>/stage1``
     saved, else traced now; ``policy_path`` is ``seed-<s>/<learner>/<folder>/best.pt``) at
-    the task's stated risk, ``epsilon = risk`` unless ``"default"``."""
+    the task's stated risk, ``epsilon = risk`` unless ``"default"``; ``test_size``: the
+    promise is about a set of that many instances (``calibrate_risk``'s)."""
     stated = default_risk(task)
     epsilon = stated.epsilon if risk == "default" else float(risk)
     delta = stated.delta if delta is None else float(delta)
@@ -403,7 +405,8 @@ def calibrated_rule(
         val = load_traces(stage1, predictor.device)["oracle"]["val"]
     else:
         val = predictor.trace_eval(task.eval_set("val"), task)
-    return calibrate_risk(val, stop_logits(policy, val), task, epsilon, delta, loss=stated.loss)
+    logits = stop_logits(policy, val)
+    return calibrate_risk(val, logits, task, epsilon, delta, loss=stated.loss, test_size=test_size)
 
 
 def _run_figures(
@@ -445,6 +448,7 @@ def predict_run(
     retune: bool = False,
     risk: float | str | None = None,
     delta: float | None = None,
+    risk_set: bool = False,
 ) -> dict[str, Any]:
     """Run a run folder's stop model with early exit on the test set (or ``input_file``).
 
@@ -462,7 +466,8 @@ def predict_run(
     ``risk``: read the policy out by the risk-calibrated rule (``calibrated_rule``:
     ``epsilon = risk``, or the task's stated one for ``"default"``; ``delta``, or the
     task's) instead of the rule chosen on validation; the summary's ``risk`` says what it
-    promises.
+    promises. ``risk_set``: the promise is about the instances this call serves (their
+    empirical risk, ``calibrate_risk(..., test_size=<their number>)``), not the population.
 
     ``out`` (``FILE.pt``): the tensors ``predictions``, ``stop`` (0-based) and ``layers``
     (1-based), and the summary as ``FILE.json``. Returns the summary.
@@ -470,15 +475,20 @@ def predict_run(
     task, predictor, policy, rule, info = load_run_stop_model(
         cfg, run_dir, learner, cost, seed, device, one_policy=one_policy
     )
-    if risk is not None:
-        calibration = calibrated_rule(task, predictor, policy, Path(info["policy"]), risk, delta)
-        rule, info = calibration.rule, {**info, "risk": calibration.to_dict()}
+    if risk_set and risk is None:
+        raise ConfigError("--risk-set: needs --risk (the promise it changes)")
     if input_file is not None:
         inputs, test = load_input_file(input_file, task), None
     else:
         test = task.eval_set("test")
         inputs = test.inputs
     n = _batch_size(inputs)
+    if risk is not None:
+        calibration = calibrated_rule(
+            task, predictor, policy, Path(info["policy"]), risk, delta,
+            test_size=(max(n, 1) if risk_set else None),
+        )  # fmt: skip
+        rule, info = calibration.rule, {**info, "risk": calibration.to_dict()}
     size = int(batch_size or cfg.compare.eval_batch_size)
     if size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {size}")

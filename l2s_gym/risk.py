@@ -22,6 +22,17 @@ risks are, so the last rejected (earliest-stopping) setting has risk ``<= epsilo
 probability ``>= 1 - delta``. Where not even the first grid point is rejected, the
 read-out falls back to full depth (``FULL_DEPTH_RULE``: risk 0 by definition).
 
+With ``test_size=m`` the promise is about a set of ``m`` fresh instances instead: with
+probability at least ``1 - delta`` over the draw of the calibration instances *and* of the
+``m`` test instances, the test set's own empirical risk (its share of instances made worse,
+for a 0/1 loss) is at most ``epsilon``. Half of ``delta`` goes to the test set's sampling:
+``fresh_set_level`` gives the largest population risk ``epsilon'`` at which a set of ``m``
+exceeds ``epsilon`` with probability ``<= delta / 2`` (the exact binomial tail for a 0/1
+loss, Hoeffding-Bentkus for a loss in ``[0, 1]``), and Learn then Test certifies
+``R <= epsilon'`` at ``delta / 2``. A union bound gives the rest: the test set is
+independent of the calibration set, so given the chosen rule its risk's tail is that of a
+set of ``m`` at population risk ``R <= epsilon'``.
+
 The result is an ordinary ``ReadoutRule`` (the runner, the checkpoints and the reports
 already handle it) plus its certificate (``RiskCalibration``).
 """
@@ -270,6 +281,39 @@ def hoeffding_bentkus_p_value(risk: float, n: int, epsilon: float) -> float:
     return min(hoeffding_p_value(risk, n, epsilon), bentkus_p_value(risk, n, epsilon))
 
 
+def fresh_set_tail(risk: float, m: int, epsilon: float, binary: bool) -> float:
+    """A bound on ``P(mean of m fresh losses > epsilon)`` where each loss has mean ``risk``:
+    exact for 0/1 losses (``P(Bin(m, risk) > floor(m epsilon))``), else Hoeffding-Bentkus
+    for losses in ``[0, 1]`` (``min(exp(-m h1(epsilon, risk)), e P(Bin(m, risk) >=
+    floor(m epsilon)))``, for ``risk < epsilon``)."""
+    if m <= 0:
+        raise ValueError(f"test_size must be a whole number >= 1, got {m!r}")
+    k = math.floor(m * epsilon + 1e-9)
+    if binary:
+        return 1.0 - binomial_cdf(k, m, risk)
+    if risk >= epsilon:
+        return 1.0
+    hoeffding = math.exp(-m * _kl_bernoulli(epsilon, risk)) if risk > 0 else 0.0
+    return min(1.0, hoeffding, math.e * (1.0 - binomial_cdf(k - 1, m, risk)))
+
+
+def fresh_set_level(epsilon: float, m: int, delta: float, binary: bool = True) -> float:
+    """The largest population risk ``r <= epsilon`` at which a set of ``m`` fresh instances'
+    empirical risk exceeds ``epsilon`` with probability at most ``delta``
+    (``fresh_set_tail(r, m, epsilon, binary) <= delta``; bisection, rounded down to 1e-6)."""
+    _check_levels(epsilon, delta)
+    lo, hi = 0.0, epsilon
+    if fresh_set_tail(lo, m, epsilon, binary) > delta:
+        return 0.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if fresh_set_tail(mid, m, epsilon, binary) <= delta:
+            lo = mid
+        else:
+            hi = mid
+    return math.floor(lo * 1e6) / 1e6
+
+
 def p_value(losses: Tensor, epsilon: float, method: Method = "hoeffding_bentkus") -> float:
     """A valid p-value of ``H0: E[loss] > epsilon`` from i.i.d. ``losses`` in ``[0, 1]``.
 
@@ -380,6 +424,12 @@ class RiskCalibration:
     grid: list[dict[str, Any]] = field(default_factory=list)
     """Every grid point: ``rule``, ``label``, ``val_risk``, ``p_value`` (``None``: never
     tested), ``avg_layers``, ``certified``."""
+    test_size: int | None = None
+    """``None``: the promise is about the population risk. ``m``: about the empirical risk
+    of a set of ``m`` fresh instances (``calibrate_risk(..., test_size=m)``)."""
+    level: float | None = None
+    """The population risk level Learn then Test certified, at ``delta / 2``, for a
+    ``test_size`` promise (``fresh_set_level``); ``None`` otherwise (it is ``epsilon``)."""
 
     @property
     def label(self) -> str:
@@ -389,10 +439,25 @@ class RiskCalibration:
     def promise(self) -> str:
         """The guarantee in one sentence."""
         what = f"{self.rule.label}" + (" (fallback: nothing earlier certified)" if self.fallback else "")  # fmt: skip
+        if self.test_size is None:
+            claim = (
+                f"over the draw of the {self.n} calibration instances, its risk "
+                f"({self.risk_definition}) on fresh instances from the same distribution"
+            )
+        else:
+            claim = (
+                f"over the draw of the {self.n} calibration instances and of a set of "
+                f"{self.test_size} fresh instances from the same distribution, that set's "
+                f"risk ({self.risk_definition})"
+            )
+        level = (
+            ""
+            if self.level is None
+            else f" (population risk <= {self.level:.4g} certified at delta/2)"
+        )
         return (
-            f"{what}: with probability >= {1 - self.delta:g} over the draw of the {self.n} "
-            f"calibration instances, its risk ({self.risk_definition}) on fresh instances "
-            f"from the same distribution is <= {self.epsilon:g}; on calibration: risk "
+            f"{what}: with probability >= {1 - self.delta:g} {claim} is <= "
+            f"{self.epsilon:g}{level}; on calibration: risk "
             f"{self.val_risk:.4g}, p-value "
             f"{'-' if self.p_value is None else f'{self.p_value:.3g}'}, "
             f"{self.val_avg_layers:.3g} of {self.num_layers} layers on average"
@@ -413,6 +478,8 @@ class RiskCalibration:
             "val_avg_layers": self.val_avg_layers,
             "fallback": self.fallback,
             "grid": [dict(g) for g in self.grid],
+            "test_size": self.test_size,
+            "level": self.level,
         }
 
     @staticmethod
@@ -432,6 +499,8 @@ class RiskCalibration:
             val_avg_layers=float(data["val_avg_layers"]),
             fallback=bool(data["fallback"]),
             grid=[dict(g) for g in data.get("grid", [])],
+            test_size=None if data.get("test_size") is None else int(data["test_size"]),
+            level=None if data.get("level") is None else float(data["level"]),
         )
 
 
@@ -449,6 +518,7 @@ def calibrate_risk(
     grid: Sequence[ReadoutRule] | Literal["quantile", "threshold"] = "quantile",
     loss: QualityLoss | None = None,
     method: Method = "auto",
+    test_size: int | None = None,
 ) -> RiskCalibration:
     """The earliest-stopping read-out of ``grid`` certified by Learn then Test.
 
@@ -465,6 +535,10 @@ def calibrate_risk(
             one (``default_risk``).
         method: the p-value: ``auto`` (binomial for an indicator loss, Hoeffding-Bentkus
             else), ``binomial`` or ``hoeffding_bentkus``.
+        test_size: ``None``: the promise is about the population risk. ``m``: about the
+            empirical risk of a set of ``m`` fresh instances (the set you will run):
+            Learn then Test certifies the population level ``fresh_set_level(epsilon, m,
+            delta / 2)`` at ``delta / 2``, and the set's sampling takes the other half.
 
     Returns:
         A ``RiskCalibration``; where no grid point is certified (or the calibration set is
@@ -480,7 +554,7 @@ def calibrate_risk(
     stops = [r.stop(logits) for r in rules]
     columns = [loss.losses(task, val_trace, s) for s in stops]
     matrix = torch.stack(columns, dim=1) if columns else torch.zeros(n, 0, dtype=torch.float64)
-    result = learn_then_test(matrix, epsilon, delta, method)
+    result, level = _certify(matrix, epsilon, delta, method, test_size, loss.binary)
     table = [
         {
             "rule": r.to_dict(),
@@ -495,7 +569,7 @@ def calibrate_risk(
     common = {
         "epsilon": epsilon, "delta": delta, "loss": loss, "method": method, "n": n,
         "num_layers": T, "grid": table,
-        "risk_definition": definition,
+        "risk_definition": definition, "test_size": test_size, "level": level,
     }  # fmt: skip
     j = result.index
     if j is None:
@@ -505,6 +579,28 @@ def calibrate_risk(
         chosen = {"rule": rules[j], "val_risk": result.risks[j], "p_value": result.p_values[j],
                   "val_avg_layers": table[j]["avg_layers"], "fallback": False}  # fmt: skip
     return RiskCalibration(**chosen, **common)  # type: ignore[arg-type]
+
+
+def _certify(
+    matrix: Tensor,
+    epsilon: float,
+    delta: float,
+    method: Method,
+    test_size: int | None,
+    binary: bool,
+) -> tuple[LTTResult, float | None]:
+    """Learn then Test for the population promise (``test_size=None``: at ``epsilon``,
+    ``delta``), or for a set of ``test_size`` (at ``fresh_set_level``, ``delta / 2``);
+    the population level certified (``None`` for the first)."""
+    if test_size is None:
+        return learn_then_test(matrix, epsilon, delta, method), None
+    if isinstance(test_size, bool) or not isinstance(test_size, int) or test_size < 1:
+        raise ValueError(f"test_size must be a whole number >= 1, got {test_size!r}")
+    level = fresh_set_level(epsilon, test_size, delta / 2, binary)
+    if level <= 0:  # a set this small can't be promised anything but full depth
+        risks = [float(c.mean()) if c.numel() else math.nan for c in matrix.double().T]
+        return LTTResult(None, risks, [None] * matrix.shape[1]), level
+    return learn_then_test(matrix, level, delta / 2, method), level
 
 
 def _resolve_loss(
@@ -544,4 +640,6 @@ __all__ = [
     "p_value",
     "risk_at",
     "risk_grid",
+    "fresh_set_level",
+    "fresh_set_tail",
 ]

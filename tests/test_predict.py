@@ -326,3 +326,13 @@ def test_predict_with_risk_reads_out_by_the_calibrated_rule(toy_run) -> None:  #
             parse_risk(bad)
     with pytest.raises(ConfigError, match="--delta"):
         predict_run(cfg, run, "reverse_kl", lookahead=1, risk=0.2, delta=1.5)
+    # The promise about the served set: calibrated for that many instances.
+    served = predict_run(cfg, run, "reverse_kl", batch_size=100, lookahead=1, risk=0.2, risk_set=True)  # fmt: skip
+    n = served["instances"]
+    on_set = calibrate_risk(
+        val, stop_logits(policy, val), task, 0.2, stated.delta, loss=stated.loss, test_size=n
+    )
+    assert served["risk"]["test_size"] == n and served["readout"] == on_set.rule.to_dict()
+    assert f"set of {n} fresh instances" in format_summary(served)
+    with pytest.raises(ConfigError, match="--risk-set"):
+        predict_run(cfg, run, "reverse_kl", lookahead=1, risk_set=True)

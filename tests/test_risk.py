@@ -27,6 +27,8 @@ from l2s_gym.risk import (
     p_value,
     risk_at,
     risk_grid,
+    fresh_set_level,
+    fresh_set_tail,
 )
 from l2s_gym.rules import FULL_DEPTH_RULE, ReadoutRule
 
@@ -186,6 +188,83 @@ def test_violation_rate_at_most_delta_for_a_bounded_risk() -> None:
 
     rate = simulated_violation_rate(losses_of, risks, eps, delta, "hoeffding_bentkus", draws, n=500)
     assert rate <= delta + 3 * math.sqrt(delta * (1 - delta) / draws)
+
+
+# --- the promise about a set of m fresh instances ------------------------------------------
+
+
+@pytest.mark.parametrize(("m", "eps", "risk"), [(7, 0.3, 0.1), (20, 0.1, 0.05), (40, 0.25, 0.2)])
+def test_fresh_set_tail_brute_force(m: int, eps: float, risk: float) -> None:
+    """The 0/1 tail is P(more than eps m of m Bernoulli(risk) fail), summed exactly; the
+    bounded-loss tail (Hoeffding-Bentkus) is a valid bound on it (0/1 losses lie in [0, 1])."""
+    r = Fraction(risk)
+    exact = sum(
+        math.comb(m, k) * r**k * (1 - r) ** (m - k) for k in range(m + 1) if Fraction(k, m) > Fraction(eps)  # fmt: skip
+    )
+    assert fresh_set_tail(risk, m, eps, binary=True) == pytest.approx(float(exact), rel=1e-9, abs=1e-15)
+    assert fresh_set_tail(risk, m, eps, binary=False) >= float(exact) - 1e-12
+
+
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize(("m", "eps", "delta"), [(50, 0.1, 0.05), (600, 0.1, 0.05), (2500, 0.02, 0.05)])
+def test_fresh_set_level_is_the_largest_level_that_keeps_the_tail(m: int, eps: float, delta: float, binary: bool) -> None:  # fmt: skip
+    level = fresh_set_level(eps, m, delta, binary)
+    assert 0 < level < eps
+    assert fresh_set_tail(level, m, eps, binary) <= delta
+    assert fresh_set_tail(level + 2e-6, m, eps, binary) > delta
+    # More instances, less room for the set's own scatter: the level rises toward epsilon.
+    assert fresh_set_level(eps, 4 * m, delta, binary) > level
+    # A set of 3: one loss is already over 0.1, so the level is P(Bin(3, r) >= 1) = 0.05.
+    assert fresh_set_level(0.1, 3, 0.05) == pytest.approx(1 - 0.95 ** (1 / 3), abs=2e-6)
+    with pytest.raises(ValueError, match="test_size"):
+        fresh_set_tail(0.05, 0, 0.1, True)
+
+
+def test_test_set_promise_is_kept_on_fresh_sets() -> None:
+    """The set promise, simulated: calibration and test sets drawn i.i.d. from a grid of
+    known risks (the hardest case, points just under and over epsilon), the chosen rule's
+    risk on each test set of m against epsilon; the population promise, the same draws,
+    breaks the set promise far more often."""
+    eps, delta, draws, n, m = 0.1, 0.1, 1000, 400, 300
+    risks = torch.tensor([0.0, 0.03, 0.06, 0.08, 0.09, 0.095, 0.1, 0.105, 0.12, 0.2], dtype=torch.float64)  # fmt: skip
+    gen = torch.Generator().manual_seed(11)
+    broken = {"set": 0, "population": 0}
+    for _ in range(draws):
+        cal = (torch.rand(n, 1, generator=gen, dtype=torch.float64) < risks).double()
+        test = (torch.rand(m, 1, generator=gen, dtype=torch.float64) < risks).double()
+        level = fresh_set_level(eps, m, delta / 2)
+        for name, out in (
+            ("set", learn_then_test(cal, level, delta / 2, "binomial")),
+            ("population", learn_then_test(cal, eps, delta, "binomial")),
+        ):
+            test_risk = 0.0 if out.index is None else float(test[:, out.index].mean())
+            broken[name] += test_risk > eps
+    slack = 3 * math.sqrt(delta * (1 - delta) / draws)
+    assert broken["set"] / draws <= delta + slack
+    assert broken["population"] > broken["set"]
+
+
+def test_calibrate_risk_with_a_test_size() -> None:
+    gen = torch.Generator().manual_seed(12)
+    task = stub_task()
+    val, logits = synthetic_problem(3000, gen)
+    loss = QualityLoss("indicator", "difference", 0.0)
+    pop = calibrate_risk(val, logits, task, 0.05, 0.1, loss=loss)  # type: ignore[arg-type]
+    cal = calibrate_risk(val, logits, task, 0.05, 0.1, loss=loss, test_size=1000)  # type: ignore[arg-type]
+    level = fresh_set_level(0.05, 1000, 0.05)
+    assert cal.test_size == 1000 and cal.level == level and pop.level is None
+    rules = risk_grid("quantile")
+    matrix = torch.stack([loss.losses(task, val, r.stop(logits)) for r in rules], dim=1)  # type: ignore[arg-type]
+    j = learn_then_test(matrix, level, 0.05, "binomial").index
+    assert j is not None and cal.rule == rules[j]
+    assert cal.val_avg_layers >= pop.val_avg_layers  # a stricter promise stops no earlier
+    assert "set of 1000 fresh instances" in cal.promise and "delta/2" in cal.promise
+    assert RiskCalibration.from_dict(cal.to_dict()) == cal
+    tiny = calibrate_risk(val, logits, task, 0.05, 0.1, loss=loss, test_size=5)  # type: ignore[arg-type]
+    assert tiny.level == pytest.approx(1 - 0.95 ** (1 / 5), abs=2e-6)
+    assert tiny.val_avg_layers >= cal.val_avg_layers
+    with pytest.raises(ValueError, match="test_size"):
+        calibrate_risk(val, logits, task, 0.05, 0.1, loss=loss, test_size=0)  # type: ignore[arg-type]
 
 
 # --- calibrate_risk end to end -------------------------------------------------------------
