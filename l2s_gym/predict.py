@@ -409,6 +409,31 @@ def calibrated_rule(
     return calibrate_risk(val, logits, task, epsilon, delta, loss=stated.loss, test_size=test_size)
 
 
+def _risk_readout(  # noqa: PLR0913
+    task: Task,
+    predictor: LayeredPredictor,
+    policy: StopPolicy,
+    rule: ReadoutRule,
+    info: dict[str, Any],
+    risk: float | str | None,
+    delta: float | None,
+    risk_set: bool,
+    n: int,
+) -> tuple[ReadoutRule, dict[str, Any]]:
+    """``predict_run``'s read-out and info: the risk-calibrated rule and its certificate
+    where ``risk`` is given (for a set of the ``n`` served instances with ``risk_set``),
+    else ``rule`` and ``info`` as they are."""
+    if risk is None:
+        if risk_set:
+            raise ConfigError("--risk-set: needs --risk (the promise it changes)")
+        return rule, info
+    calibration = calibrated_rule(
+        task, predictor, policy, Path(info["policy"]), risk, delta,
+        test_size=max(n, 1) if risk_set else None,
+    )  # fmt: skip
+    return calibration.rule, {**info, "risk": calibration.to_dict()}
+
+
 def _run_figures(
     runner: StopRunner, stop: Tensor, size: int, runner_s: float, full_s: float
 ) -> dict[str, Any]:
@@ -475,20 +500,13 @@ def predict_run(
     task, predictor, policy, rule, info = load_run_stop_model(
         cfg, run_dir, learner, cost, seed, device, one_policy=one_policy
     )
-    if risk_set and risk is None:
-        raise ConfigError("--risk-set: needs --risk (the promise it changes)")
     if input_file is not None:
         inputs, test = load_input_file(input_file, task), None
     else:
         test = task.eval_set("test")
         inputs = test.inputs
     n = _batch_size(inputs)
-    if risk is not None:
-        calibration = calibrated_rule(
-            task, predictor, policy, Path(info["policy"]), risk, delta,
-            test_size=(max(n, 1) if risk_set else None),
-        )  # fmt: skip
-        rule, info = calibration.rule, {**info, "risk": calibration.to_dict()}
+    rule, info = _risk_readout(task, predictor, policy, rule, info, risk, delta, risk_set, n)
     size = int(batch_size or cfg.compare.eval_batch_size)
     if size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {size}")

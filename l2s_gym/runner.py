@@ -23,7 +23,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
@@ -316,6 +316,7 @@ class StopRunner:
         repeats: int = 7,
         verify: int = 2,
         margin: float = 0.05,
+        sure_rounds: int = 5,
         max_instances: int = 32,
         budget_s: float = 10.0,
         min_sample_s: float = 0.05,
@@ -345,8 +346,14 @@ class StopRunner:
            when a round takes more than ``budget_s`` over ``repeats``); a sample repeats
            the batches for at least ``min_sample_s``. Each candidate's time is divided by
            the plain model's of the same round, and the median of these ratios decides
-           (load from other processes slows a round as a whole): the lowest wins, and
-           early exit only if it is below ``1 - margin``.
+           (load from other processes slows a round as a whole): the lowest wins among
+           the look-aheads that pay, and the plain model where none does. A look-ahead
+           pays where its median ratio is below ``1 - margin``, or where it beat the
+           plain model in every one of at least ``sure_rounds`` rounds (a sign test: at
+           5 rounds, 1 chance in 32 if the two were as fast; ``sure_rounds=0`` turns it
+           off) with a median below 1. The margin keeps the plain model on a noisy near
+           tie; the sign test keeps a small gain that every round shows (at a large
+           batch, where rounds agree to a percent).
 
         Why both: timing every ``k`` directly costs ``T`` runs of the example per repeat
         (the paper-scale DnCNN at batch 1024 takes seconds a run); the model alone misses
@@ -364,8 +371,8 @@ class StopRunner:
         """
         with torch.inference_mode():
             result = _tune(
-                self, example_batch, batch_size, repeats, verify, margin, max_instances,
-                budget_s, min_sample_s, timer or WallTimer(self.predictor.device),
+                self, example_batch, batch_size, repeats, verify, margin, sure_rounds,
+                max_instances, budget_s, min_sample_s, timer or WallTimer(self.predictor.device),
             )  # fmt: skip
         self.adopt(result)
         return result
@@ -548,6 +555,8 @@ class TuneResult:
         measured_s: the measured time of each candidate (always ``1`` and ``T``; medians).
         relative: each candidate's time over the plain model's, the median over rounds of
             the ratio within a round (what decides; ``T``: 1).
+        wins: in how many of the ``rounds`` each candidate beat the plain model.
+        rounds: the measurement's rounds.
     """
 
     lookahead: int
@@ -561,6 +570,8 @@ class TuneResult:
     predicted_s: dict[int, float]
     measured_s: dict[int, float]
     relative: dict[int, float]
+    wins: dict[int, int] = field(default_factory=dict)
+    rounds: int = 0
 
     @property
     def plain(self) -> bool:
@@ -616,6 +627,7 @@ class TuneResult:
         d["predicted_s"] = {str(k): v for k, v in self.predicted_s.items()}
         d["measured_s"] = {str(k): v for k, v in self.measured_s.items()}
         d["relative"] = {str(k): v for k, v in self.relative.items()}
+        d["wins"] = {str(k): v for k, v in self.wins.items()}
         return d
 
     @classmethod
@@ -624,6 +636,7 @@ class TuneResult:
         fields["predicted_s"] = {int(k): float(v) for k, v in d["predicted_s"].items()}
         fields["measured_s"] = {int(k): float(v) for k, v in d["measured_s"].items()}
         fields["relative"] = {int(k): float(v) for k, v in d["relative"].items()}
+        fields["wins"] = {int(k): int(v) for k, v in d.get("wins", {}).items()}
         return cls(**fields)
 
 
@@ -827,6 +840,7 @@ def _tune(  # noqa: PLR0913
     repeats: int,
     verify: int,
     margin: float,
+    sure_rounds: int,
     max_instances: int,
     budget_s: float,
     min_sample_s: float,
@@ -872,15 +886,8 @@ def _tune(  # noqa: PLR0913
         runner, candidates, run_all, len(batches), first_s, reps, min_sample_s, timer
     )
     measured = {k: statistics.median(v) for k, v in samples.items()}
-    relative = {
-        k: statistics.median(
-            [a / b if b > 0 else math.inf for a, b in zip(v, samples[T], strict=True)]
-        )
-        for k, v in samples.items()
-    }
-    early = [k for k in candidates if k < T]
-    best = min(early, key=lambda k: (relative[k], k)) if early else T
-    chosen = best if best < T and relative[best] < 1 - margin else T
+    chosen, relative, wins = _choose(samples, T, margin, sure_rounds)
+    rounds = len(samples[T])
     return TuneResult(
         lookahead=chosen,
         num_layers=T,
@@ -893,7 +900,35 @@ def _tune(  # noqa: PLR0913
         predicted_s=predicted,
         measured_s={k: measured[k] for k in sorted(measured)},
         relative={k: relative[k] for k in sorted(relative)},
+        wins={k: wins[k] for k in sorted(wins)},
+        rounds=rounds,
     )
+
+
+def _choose(
+    samples: dict[int, list[float]], T: int, margin: float, sure_rounds: int
+) -> tuple[int, dict[int, float], dict[int, int]]:
+    """``tune``'s decision from the measured rounds (``samples[k]``: a time per round,
+    ``T`` the plain model): the chosen ``k``, each candidate's median ratio to the plain
+    model within a round, and the rounds it won. A ``k < T`` pays where its median is
+    below ``1 - margin``, or where it won all of at least ``sure_rounds`` rounds with a
+    median below 1; the fastest that pays is chosen, else ``T``."""
+    relative = {
+        k: statistics.median(
+            [a / b if b > 0 else math.inf for a, b in zip(v, samples[T], strict=True)]
+        )
+        for k, v in samples.items()
+    }
+    wins = {k: sum(a < b for a, b in zip(v, samples[T], strict=True)) for k, v in samples.items()}
+    rounds = len(samples[T])
+
+    def pays(k: int) -> bool:
+        sure = 0 < sure_rounds <= rounds and wins[k] == rounds and relative[k] < 1
+        return relative[k] < 1 - margin or sure
+
+    paying = [k for k in samples if k < T and pays(k)]
+    chosen = min(paying, key=lambda k: (relative[k], k)) if paying else T
+    return chosen, relative, wins
 
 
 @dataclass(slots=True)

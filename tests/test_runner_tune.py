@@ -199,6 +199,27 @@ def test_margin_keeps_the_plain_model_on_a_near_tie(small) -> None:
     assert 0 < gain < 1 and kept.plain
 
 
+def test_a_small_gain_won_in_every_round_is_kept() -> None:
+    """``_choose``: a look-ahead under the margin pays where it beat the plain model in all
+    of at least ``sure_rounds`` rounds (a sign test), not where one round went the other
+    way, nor with too few rounds; with ``sure_rounds=0`` only the margin decides."""
+    from l2s_gym.runner import _choose
+
+    T = 8
+    plain = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0]
+    steady = [0.97 * x for x in plain]  # 3% faster in every round
+    once_slower = [*steady[:-1], 1.01 * plain[-1]]  # same median, one round lost
+    fast = [0.8 * x for x in plain]
+    chosen, relative, wins = _choose({1: steady, 3: once_slower, T: plain}, T, 0.05, 5)
+    assert chosen == 1 and wins == {1: 7, 3: 6, T: 0}
+    assert relative[1] == pytest.approx(0.97) and relative[T] == 1.0
+    assert _choose({3: once_slower, T: plain}, T, 0.05, 5)[0] == T
+    assert _choose({1: steady, T: plain}, T, 0.05, 0)[0] == T  # the margin alone
+    assert _choose({1: steady[:4], T: plain[:4]}, T, 0.05, 5)[0] == T  # 4 rounds: not sure
+    assert _choose({1: steady, 2: fast, T: plain}, T, 0.05, 5)[0] == 2  # the fastest that pays
+    assert _choose({1: [1.0] * 7, T: [1.0] * 7}, T, 0.05, 5)[0] == T  # ties win nothing
+
+
 def test_tune_on_the_wall_clock_runs_and_chooses_a_valid_k() -> None:
     """The default timer, once (no assertion on the times themselves)."""
     task, predictor = _toy()
