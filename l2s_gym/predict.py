@@ -153,6 +153,7 @@ def load_one_policy(
     path = Path(learner_dir) / ONE_POLICY_FOLDER / "best.pt"
     seed_cfg = trial_config(cfg, seed)
     policy = make_policy(cfg, predictor, price_input=True)
+    _check_one_policy_format(path)
     load_policy(path, policy, seed_cfg, task, ignore=PLAN_KEYS + RUNTIME_KEYS, warn=lambda _: None)
     unit = float(policy.price_unit)
     lam = cost * (unit if cfg.frontier.cost_scale == "gain" else 1.0)
@@ -163,6 +164,22 @@ def load_one_policy(
     rule, _ = choose_readout(val, stop_logits(policy, val), lam, cum)
     info = {"seed": seed, "cost": cost, "lambda": lam, "one_policy": True, "policy": str(path)}
     return policy, rule, info
+
+
+def _check_one_policy_format(path: Path) -> None:
+    """A one-line error for a one-policy checkpoint of an older format (its ``done`` marker
+    says which; ``l2s_gym.trials.ONE_POLICY_FORMAT``), which this version's policy can't load
+    (version 1 had a one-number price code)."""
+    from l2s_gym.runs import CheckpointError
+    from l2s_gym.trials import DONE, ONE_POLICY_FORMAT, one_policy_format
+
+    marker = path.parent / DONE
+    found = one_policy_format(marker) if marker.exists() else ONE_POLICY_FORMAT
+    if found != ONE_POLICY_FORMAT:
+        raise CheckpointError(
+            f"{path}: a one policy of format {found}, this version reads format "
+            f"{ONE_POLICY_FORMAT}; train it again: l2s frontier CONFIG --resume RUN --one-policy"
+        )
 
 
 def load_run_policy(

@@ -274,6 +274,19 @@ def _mark_done(folder: Path, cfg_dict: dict[str, Any], kind: DigestKind) -> None
     write_json(folder / DONE, record)
 
 
+def one_policy_format(marker: Path) -> int | None:
+    """The format version a one-policy trial's ``done`` marker records (``1`` for markers
+    written before versions were recorded; ``None`` if the marker can't be read)."""
+    try:
+        record = json.loads(Path(marker).read_text())
+    except (OSError, ValueError):
+        return None
+    saved = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(saved, dict):
+        return None
+    return int(saved.get(_FORMAT_KEY, 1))
+
+
 def load_traces(
     stage1_dir: Path, device: torch.device | str = "cpu"
 ) -> dict[str, dict[str, Trace]]:

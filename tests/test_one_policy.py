@@ -149,6 +149,7 @@ def test_one_policy_frontier_end_to_end_and_predict_at_an_off_grid_price(tmp_pat
     from l2s_gym.compare import run_experiment
     from l2s_gym.config import from_dict
     from l2s_gym.predict import predict_run
+    from l2s_gym.runs import CheckpointError
 
     data = {**yaml.safe_load(TOY_FRONTIER), "frontier": {"costs": [0, 1], "one_policy": True}}
     cfg = from_dict(data)
@@ -189,6 +190,13 @@ def test_one_policy_frontier_end_to_end_and_predict_at_an_off_grid_price(tmp_pat
     # Per-price runs keep today's behaviour, and an untrained price is one clear line.
     with pytest.raises(FileNotFoundError, match="add --one-policy"):
         predict_run(cfg, run_dir, "reverse_kl", cost=0.5, lookahead=1)
+    # A one policy of an older format (its marker without a version: format 1) is one line.
+    marker = run_dir / "seed-0/reverse_kl/one-policy/done"
+    record = json.loads(marker.read_text())
+    record["config"].pop("_one_policy_format")
+    marker.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="format 1, this version reads format 2"):
+        predict_run(cfg, run_dir, "reverse_kl", cost=0.5, one_policy=True, lookahead=1)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
