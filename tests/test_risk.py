@@ -21,14 +21,14 @@ from l2s_gym.risk import (
     calibrate_risk,
     default_risk,
     fixed_sequence_test,
+    fresh_set_level,
+    fresh_set_tail,
     hoeffding_bentkus_p_value,
     hoeffding_p_value,
     learn_then_test,
     p_value,
     risk_at,
     risk_grid,
-    fresh_set_level,
-    fresh_set_tail,
 )
 from l2s_gym.rules import FULL_DEPTH_RULE, ReadoutRule
 
@@ -199,14 +199,20 @@ def test_fresh_set_tail_brute_force(m: int, eps: float, risk: float) -> None:
     bounded-loss tail (Hoeffding-Bentkus) is a valid bound on it (0/1 losses lie in [0, 1])."""
     r = Fraction(risk)
     exact = sum(
-        math.comb(m, k) * r**k * (1 - r) ** (m - k) for k in range(m + 1) if Fraction(k, m) > Fraction(eps)  # fmt: skip
+        math.comb(m, k) * r**k * (1 - r) ** (m - k)
+        for k in range(m + 1)
+        if Fraction(k, m) > Fraction(eps)  # fmt: skip
     )
-    assert fresh_set_tail(risk, m, eps, binary=True) == pytest.approx(float(exact), rel=1e-9, abs=1e-15)
+    assert fresh_set_tail(risk, m, eps, binary=True) == pytest.approx(
+        float(exact), rel=1e-9, abs=1e-15
+    )
     assert fresh_set_tail(risk, m, eps, binary=False) >= float(exact) - 1e-12
 
 
 @pytest.mark.parametrize("binary", [True, False])
-@pytest.mark.parametrize(("m", "eps", "delta"), [(50, 0.1, 0.05), (600, 0.1, 0.05), (2500, 0.02, 0.05)])
+@pytest.mark.parametrize(
+    ("m", "eps", "delta"), [(50, 0.1, 0.05), (600, 0.1, 0.05), (2500, 0.02, 0.05)]
+)
 def test_fresh_set_level_is_the_largest_level_that_keeps_the_tail(m: int, eps: float, delta: float, binary: bool) -> None:  # fmt: skip
     level = fresh_set_level(eps, m, delta, binary)
     assert 0 < level < eps

@@ -112,7 +112,7 @@ def _check_args(
         raise ValueError(f"cost must be a finite number >= 0, got {cost!r}")
     if instance_block < 1:
         raise ValueError(f"instance_block must be >= 1, got {instance_block!r}")
-    grid = None if prices is None else _check_prices(prices, cost)
+    grid = None if prices is None else check_prices(prices, cost)
     if not isinstance(predictor, LayeredPredictor):
         raise TypeError(f"predictor must be a LayeredPredictor, got {type(predictor).__name__}")
     predictor.check_protocol()
@@ -125,7 +125,7 @@ def _check_args(
     return grid
 
 
-def _check_prices(prices: Sequence[float], cost: float) -> list[float]:
+def check_prices(prices: Sequence[float], cost: float) -> list[float]:
     """``prices`` as a list of floats, or one ``ValueError`` line saying what is wrong."""
     try:
         if isinstance(prices, (str, bytes)):

@@ -39,7 +39,7 @@ import torch
 
 from l2s_gym.build import make_predictor, make_task, resolve_device
 from l2s_gym.config import ExperimentConfig, load_config
-from l2s_gym.envs.batched import BatchedStopEnv, _check_prices
+from l2s_gym.envs.batched import BatchedStopEnv, check_prices
 from l2s_gym.predictor import LayeredPredictor
 from l2s_gym.stopping import cost_adjusted_losses, cumulative_costs, gain_per_layer
 from l2s_gym.task import Task
@@ -201,7 +201,7 @@ def make_env(
     common: dict[str, Any] = {"beta": beta_value, "reward": reward, "cost": cal.cost, "seed": stream}  # fmt: skip
     if prices is not None:
         unit = cal.gain_per_layer if cost_unit == "gain" else 1.0
-        common["prices"] = [p * unit for p in _check_prices(prices, cost)]
+        common["prices"] = [p * unit for p in check_prices(prices, cost)]
     if api == "gymnasium":
         from l2s_gym.envs.stop_env import StopEnv, StopVectorEnv
 
