@@ -15,6 +15,11 @@ per layer on the validation trace (the frontier's cost unit), the price per laye
 as it is walked. Hyper-parameters: ``rl.dqn`` (rl-zoo3's format, over
 ``configs/hyperparams/dqn.yml``), SB3's own defaults for every key not set; ``rl.dqn_num_envs``
 environments. No temperature continuation (there is no temperature to anneal).
+
+One policy for every price (``ctx.prices``, ``l2s frontier --one-policy``): as for PPO and
+A2C, the env draws each episode's price from the grid and shows it, the features extractor
+appends its price code, and the copy is a price-conditioned StopPolicy validated over the
+grid (``PriceGridValidator``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from torch import nn
 
 from l2s_gym.build import make_policy
 from l2s_gym.envs.batched import BatchedStopEnv
-from l2s_gym.learner import LearnerContext, LearnerResult, Validator
+from l2s_gym.learner import LearnerContext, LearnerResult, PriceGridValidator, Validator
 from l2s_gym.policy import StopPolicy
 from l2s_gym.registry import register_learner
 from l2s_gym.stopping import gain_per_layer
@@ -57,9 +62,10 @@ def dqn_env(ctx: LearnerContext, stream: int) -> BatchedStopEnv:
         cfg.rl.dqn_num_envs,
         beta=cfg.beta,
         reward="improvement",
-        cost=ctx.cost,
+        cost=ctx.cost if ctx.prices is None else 0.0,
         seed=ctx.task.stream_seed(stream + ctx.seed),
         reward_scale=cfg.beta / gain_per_layer(ctx.val_trace),
+        prices=ctx.prices,
     )
 
 
@@ -74,6 +80,7 @@ def make_dqn(ctx: LearnerContext, venv: Any, seed: int) -> Any:
             "num_layers": predictor.num_layers,
             "pos_dim": cfg.policy.pos_dim,
             "encoder": predictor.policy_encoder(),
+            "price_unit": None if ctx.prices is None else ctx.price_unit,
         },
         "net_arch": [cfg.policy.hidden] * cfg.policy.depth,
         "activation_fn": nn.Tanh,
@@ -82,7 +89,7 @@ def make_dqn(ctx: LearnerContext, venv: Any, seed: int) -> Any:
                seed=seed, verbose=0, **sb3_kwargs("dqn", ctx, venv))  # fmt: skip
 
 
-@register_learner("dqn", "DQN")
+@register_learner("dqn", "DQN", one_policy=True)
 def dqn_learner(ctx: LearnerContext) -> LearnerResult:
     """stable-baselines3 DQN on the batched env, its Q-network shaped like the StopPolicy."""
     from stable_baselines3.common.callbacks import CallbackList
@@ -100,8 +107,11 @@ def dqn_learner(ctx: LearnerContext) -> LearnerResult:
     venv = StopVecEnv(env)
     model = make_dqn(ctx, venv, seed=cfg.seed + 1)
     venv.seed(ctx.task.stream_seed(70_000 + ctx.seed))
-    stop_policy = make_policy(cfg, ctx.predictor)
-    validator = Validator(ctx, stop_policy, "dqn")
+    priced = ctx.prices is not None
+    stop_policy = make_policy(cfg, ctx.predictor, price_input=priced)
+    if priced:
+        stop_policy.set_price(ctx.cost, ctx.price_unit)
+    validator = (PriceGridValidator if priced else Validator)(ctx, stop_policy, "dqn")
     model.set_logger(configure(str(ctx.run_dir / "tb"), ["tensorboard"]))
     freq = model.train_freq.frequency  # in steps of all envs (DQN's default unit)
     every = max(1, budget // (venv.num_envs * freq * VALIDATIONS))
@@ -120,4 +130,5 @@ def dqn_learner(ctx: LearnerContext) -> LearnerResult:
         timesteps=model.num_timesteps,
         stopped_by="compare.layer_budget",
         reward_scale=env.reward_scale,
+        **({"prices": list(ctx.prices), "price_unit": ctx.price_unit} if priced else {}),
     )

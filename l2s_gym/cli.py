@@ -302,10 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "--one-policy",
                 dest="one_policy_run",
                 action="store_true",
-                help="also train each learner that can (the imitation learners, reinforce, ppo, a2c) once "
-                "as one price-conditioned policy for every price of frontier.costs (sets "
-                "frontier.one_policy); its curve is "
-                "drawn next to the per-price ones, its summary is '<learner> (one policy)'",
+                help="also train each learner that can (the imitation learners, reinforce, "
+                "ppo, a2c, dqn) once as one price-conditioned policy for every price of "
+                "frontier.costs (sets frontier.one_policy); its curve is drawn next to the "
+                "per-price ones, its summary is '<learner> (one policy)'",
             )
         p.set_defaults(fn=fn)
     p = sub.add_parser("train-predictor", help="stage 1 only: train the layered predictor")

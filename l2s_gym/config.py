@@ -447,11 +447,11 @@ class FrontierConfig:
     one_policy: bool = False
     """``l2s frontier --one-policy``: after the per-price trials, train each learner of
     ``learners`` that can (``l2s_gym.registry.ONE_POLICY_LEARNERS``: the imitation learners,
-    ``reinforce``, ``ppo`` and ``a2c``) once more, as one price-conditioned policy for every price of
-    ``costs`` (``StopPolicy(price_input=True)``; imitation: each instance of a batch at a
-    price drawn from the grid; ``reinforce``, ``ppo``, ``a2c``: each episode at a price drawn from the grid,
-    shown in its observation), and draw its curve next to the per-price ones. It only adds
-    trials: a run may be resumed with or without it."""
+    ``reinforce``, ``ppo``, ``a2c`` and ``dqn``) once more, as one price-conditioned policy
+    for every price of ``costs`` (``StopPolicy(price_input=True)``; imitation: each instance
+    of a batch at a price drawn from the grid; the RL learners: each episode at a price
+    drawn from the grid, shown in its observation), and draw its curve next to the
+    per-price ones. It only adds trials: a run may be resumed with or without it."""
     one_policy_steps: int | None = None
     """``imitation.steps`` of the price-conditioned trial (``None``: twice
     ``imitation.steps``, what each per-price trial runs; ``imitation.val_every`` is scaled

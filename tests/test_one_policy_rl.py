@@ -203,19 +203,19 @@ def test_reinforce_one_policy_frontier_end_to_end(tmp_path: Path) -> None:
     from l2s_gym.config import from_dict
 
     data = yaml.safe_load(TOY_FRONTIER)
-    data["frontier"] = {"costs": [0, 1], "one_policy": True, "learners": ["reverse_kl", "reinforce", "ppo", "a2c"]}  # fmt: skip
+    data["frontier"] = {"costs": [0, 1], "one_policy": True, "learners": ["reverse_kl", "reinforce", "ppo", "a2c", "dqn"]}  # fmt: skip
     data["compare"] = {"learners": ["reverse_kl"], "layer_budget": 4000}
     data["rl"] = {"num_envs": 16, "val_every": 5, "rollout_steps": 4,
                   "ppo": {"n_steps": 8, "batch_size": 64, "n_epochs": 2}}  # fmt: skip
     cfg = from_dict(data)
     run_dir, _ = run_experiment(cfg, tmp_path, "frontier", progress=False, log=lambda *_: None)
     res = json.loads((run_dir / "results.json").read_text())
-    names = {"reinforce (one policy)", "reverse_kl (one policy)", "ppo (one policy)", "a2c (one policy)"}  # fmt: skip
-    assert names | {"reinforce", "ppo", "a2c"} <= set(res["frontier_summary"])
+    names = {"reinforce (one policy)", "reverse_kl (one policy)", "ppo (one policy)", "a2c (one policy)", "dqn (one policy)"}  # fmt: skip
+    assert names | {"reinforce", "ppo", "a2c", "dqn"} <= set(res["frontier_summary"])
     curve = res["frontiers"]["REINFORCE, one price-conditioned policy for every price"]
     assert curve["kind"] == "learned" and curve["cost"] == [0, 1]
     assert "| reinforce (one policy) |" in (run_dir / "results.md").read_text()
-    for learner in ("reinforce", "ppo", "a2c"):
+    for learner in ("reinforce", "ppo", "a2c", "dqn"):
         trial = json.loads((run_dir / f"seed-0/{learner}/one-policy/result.json").read_text())
         assert trial["one_policy"] and len(trial["extra"]["prices"]) == 2
 
@@ -227,20 +227,27 @@ def test_a_learner_that_cannot_is_refused_naming_those_that_can(tmp_path: Path) 
     from l2s_gym.trials import Trial, _run_stage2
 
     plugins.load_plugins()
-    assert {"reverse_kl", "forward_kl", "reinforce", "ppo", "a2c"} <= registry.ONE_POLICY_LEARNERS
-    assert "dqn" not in registry.ONE_POLICY_LEARNERS
-    data = {**yaml.safe_load(TOY_FRONTIER), "frontier": {"costs": [0, 1], "one_policy": True}}
-    data["frontier"]["learners"] = ["dqn"]
-    with pytest.raises(ConfigError, match="can train one price-conditioned policy") as err:
-        experiment_plan(from_dict(data), "frontier")
-    assert "reinforce" in str(err.value) and "reverse_kl" in str(err.value)
-    data["frontier"]["learners"] = ["dqn", "reinforce"]
-    plan, _ = experiment_plan(from_dict(data), "frontier")
-    assert [t.learner for t in plan if t.one_policy] == ["reinforce"]
-    trial = Trial("stage2", 0, "dqn", 0.0, "gain", one_policy=True)
-    with pytest.raises(ConfigError, match="'dqn' cannot train one price-conditioned") as err:
-        _run_stage2(trial, tmp_path, tmp_path, from_dict(data), False)
-    assert "reinforce" in str(err.value)
+    assert {"reverse_kl", "forward_kl", "reinforce", "ppo", "a2c", "dqn"} <= registry.ONE_POLICY_LEARNERS  # fmt: skip
+    # A learner of one's own that says it can't (an RL learner without price input).
+    registry.register_learner("fixed_only", "fixed only", one_policy=False)(lambda ctx: None)
+    try:
+        assert "fixed_only" not in registry.ONE_POLICY_LEARNERS
+        data = {**yaml.safe_load(TOY_FRONTIER), "frontier": {"costs": [0, 1], "one_policy": True}}
+        data["frontier"]["learners"] = ["fixed_only"]
+        with pytest.raises(ConfigError, match="can train one price-conditioned policy") as err:
+            experiment_plan(from_dict(data), "frontier")
+        assert "reinforce" in str(err.value) and "reverse_kl" in str(err.value)
+        data["frontier"]["learners"] = ["fixed_only", "reinforce"]
+        plan, _ = experiment_plan(from_dict(data), "frontier")
+        assert [t.learner for t in plan if t.one_policy] == ["reinforce"]
+        trial = Trial("stage2", 0, "fixed_only", 0.0, "gain", one_policy=True)
+        with pytest.raises(ConfigError, match="'fixed_only' cannot train one price-conditioned") as err:  # fmt: skip
+            _run_stage2(trial, tmp_path, tmp_path, from_dict(data), False)
+        assert "reinforce" in str(err.value) and "dqn" in str(err.value)
+    finally:
+        for table in (registry.LEARNERS, registry.LEARNER_LABELS, registry.LEARNER_KINDS):
+            table.pop("fixed_only")
+        registry.ONE_POLICY_LEARNERS.discard("fixed_only")
 
 
 def test_make_env_takes_prices_in_the_cost_unit(tmp_path: Path) -> None:
@@ -294,4 +301,43 @@ def test_price_conditioned_ppo_actor_copies_into_a_price_conditioned_stop_policy
     logits = model.policy.get_distribution(make_obs(features, t, lam)).distribution.logits
     got = policy(features, t, lam)
     torch.testing.assert_close(got, logits[:, 1] - logits[:, 0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, policy(features, t, torch.zeros(60)))
+
+
+def test_price_conditioned_dqn_q_net_copies_into_a_price_conditioned_stop_policy(
+    tmp_path: Path,
+) -> None:
+    """DQN's Q-network sees the price code too: the copy's logit is Q(stop) - Q(continue)
+    at every row's price."""
+    from dataclasses import replace
+
+    from conftest import TOY_RL
+
+    from l2s_gym.agents.sb3_dqn import copy_q_to_stop_policy, dqn_env, make_dqn
+    from l2s_gym.build import make_policy, make_predictor, make_task
+    from l2s_gym.config import from_dict
+    from l2s_gym.envs.batched import make_obs
+    from l2s_gym.envs.sb3_vec import StopVecEnv
+    from l2s_gym.learner import LearnerContext
+
+    cfg = from_dict(yaml.safe_load(TOY_RL))
+    task = make_task(cfg.task, cfg.seed, "cpu")
+    predictor = make_predictor(cfg.predictor, task, seed=0).requires_grad_(False)
+    val = predictor.trace_eval(task.eval_set("val"), task)
+    ctx = LearnerContext(cfg, task, predictor, val, tmp_path, progress=False)
+    ctx = replace(ctx, prices=[0.0, 0.02, 0.2], price_unit=0.02)
+    env = dqn_env(ctx, stream=70_000)
+    assert env.prices is not None and env.cost == 0.0
+    model = make_dqn(ctx, StopVecEnv(env), seed=0)
+    with torch.no_grad():
+        for p in model.policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    policy = make_policy(cfg, predictor, price_input=True).set_price(0.0, ctx.price_unit)
+    copy_q_to_stop_policy(model.policy.q_net, policy)
+    features, t = val.features[:60, 2], torch.full((60,), 2)
+    lam = torch.tensor(ctx.prices).repeat(20)
+    with torch.no_grad():
+        q = model.policy.q_net(make_obs(features, t, lam))
+    got = policy(features, t, lam)
+    torch.testing.assert_close(got, q[:, 1] - q[:, 0], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, policy(features, t, torch.zeros(60)))
