@@ -31,7 +31,13 @@ from torch import nn
 
 from l2s_gym.build import make_policy
 from l2s_gym.envs.batched import BatchedStopEnv
-from l2s_gym.learner import LearnerContext, LearnerResult, PriceGridValidator, Validator
+from l2s_gym.learner import (
+    LearnerContext,
+    LearnerResult,
+    PriceGridValidator,
+    Validator,
+    one_policy_price_weights,
+)
 from l2s_gym.policy import StopPolicy
 from l2s_gym.registry import register_learner
 from l2s_gym.stopping import gain_per_layer
@@ -66,6 +72,7 @@ def dqn_env(ctx: LearnerContext, stream: int) -> BatchedStopEnv:
         seed=ctx.task.stream_seed(stream + ctx.seed),
         reward_scale=cfg.beta / gain_per_layer(ctx.val_trace),
         prices=ctx.prices,
+        price_weights=one_policy_price_weights(ctx),
     )
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from l2s_gym.config import ExperimentConfig, annealed_beta
-from l2s_gym.envs.batched import BatchedStopEnv
+from l2s_gym.envs.batched import BatchedStopEnv, balanced_price_weights
 from l2s_gym.evaluation import (
     StopModel,
     choose_readout,
@@ -115,7 +115,8 @@ def make_rl_env(ctx: LearnerContext, stream: int, num_envs: int = 0) -> BatchedS
     ``stream`` picks the task's random stream (see ``Task.stream_seed``), apart from the
     streams of the validation and test sets and of the other learners. With ``ctx.prices``
     (a price-conditioned policy) each episode draws its price from that grid and the
-    observation shows it (``BatchedStopEnv``'s ``prices``); else every episode pays ``ctx.cost``.
+    observation shows it (``BatchedStopEnv``'s ``prices``), its rewards weighted by
+    ``one_policy_price_weights``; else every episode pays ``ctx.cost``.
     """
     rl = ctx.cfg.rl
     return BatchedStopEnv(
@@ -127,7 +128,17 @@ def make_rl_env(ctx: LearnerContext, stream: int, num_envs: int = 0) -> BatchedS
         cost=ctx.cost if ctx.prices is None else 0.0,
         seed=ctx.task.stream_seed(stream + ctx.seed),
         prices=ctx.prices,
+        price_weights=one_policy_price_weights(ctx),
     )
+
+
+def one_policy_price_weights(ctx: LearnerContext) -> list[float] | None:
+    """The reward factors of an RL one-policy trial's env (``BatchedStopEnv``'s
+    ``price_weights``): ``balanced_price_weights`` of the grid with
+    ``frontier.one_policy_balance`` (the default), else ``None``; ``None`` at one price."""
+    if ctx.prices is None or not ctx.cfg.frontier.one_policy_balance:
+        return None
+    return balanced_price_weights(ctx.prices, ctx.price_unit)
 
 
 def auto_anneal_multiple(losses: Tensor, beta: float) -> float:

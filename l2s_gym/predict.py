@@ -171,14 +171,15 @@ def _check_one_policy_format(path: Path) -> None:
     says which; ``l2s_gym.trials.ONE_POLICY_FORMAT``), which this version's policy can't load
     (version 1 had a one-number price code)."""
     from l2s_gym.runs import CheckpointError
-    from l2s_gym.trials import DONE, ONE_POLICY_FORMAT, one_policy_format
+    from l2s_gym.trials import DONE, ONE_POLICY_FORMAT, ONE_POLICY_LOADABLE, one_policy_format
 
     marker = path.parent / DONE
     found = one_policy_format(marker) if marker.exists() else ONE_POLICY_FORMAT
-    if found != ONE_POLICY_FORMAT:
+    if found is not None and found < ONE_POLICY_LOADABLE:
         raise CheckpointError(
-            f"{path}: a one policy of format {found}, this version reads format "
-            f"{ONE_POLICY_FORMAT}; train it again: l2s frontier CONFIG --resume RUN --one-policy"
+            f"{path}: a one policy of format {found}, this version reads formats "
+            f"{ONE_POLICY_LOADABLE}-{ONE_POLICY_FORMAT}; train it again: "
+            "l2s frontier CONFIG --resume RUN --one-policy"
         )
 
 

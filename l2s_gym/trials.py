@@ -77,13 +77,20 @@ PLAN_KEYS = (
 """Config keys that only select which trials a run holds: a resumed run may differ in them."""
 RUNTIME_KEYS = ("device", "threads", "compare.eval_batch_size", "ray")
 """Config keys that change how a trial runs, not what it computes."""
-ONE_POLICY_KEYS = ("frontier.one_policy_steps", "frontier.one_policy_draws")
+ONE_POLICY_KEYS = (
+    "frontier.one_policy_steps",
+    "frontier.one_policy_draws",
+    "frontier.one_policy_balance",
+)
 """Config keys only a price-conditioned (one-policy) trial reads: a per-price trial's
 ``done`` marker leaves them out, so changing them retrains the one policy only."""
-ONE_POLICY_FORMAT = 2
+ONE_POLICY_FORMAT = 3
 """The version of a one-policy trial, in its ``done`` marker: a trial of another version is
 trained again (1: the one-number price code; 2: ``PRICE_CODE_DIM`` inputs, twice the steps
-by default)."""
+by default; 3: RL learners' rewards balanced over the prices, ``frontier.one_policy_balance``)."""
+ONE_POLICY_LOADABLE = 2
+"""The oldest one-policy format whose checkpoints this version's policy loads (2 and 3 share
+the network; 1 had a one-number price code)."""
 _FORMAT_KEY = "_one_policy_format"
 ONE_POLICY_GRID = "frontier.costs"
 """A plan key that a one-policy trial depends on (it trains over the grid): its marker

@@ -100,6 +100,68 @@ def test_each_row_draws_its_price_and_is_paid_like_a_fixed_price_env(mode: str) 
     assert checked > 10 and len(seen) == len(GRID)
 
 
+@pytest.mark.parametrize("mode", REWARD_MODES)
+def test_price_weights_scale_each_episodes_rewards_by_its_prices_factor(mode: str) -> None:
+    """With ``price_weights`` every reward of an episode is its unweighted reward times the
+    factor of the episode's price (its stop reward included), on the same draws."""
+    from l2s_gym.envs.batched import balanced_price_weights
+
+    task, predictor = _parts()
+    factors = [1.0, 0.5, 0.125]
+
+    def make(**kw: object) -> BatchedStopEnv:
+        return BatchedStopEnv(predictor, task, N, beta=0.1, reward=mode, prices=GRID, seed=5, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+    plain, weighted = make(), make(price_weights=factors)
+    plain.reset(), weighted.reset()
+    table = dict(zip([float(torch.tensor(p)) for p in GRID], factors, strict=True))
+    ended = 0
+    for action in _actions(20, seed=3):
+        lam = plain.row_prices.clone()
+        assert torch.equal(lam, weighted.row_prices)
+        _, r, d, _ = plain.step(action)
+        _, rw, dw, _ = weighted.step(action)
+        assert torch.equal(d, dw)
+        want = r * torch.tensor([table[float(x)] for x in lam])
+        torch.testing.assert_close(rw, want, rtol=1e-6, atol=1e-7)
+        ended += int(d.sum())
+    assert ended > 10
+    g = 0.05
+    assert balanced_price_weights([0.0, 0.05, 0.5], g) == pytest.approx([1.0, 0.5, 1 / 11])
+    for bad, needle in (([1.0, 2.0], "2 factors for 3 prices"), ([1.0, 0.0, 1.0], "> 0"),
+                        (["a", 1, 1], "numbers > 0")):  # fmt: skip
+        with pytest.raises(ValueError, match=needle):
+            make(price_weights=bad)
+    with pytest.raises(ValueError, match="needs prices"):
+        BatchedStopEnv(predictor, task, N, beta=0.1, price_weights=[1.0])
+
+
+def test_rl_one_policy_envs_balance_the_prices_unless_told_not_to(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from conftest import TOY_RL
+
+    from l2s_gym.agents.sb3_dqn import dqn_env
+    from l2s_gym.build import make_predictor, make_task
+    from l2s_gym.config import from_dict
+    from l2s_gym.envs.batched import balanced_price_weights
+    from l2s_gym.learner import LearnerContext, make_rl_env
+
+    data = yaml.safe_load(TOY_RL)
+    cfg = from_dict(data)
+    task = make_task(cfg.task, cfg.seed, "cpu")
+    predictor = make_predictor(cfg.predictor, task, seed=0).requires_grad_(False)
+    val = predictor.trace_eval(task.eval_set("val"), task)
+    ctx = LearnerContext(cfg, task, predictor, val, tmp_path, progress=False)
+    assert make_rl_env(ctx, stream=1).price_weights is None  # one price: nothing to weigh
+    priced = replace(ctx, prices=[0.0, 0.02, 0.2], price_unit=0.02)
+    want = torch.tensor(balanced_price_weights(priced.prices, 0.02))
+    for env in (make_rl_env(priced, stream=1), dqn_env(priced, stream=1)):
+        assert torch.allclose(env.price_weights, want)
+    off = from_dict({**data, "frontier": {"one_policy_balance": False}})
+    assert make_rl_env(replace(priced, cfg=off), stream=1).price_weights is None
+
+
 def test_price_draws_are_seeded_and_leave_the_instances_alone() -> None:
     task, predictor = _parts()
     make = lambda seed, **kw: BatchedStopEnv(predictor, task, N, beta=0.1, seed=seed, **kw)  # noqa: E731

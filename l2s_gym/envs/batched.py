@@ -125,6 +125,37 @@ def _check_args(
     return grid
 
 
+def _check_price_weights(
+    weights: Sequence[float] | None, grid: list[float] | None
+) -> list[float] | None:
+    """``price_weights`` as floats, one per grid price, each finite and ``> 0``; one
+    ``ValueError`` line otherwise."""
+    if weights is None:
+        return None
+    if grid is None:
+        raise ValueError("price_weights needs prices (one factor per grid price)")
+    try:
+        out = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise ValueError(f"price_weights must be numbers > 0, got {weights!r}") from None
+    if len(out) != len(grid):
+        raise ValueError(f"price_weights: {len(out)} factors for {len(grid)} prices")
+    if not all(math.isfinite(w) and w > 0 for w in out):
+        raise ValueError(f"price_weights must be finite numbers > 0, got {out}")
+    return out
+
+
+def balanced_price_weights(prices: Sequence[float], unit: float) -> list[float]:
+    """``1 / (1 + lambda / unit)`` per grid price (loss units; ``unit``: the gain per layer,
+    the price code's unit): an episode's rewards at price ``lambda`` span about ``1 +
+    lambda / unit`` gains per layer, so these factors give every price about the same
+    weight in a gradient over all of them (RL one-policy trials' default,
+    ``frontier.one_policy_balance``)."""
+    if not (math.isfinite(unit) and unit > 0):
+        raise ValueError(f"unit must be a finite number > 0, got {unit!r}")
+    return [1.0 / (1.0 + float(p) / unit) for p in prices]
+
+
 def check_prices(prices: Sequence[float], cost: float) -> list[float]:
     """``prices`` as a list of floats, or one ``ValueError`` line saying what is wrong."""
     try:
@@ -200,6 +231,12 @@ class BatchedStopEnv:
       one draw per row and step (kept only where a row starts an episode): reproducible
       for a given ``seed`` and ``num_envs``, and the instance stream is the one without
       ``prices``.
+    - ``price_weights`` (with ``prices``, one factor ``> 0`` per grid price): every reward of
+      an episode at price ``prices[i]`` is multiplied by ``price_weights[i]``. Each price's
+      objective is scaled by a constant, so its best policy is the same; what changes is how
+      much each price weighs in a gradient over episodes at all of them
+      (``balanced_price_weights``: ``1 / (1 + lambda / g)``, so that a high price's large
+      rewards do not drown a low price's small ones).
 
     Instances come from ``task.train_batch`` with a ``torch.Generator`` seeded from
     ``seed``, drawn in blocks of ``instance_block`` and handed to rows in row order as
@@ -235,6 +272,8 @@ class BatchedStopEnv:
         observe_price: show ``lambda`` in the observation, ``[features, lambda, t]``.
         prices: ``None`` (one price, ``cost``), or the grid (finite numbers ``>= 0``, loss
             units) each episode draws its price from; ``cost`` is then left at 0.
+        price_weights: with ``prices``, a factor per grid price on its episodes' rewards
+            (``None``: 1 for all).
     """
 
     def __init__(
@@ -251,9 +290,11 @@ class BatchedStopEnv:
         reward_scale: float = 1.0,
         observe_price: bool = False,
         prices: Sequence[float] | None = None,
+        price_weights: Sequence[float] | None = None,
     ) -> None:
         grid = _check_args(predictor, num_envs, beta, reward, cost, instance_block,
                            reward_scale, prices)  # fmt: skip
+        weights = _check_price_weights(price_weights, grid)
         predictor.eval()
         self.predictor = predictor
         self.task = task
@@ -285,6 +326,11 @@ class BatchedStopEnv:
         self._row_prices = torch.full(
             (num_envs,), self.cost, dtype=torch.float32, device=self.device
         )
+        self.price_weights = (
+            None if weights is None else torch.tensor(weights, dtype=torch.float32, device=self.device)
+        )  # fmt: skip
+        """``price_weights`` ``(P,)`` float32, each grid price's factor on its rewards; ``None``: 1."""
+        self._row_weights = torch.ones(num_envs, dtype=torch.float32, device=self.device)
         self._price_generator: torch.Generator | None = None
 
         n = num_envs
@@ -463,18 +509,25 @@ class BatchedStopEnv:
 
         self._episodes_done += done.sum()
         self._first = done if held is None else done | (self._first & held)
-        ended_prices = self._row_prices
+        ended_prices, weights = self._row_prices, self._row_weights  # before the draw
         self._draw_prices(done)  # the fresh episodes' prices (with ``prices``)
         obs = self._make_obs(self._features, new_t)  # type: ignore[arg-type]
         self._obs = obs
         ended_obs = self._make_obs(ended_features, t_end, ended_prices)
         ended = (ended_obs, ended_loss, ended_stat, ended_best)
         info = self._step_info(done, t_end, new_t, obs, *ended)
-        if self.reward_scale != 1.0:
-            reward = reward * self.reward_scale
-        return obs, reward.to(torch.float32), done, info
+        return obs, self._scaled(reward, weights), done, info
 
     # --- internals ------------------------------------------------------------------------
+    def _scaled(self, reward: Tensor, weights: Tensor) -> Tensor:
+        """The step's rewards times the episodes' ``price_weights`` (``weights``, per row)
+        and ``reward_scale``, as float32."""
+        if self.price_weights is not None:
+            reward = reward * weights.to(reward.dtype)
+        if self.reward_scale != 1.0:
+            reward = reward * self.reward_scale
+        return reward.to(torch.float32)
+
     def _price_paid(self, cont: Tensor, first: Tensor, t_old: Tensor) -> Tensor:
         """The layer price charged this step, in units of ``beta``: layer 1 was computed when
         the episode started (charged on its first step); continuing computes layer t + 2."""
@@ -496,6 +549,8 @@ class BatchedStopEnv:
             len(self.prices), (self.num_envs,), generator=self._price_generator, device=self.device
         )
         self._row_prices = torch.where(starting, self.prices[pick], self._row_prices)
+        if self.price_weights is not None:
+            self._row_weights = torch.where(starting, self.price_weights[pick], self._row_weights)
 
     def _step_info(
         self, done: Tensor, t_end: Tensor, new_t: Tensor, obs: Tensor,
