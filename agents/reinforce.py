@@ -64,7 +64,9 @@ the policy acts at the price its observation shows, the rewards charge each epis
 price, the update re-runs the policy at those prices, and the baseline is the leave-one-out
 mean over the decisions at the same layer *and price* (returns at different prices differ
 by ``lambda C_t / beta``; grouping by price keeps that out of the advantages, and still
-uses only other episodes). Validation and checkpoints go over the grid
+uses only other episodes). The rewards of an episode at price ``lambda`` are weighted by
+``1 / (1 + lambda / g)`` (``frontier.one_policy_balance``, ``make_rl_env``) so that the high
+prices do not drown the low ones. Validation and checkpoints go over the grid
 (``PriceGridValidator``). Without ``ctx.prices`` nothing of this runs.
 
 TensorBoard: ``losses/policy_gradient``, ``losses/entropy`` (the per-episode estimate of

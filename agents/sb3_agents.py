@@ -39,7 +39,8 @@ One policy for every price (``ctx.prices``, ``l2s frontier --one-policy``; PPO a
 env draws each episode's price from the grid and shows it (``[features, lambda, t]``),
 the features extractor appends ``price_code(lambda, price_unit)`` after the position
 encoding, as a ``StopPolicy(price_input=True)`` does, so the copy is a price-conditioned
-StopPolicy, validated over the grid (``PriceGridValidator``).
+StopPolicy, validated over the grid (``PriceGridValidator``). Each episode's rewards are
+weighted by ``1 / (1 + lambda / g)`` (``frontier.one_policy_balance``, ``make_rl_env``).
 
 stable-baselines3 is imported inside the functions: importing ``l2s_gym.agents`` stays fast.
 """
