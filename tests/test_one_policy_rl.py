@@ -56,6 +56,21 @@ def _episode_rewards(mode: str, losses: list[float], stop: int, lam: float, beta
     return out
 
 
+def _toy_rl_context(tmp_path: Path):  # noqa: ANN202
+    """A learner's context on the toy RL config: its task, frozen predictor, validation trace."""
+    from conftest import TOY_RL
+
+    from l2s_gym.build import make_predictor, make_task
+    from l2s_gym.config import from_dict
+    from l2s_gym.learner import LearnerContext
+
+    cfg = from_dict(yaml.safe_load(TOY_RL))
+    task = make_task(cfg.task, cfg.seed, "cpu")
+    predictor = make_predictor(cfg.predictor, task, seed=0).requires_grad_(False)
+    val = predictor.trace_eval(task.eval_set("val"), task)
+    return LearnerContext(cfg, task, predictor, val, tmp_path, progress=False)
+
+
 @pytest.mark.parametrize("mode", REWARD_MODES)
 def test_each_row_draws_its_price_and_is_paid_like_a_fixed_price_env(mode: str) -> None:
     """Rows draw their prices from the grid; each row's rewards are, step by step, those of
@@ -142,17 +157,12 @@ def test_rl_one_policy_envs_balance_the_prices_unless_told_not_to(tmp_path: Path
     from conftest import TOY_RL
 
     from l2s_gym.agents.sb3_dqn import dqn_env
-    from l2s_gym.build import make_predictor, make_task
     from l2s_gym.config import from_dict
     from l2s_gym.envs.batched import balanced_price_weights
-    from l2s_gym.learner import LearnerContext, make_rl_env
+    from l2s_gym.learner import make_rl_env
 
     data = yaml.safe_load(TOY_RL)
-    cfg = from_dict(data)
-    task = make_task(cfg.task, cfg.seed, "cpu")
-    predictor = make_predictor(cfg.predictor, task, seed=0).requires_grad_(False)
-    val = predictor.trace_eval(task.eval_set("val"), task)
-    ctx = LearnerContext(cfg, task, predictor, val, tmp_path, progress=False)
+    ctx = _toy_rl_context(tmp_path)
     assert make_rl_env(ctx, stream=1).price_weights is None  # one price: nothing to weigh
     priced = replace(ctx, prices=[0.0, 0.02, 0.2], price_unit=0.02)
     want = torch.tensor(balanced_price_weights(priced.prices, 0.02))
@@ -336,21 +346,13 @@ def test_price_conditioned_ppo_actor_copies_into_a_price_conditioned_stop_policy
     so the copied policy has the SB3 actor's stop logits at every row's price."""
     from dataclasses import replace
 
-    from conftest import TOY_RL
-
     from l2s_gym.agents.sb3_agents import copy_actor_to_stop_policy, make_model
-    from l2s_gym.build import make_policy, make_predictor, make_task
-    from l2s_gym.config import from_dict
+    from l2s_gym.build import make_policy
     from l2s_gym.envs.batched import make_obs
     from l2s_gym.envs.sb3_vec import StopVecEnv
-    from l2s_gym.learner import LearnerContext
 
-    cfg = from_dict(yaml.safe_load(TOY_RL))
-    task = make_task(cfg.task, cfg.seed, "cpu")
-    predictor = make_predictor(cfg.predictor, task, seed=0).requires_grad_(False)
-    val = predictor.trace_eval(task.eval_set("val"), task)
-    ctx = LearnerContext(cfg, task, predictor, val, tmp_path, progress=False)
-    ctx = replace(ctx, prices=[0.0, 0.02, 0.2], price_unit=0.02)
+    ctx = replace(_toy_rl_context(tmp_path), prices=[0.0, 0.02, 0.2], price_unit=0.02)
+    cfg, task, predictor, val = ctx.cfg, ctx.task, ctx.predictor, ctx.val_trace
     env = BatchedStopEnv(predictor, task, 8, beta=cfg.beta, prices=ctx.prices)
     model = make_model("ppo", ctx, StopVecEnv(env), seed=0)
     with torch.no_grad():
@@ -373,21 +375,13 @@ def test_price_conditioned_dqn_q_net_copies_into_a_price_conditioned_stop_policy
     at every row's price."""
     from dataclasses import replace
 
-    from conftest import TOY_RL
-
     from l2s_gym.agents.sb3_dqn import copy_q_to_stop_policy, dqn_env, make_dqn
-    from l2s_gym.build import make_policy, make_predictor, make_task
-    from l2s_gym.config import from_dict
+    from l2s_gym.build import make_policy
     from l2s_gym.envs.batched import make_obs
     from l2s_gym.envs.sb3_vec import StopVecEnv
-    from l2s_gym.learner import LearnerContext
 
-    cfg = from_dict(yaml.safe_load(TOY_RL))
-    task = make_task(cfg.task, cfg.seed, "cpu")
-    predictor = make_predictor(cfg.predictor, task, seed=0).requires_grad_(False)
-    val = predictor.trace_eval(task.eval_set("val"), task)
-    ctx = LearnerContext(cfg, task, predictor, val, tmp_path, progress=False)
-    ctx = replace(ctx, prices=[0.0, 0.02, 0.2], price_unit=0.02)
+    ctx = replace(_toy_rl_context(tmp_path), prices=[0.0, 0.02, 0.2], price_unit=0.02)
+    cfg, predictor, val = ctx.cfg, ctx.predictor, ctx.val_trace
     env = dqn_env(ctx, stream=70_000)
     assert env.prices is not None and env.cost == 0.0
     model = make_dqn(ctx, StopVecEnv(env), seed=0)
