@@ -84,16 +84,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from l2s_gym import progress
-from l2s_gym.build import make_policy
 from l2s_gym.envs.batched import BatchedStopEnv, obs_price, split_obs
 from l2s_gym.learner import (
     LearnerContext,
     LearnerResult,
-    PriceGridValidator,
-    Validator,
     anneal_env_beta,
     anneal_multiple,
     make_rl_env,
+    rl_stop_policy,
 )
 from l2s_gym.policy import StopPolicy
 from l2s_gym.registry import register_learner
@@ -275,15 +273,10 @@ def train_reinforce(ctx: LearnerContext) -> LearnerResult:
     T = predictor.num_layers
     env = make_rl_env(ctx, stream=30_000, num_envs=rl.reinforce_num_envs)
     grid = ctx.prices
-    policy = make_policy(cfg, predictor, seed=cfg.seed + 1, price_input=grid is not None)
+    policy, validator = rl_stop_policy(ctx, "reinforce", seed=cfg.seed + 1)
     optimizer = torch.optim.Adam(policy.parameters(), lr=rl.lr)
     generator = torch.Generator(device=env.device)
     generator.manual_seed(40_000 + ctx.seed)
-    if grid is not None:
-        policy.set_price(ctx.cost, ctx.price_unit)
-        validator: Validator = PriceGridValidator(ctx, policy, "reinforce")
-    else:
-        validator = Validator(ctx, policy, "reinforce")
     w = validator.writer
     validator(policy, 0, 0)
 

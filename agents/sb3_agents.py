@@ -52,15 +52,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from l2s_gym.build import make_policy
 from l2s_gym.config import SB3_SCHEDULES, sb3_arguments
 from l2s_gym.envs.batched import make_obs, obs_price, split_obs
 from l2s_gym.learner import (
     LearnerContext,
     LearnerResult,
-    PriceGridValidator,
-    Validator,
     make_rl_env,
+    rl_stop_policy,
 )
 from l2s_gym.policy import PRICE_CODE_DIM, StopPolicy, position_encoding, price_code
 from l2s_gym.progress import notify
@@ -249,7 +247,7 @@ def train_sb3(ctx: LearnerContext, algorithm: Algorithm) -> LearnerResult:
     )
     from l2s_gym.envs.sb3_vec import StopVecEnv
 
-    cfg, task, predictor = ctx.cfg, ctx.task, ctx.predictor
+    cfg, task = ctx.cfg, ctx.task
     rl = cfg.rl
     budget = ctx.layer_budget
     offset = 50_000 if algorithm == "ppo" else 60_000
@@ -259,10 +257,7 @@ def train_sb3(ctx: LearnerContext, algorithm: Algorithm) -> LearnerResult:
     # SB3 seeded the env with its own seed; give it a stream apart from the task's eval sets.
     venv.seed(task.stream_seed(offset + ctx.seed))
     priced = ctx.prices is not None
-    stop_policy = make_policy(cfg, predictor, price_input=priced)
-    if priced:
-        stop_policy.set_price(ctx.cost, ctx.price_unit)
-    validator = (PriceGridValidator if priced else Validator)(ctx, stop_policy, algorithm)
+    stop_policy, validator = rl_stop_policy(ctx, algorithm)
     model.set_logger(configure(str(ctx.run_dir / "tb"), ["tensorboard"]))
     validation = ValidationCallback(
         validator,

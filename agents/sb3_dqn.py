@@ -29,14 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from l2s_gym.build import make_policy
 from l2s_gym.envs.batched import BatchedStopEnv
 from l2s_gym.learner import (
     LearnerContext,
     LearnerResult,
-    PriceGridValidator,
-    Validator,
     one_policy_price_weights,
+    rl_stop_policy,
 )
 from l2s_gym.policy import StopPolicy
 from l2s_gym.registry import register_learner
@@ -115,10 +113,7 @@ def dqn_learner(ctx: LearnerContext) -> LearnerResult:
     model = make_dqn(ctx, venv, seed=cfg.seed + 1)
     venv.seed(ctx.task.stream_seed(70_000 + ctx.seed))
     priced = ctx.prices is not None
-    stop_policy = make_policy(cfg, ctx.predictor, price_input=priced)
-    if priced:
-        stop_policy.set_price(ctx.cost, ctx.price_unit)
-    validator = (PriceGridValidator if priced else Validator)(ctx, stop_policy, "dqn")
+    stop_policy, validator = rl_stop_policy(ctx, "dqn")
     model.set_logger(configure(str(ctx.run_dir / "tb"), ["tensorboard"]))
     freq = model.train_freq.frequency  # in steps of all envs (DQN's default unit)
     every = max(1, budget // (venv.num_envs * freq * VALIDATIONS))

@@ -40,6 +40,7 @@ from l2s_gym.evaluation import (
     stop_objective,
     stop_summary,
 )
+from l2s_gym.policy import StopPolicy
 from l2s_gym.predictor import LayeredPredictor, Trace
 from l2s_gym.rules import PAPER_RULE, ReadoutRule
 from l2s_gym.runs import (
@@ -445,3 +446,19 @@ class PriceGridValidator(Validator):
         }
         recorded = {"prices": self.prices, "readouts": [r.to_dict() for r in rules]}
         return point, low_rule, recorded
+
+
+def rl_stop_policy(
+    ctx: LearnerContext, name: str, seed: int | None = None
+) -> tuple[StopPolicy, Validator]:
+    """An RL learner's StopPolicy (``make_policy``; ``seed`` fixes its init) and its
+    validator. With ``ctx.prices`` (a one-policy trial) the policy is price-conditioned, its
+    dial at ``ctx.cost`` in ``ctx.price_unit``, validated over the grid
+    (``PriceGridValidator``); else a plain ``Validator``."""
+    from l2s_gym.build import make_policy
+
+    priced = ctx.prices is not None
+    policy = make_policy(ctx.cfg, ctx.predictor, seed=seed, price_input=priced)
+    if priced:
+        policy.set_price(ctx.cost, ctx.price_unit)
+    return policy, (PriceGridValidator if priced else Validator)(ctx, policy, name)
