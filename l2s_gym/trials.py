@@ -251,14 +251,8 @@ def is_done(folder: Path, cfg_dict: dict[str, Any], kind: DigestKind = "stage2")
     The marker's digest is read through today's schema, as the run's config snapshot is
     on ``--resume``: a trial finished before a config key was added to the library (with
     a default that keeps the old behaviour) is reused, not trained again."""
-    marker = folder / DONE
-    if not marker.is_file():
-        return False
-    try:
-        saved = json.loads(marker.read_text()).get("config")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
-    if not isinstance(saved, dict):
+    saved = _marker_config(folder / DONE)
+    if saved is None:
         return False
     if kind == "one_policy" and saved.pop(_FORMAT_KEY, None) != ONE_POLICY_FORMAT:
         return False
@@ -281,17 +275,21 @@ def _mark_done(folder: Path, cfg_dict: dict[str, Any], kind: DigestKind) -> None
     write_json(folder / DONE, record)
 
 
-def one_policy_format(marker: Path) -> int | None:
-    """The format version a one-policy trial's ``done`` marker records (``1`` for markers
-    written before versions were recorded; ``None`` if the marker can't be read)."""
+def _marker_config(marker: Path) -> dict[str, Any] | None:
+    """The config digest a ``done`` marker records (``None``: no marker, or not readable)."""
     try:
         record = json.loads(Path(marker).read_text())
     except (OSError, ValueError):
         return None
     saved = record.get("config") if isinstance(record, dict) else None
-    if not isinstance(saved, dict):
-        return None
-    return int(saved.get(_FORMAT_KEY, 1))
+    return saved if isinstance(saved, dict) else None
+
+
+def one_policy_format(marker: Path) -> int | None:
+    """The format version a one-policy trial's ``done`` marker records (``1`` for markers
+    written before versions were recorded; ``None`` if the marker can't be read)."""
+    saved = _marker_config(marker)
+    return None if saved is None else int(saved.get(_FORMAT_KEY, 1))
 
 
 def load_traces(
