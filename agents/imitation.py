@@ -237,14 +237,12 @@ class PriceDraws:
         self.cum = ctx.cum_costs
         self.gen = torch.Generator().manual_seed(ctx.task.stream_seed(22_000 + ctx.seed))
 
-    def draw(
-        self, n: int, icfg: ImitationConfig, beta: float, step: int, per_instance: int = 1
-    ) -> tuple[Tensor, Tensor]:
+    def draw(self, n: int, icfg: ImitationConfig, beta: float, step: int) -> tuple[Tensor, Tensor]:
         """``(lambda, temperature)``, each ``(n,)``, on the predictor's device. With
         ``per_instance = m > 1`` the ``n`` rows are ``n / m`` instances repeated ``m`` times
         (consecutively), each at ``m`` distinct grid prices (all of them for ``m >= K``)."""
         K = len(self.grid)
-        m = min(per_instance, K)
+        m = min(self.per_instance, K)
         if m <= 1:
             idx = torch.randint(K, (n,), generator=self.gen)
         elif m == K:
@@ -267,7 +265,7 @@ class PriceDraws:
         m = self.per_instance
         if m > 1:  # each instance at several prices of the grid
             features, losses = features.repeat_interleave(m, 0), losses.repeat_interleave(m, 0)
-        lam, temperature = self.draw(len(losses), icfg, beta, step, m)
+        lam, temperature = self.draw(len(losses), icfg, beta, step)
         return features, lam, oracle_log_q(self.adjusted(losses, lam), temperature.unsqueeze(1))
 
     def record(self) -> dict[str, object]:

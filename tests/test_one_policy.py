@@ -238,6 +238,7 @@ def test_grid_draws_cover_the_grid() -> None:
     draws.grid = torch.tensor([0.0, 0.1, 1.0])
     draws.multiples = torch.ones(3, dtype=torch.float64)
     draws.cum, draws.gen = torch.arange(1.0, 5.0), torch.Generator().manual_seed(0)
+    draws.per_instance = 1
     lam, temp = draws.draw(3000, ImitationConfig(), 0.5, 1)
     counts = [int((lam == g).sum()) for g in draws.grid]
     assert sum(counts) == 3000 and min(counts) > 900
@@ -254,9 +255,11 @@ def test_several_prices_per_instance_are_distinct_and_all_means_every_price() ->
     draws.grid = torch.tensor([0.0, 0.1, 1.0, 3.0])
     draws.multiples = torch.ones(4, dtype=torch.float64)
     draws.cum, draws.gen = torch.arange(1.0, 5.0), torch.Generator().manual_seed(0)
-    lam, _ = draws.draw(5 * 4, ImitationConfig(), 0.5, 1, per_instance=9)
+    draws.per_instance = 9  # more than the grid: every price once
+    lam, _ = draws.draw(5 * 4, ImitationConfig(), 0.5, 1)
     assert torch.equal(lam.reshape(5, 4), draws.grid.expand(5, 4))
-    lam, _ = draws.draw(50 * 2, ImitationConfig(), 0.5, 1, per_instance=2)
+    draws.per_instance = 2
+    lam, _ = draws.draw(50 * 2, ImitationConfig(), 0.5, 1)
     pairs = lam.reshape(50, 2)
     assert bool((pairs[:, 0] != pairs[:, 1]).all())
 
