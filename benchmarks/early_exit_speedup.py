@@ -348,6 +348,151 @@ def take_val(task: Task, n: int) -> dict[str, torch.Tensor]:
     return example_rows(task.eval_set("val").inputs, n)
 
 
+def batch_variants(
+    name: str,
+    args: argparse.Namespace,
+    runners: dict[Any, StopRunner],
+    task: Task,
+    batch: int,
+    tunes: dict[Any, Any],
+    log: Callable[[str], None],
+) -> dict[Any, StopRunner]:
+    """Each policy at each look-ahead (the policy asked once per k layers; 1: every layer;
+    T: never, the plain model), and tuned for this batch size ("auto"; its ``tune`` result
+    and seconds into ``tunes``)."""
+    T = next(iter(runners.values())).predictor.num_layers
+    variants: dict[Any, StopRunner] = {}
+    for cost, base in runners.items():
+        for k in lookaheads(args, batch, T):
+            variants[(cost, k)] = StopRunner(
+                base.predictor, base.policy, base.rule, base.generator, lookahead=k
+            )
+        if not args.no_auto:
+            auto = StopRunner(base.predictor, base.policy, base.rule, base.generator)
+            tune_started = time.perf_counter()
+            result = auto.tune(take_val(task, max(batch, 32)), batch_size=batch)
+            tunes[(cost, batch)] = (result, time.perf_counter() - tune_started)
+            log(f"  {name} batch {batch} cost {cost}: tuned in "
+                f"{tunes[(cost, batch)][1]:.1f}s: {result.describe()}")  # fmt: skip
+            variants[(cost, AUTO)] = auto
+    return variants
+
+
+def batch_chunks(task: Task, batch: int, instances_b1: int) -> list[dict[str, torch.Tensor]]:
+    """The inputs timed at ``batch``: ``instances_b1`` single instances at batch 1, else one
+    batch."""
+    if batch != 1:
+        return [take(task, batch)]
+    first = take(task, instances_b1)
+    return [{k: v[i : i + 1] for k, v in first.items()} for i in range(instances_b1)]
+
+
+def timed_rounds(
+    fns: dict[Any, Callable[[], Any]], repeats: int, warm_up: bool, device: torch.device
+) -> tuple[dict[Any, list[float]], dict[Any, list[float]]]:
+    """Wall and CPU seconds of every function in ``repeats`` rounds (after a warm-up round
+    when asked), in a new seeded order every round: no variant always runs first, or after
+    the same one (what ran before moves a run's time by a few percent on a CPU)."""
+    samples: dict[Any, list[float]] = {k: [] for k in fns}
+    cpu_samples: dict[Any, list[float]] = {k: [] for k in fns}
+    for round_ in range(-1 if warm_up else 0, repeats):  # round -1: warm-up
+        order = list(fns)
+        random.Random(round_).shuffle(order)
+        for key in order:
+            elapsed, cpu = timed(fns[key], device)
+            if round_ >= 0:
+                samples[key].append(elapsed)
+                cpu_samples[key].append(cpu)
+    return samples, cpu_samples
+
+
+def timing_fields(
+    samples: dict[Any, list[float]], cpu_samples: dict[Any, list[float]], key: Any, per: int
+) -> dict[str, float]:
+    """A row's measured speed-ups against the full-depth model (``samples["full"]``) and its
+    times per chunk."""
+    full_s = statistics.median(samples["full"]) / per
+    runner_s = statistics.median(samples[key]) / per
+    full_cpu = statistics.median(cpu_samples["full"]) / per
+    runner_cpu = statistics.median(cpu_samples[key]) / per
+    paired = statistics.median(f / r for f, r in zip(samples["full"], samples[key], strict=True))
+    return {
+        "measured_speedup": round(full_s / runner_s, 3),
+        # The median over rounds of the ratio within a round: what load from other
+        # processes, which slows a round as a whole, disturbs least.
+        "measured_speedup_paired": round(paired, 3),
+        "full_ms": round(full_s * 1e3, 3),
+        "runner_ms": round(runner_s * 1e3, 3),
+        "measured_speedup_cpu_time": round(full_cpu / runner_cpu, 3),
+    }
+
+
+def never_runner(cfg: Any, predictor: Any) -> StopRunner:
+    """A runner whose policy never stops (a logit of -50 everywhere): every layer plus a
+    policy call per layer, the runner's overhead at its worst."""
+    never = build.make_policy(cfg, predictor)
+    with torch.no_grad():
+        never.head.weight.zero_()
+        never.head.bias.fill_(-50.0)
+    return StopRunner(predictor, never, PAPER_RULE)
+
+
+def checked_stops(
+    name: str, key: tuple[Any, Any], runner: StopRunner, outputs: dict[Any, list[Any]]
+) -> torch.Tensor:
+    """The stops of variant ``key = (cost, k)``, checked: the plain model (k = T) stops
+    every instance at the last layer, and a look-ahead changes when the policy is asked,
+    not where it stops (a deterministic rule's stops equal k = 1's)."""
+    cost, k = key
+    stop = torch.cat([o.stop for o in outputs[key]]).cpu()
+    T = runner.predictor.num_layers
+    if runner.plain:
+        assert bool((stop == T - 1).all()), f"{name} cost {cost}: plain model stops"
+    elif runner.lookahead > 1 and runner.rule.deterministic:
+        same = torch.cat([o.stop for o in outputs[(cost, 1)]]).cpu()
+        assert torch.equal(stop, same), f"{name} cost {cost}: lookahead {k} stops differ"
+    return stop
+
+
+def row_line(r: dict[str, Any]) -> str:
+    """One timed row as a log line."""
+    k, T = r["lookahead"], r["num_layers"]
+    return (
+        f"{r['family']} batch {r['batch']:>4} cost {r['cost']!s:<8} k {k!s:>4}"
+        f"{'=' + str(r['k']) if k == AUTO else ''} layers {r['avg_layers']:5.2f}/{T} "
+        f"ideal {r['ideal_speedup']:.2f}x (layer time {r['ideal_speedup_layer_time']:.2f}x) "
+        f"measured {r['measured_speedup']:.2f}x  full {r['full_ms']:.2f} ms runner "
+        f"{r['runner_ms']:.2f} ms"
+    )
+
+
+def timed_functions(
+    predictor: Any,
+    variants: dict[Any, StopRunner],
+    chunks: list[dict[str, torch.Tensor]],
+    outputs: dict[Any, list[Any]],
+    profiles: dict[Any, dict[str, float]] | None,
+) -> dict[Any, Callable[[], None]]:
+    """What is timed: the full-depth model (``"full"``) and each variant over ``chunks``,
+    each keeping its outputs in ``outputs`` (the runners' profiled within the timed run when
+    ``profiles`` is given)."""
+
+    def full() -> None:
+        # Kept like the runners' outputs (freed on the next run, as theirs): holding one
+        # side's results and not the other's moved the ratio by 5-10% at batch 1.
+        outputs["full"] = [run_full_depth(predictor, c) for c in chunks]
+
+    fns: dict[Any, Callable[[], None]] = {"full": full}
+    for key, runner in variants.items():
+        parts = profiles[key] if profiles is not None else None
+
+        def run(key=key, r=runner, p=parts) -> None:  # noqa: ANN001
+            outputs[key] = [r(c, profile=p) for c in chunks]
+
+        fns[key] = run
+    return fns
+
+
 def bench_family(
     name: str, args: argparse.Namespace, budget: Budget, log: Callable[[str], None]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -359,38 +504,14 @@ def bench_family(
         cfg, task, predictor, runners, costs = prepare_family(name, args, budget, log)
     device = predictor.device
     T = predictor.num_layers
-    never = build.make_policy(cfg, predictor)
-    with torch.no_grad():
-        never.head.weight.zero_()
-        never.head.bias.fill_(-50.0)
-    runners[NEVER] = StopRunner(predictor, never, PAPER_RULE)  # type: ignore[index]
+    runners[NEVER] = never_runner(cfg, predictor)  # type: ignore[index]
     log(f"{name}: ready [{time.perf_counter() - started:.0f}s]")
     rows = []
     tunes: dict[Any, Any] = {}
     for batch in args.batch_sizes:
         repeats = args.repeats or budget.repeats.get(batch, 3)
-        # Each policy at each look-ahead (the policy asked once per k layers; 1: every layer;
-        # T: never, the plain model), and tuned for this batch size ("auto").
-        variants: dict[Any, StopRunner] = {}
-        for cost, base in runners.items():
-            for k in lookaheads(args, batch, T):
-                variants[(cost, k)] = StopRunner(
-                    predictor, base.policy, base.rule, base.generator, lookahead=k
-                )
-            if not args.no_auto:
-                auto = StopRunner(predictor, base.policy, base.rule, base.generator)
-                tune_started = time.perf_counter()
-                result = auto.tune(take_val(task, max(batch, 32)), batch_size=batch)
-                tunes[(cost, batch)] = (result, time.perf_counter() - tune_started)
-                log(f"  {name} batch {batch} cost {cost}: tuned in "
-                    f"{tunes[(cost, batch)][1]:.1f}s: {result.describe()}")  # fmt: skip
-                variants[(cost, AUTO)] = auto
-        if batch == 1:
-            count = args.instances_b1 or budget.instances_b1
-            first = take(task, count)
-            chunks = [{k: v[i : i + 1] for k, v in first.items()} for i in range(count)]
-        else:
-            chunks = [take(task, batch)]
+        variants = batch_variants(name, args, runners, task, batch, tunes, log)
+        chunks = batch_chunks(task, batch, args.instances_b1 or budget.instances_b1)
         per = len(chunks)
         # One expensive repeat (the paper-scale DnCNN at batch 1024 on a CPU): no warm-up
         # round (the smaller batches ran the same code first), and the runner's parts are
@@ -398,34 +519,8 @@ def bench_family(
         single = repeats == 1 and device.type == "cpu" and batch > 1
         profiles: dict[Any, dict[str, float]] = {c: {} for c in variants}
         outputs: dict[Any, list[Any]] = {}
-
-        def full(ch=chunks, out=outputs) -> None:  # noqa: ANN001
-            # Kept like the runners' outputs (freed on the next run, as theirs): holding one
-            # side's results and not the other's moved the ratio by 5-10% at batch 1.
-            out["full"] = [run_full_depth(predictor, c) for c in ch]
-
-        fns: dict[Any, Callable[[], Any]] = {"full": full}
-        for cost, runner in variants.items():
-            parts = profiles[cost] if single else None
-
-            def run(cost=cost, r=runner, p=parts, ch=chunks, out=outputs) -> None:  # noqa: ANN001
-                out[cost] = [r(c, profile=p) for c in ch]
-
-            fns[cost] = run
-        samples: dict[Any, list[float]] = {k: [] for k in fns}
-        cpu_samples: dict[Any, list[float]] = {k: [] for k in fns}
-        for round_ in range(0 if single else -1, repeats):  # round -1: warm-up
-            # A new order every round (seeded): no variant always runs first, or after the
-            # same one (what ran before moves a run's time by a few percent on a CPU).
-            order = list(fns)
-            random.Random(round_).shuffle(order)
-            for key in order:
-                elapsed, cpu = timed(fns[key], device)
-                if round_ >= 0:
-                    samples[key].append(elapsed)
-                    cpu_samples[key].append(cpu)
-        full_s = statistics.median(samples["full"]) / per
-        full_cpu = statistics.median(cpu_samples["full"]) / per
+        fns = timed_functions(predictor, variants, chunks, outputs, profiles if single else None)
+        samples, cpu_samples = timed_rounds(fns, repeats, warm_up=not single, device=device)
         # Relative layer costs (batch 1: over the same instances; else on up to 256).
         probe = chunks if batch == 1 else [take(task, min(batch, 256))]
         per_layer = layer_times(predictor, probe, max(1, min(repeats, 3)))
@@ -435,57 +530,26 @@ def bench_family(
             if not single:  # a separate, profiled run: the timed ones were not disturbed
                 for c in chunks:
                     runner(c, profile=parts)
-            stop = torch.cat([o.stop for o in outputs[(cost, k)]]).cpu()
-            if runner.plain:  # k = T: the plain model, every instance at the last layer
-                assert bool((stop == T - 1).all()), f"{name} cost {cost}: plain model stops"
-            elif runner.lookahead > 1 and runner.rule.deterministic:
-                # The look-ahead changes when the policy is asked, not where it stops.
-                same = torch.cat([o.stop for o in outputs[(cost, 1)]]).cpu()
-                assert torch.equal(stop, same), f"{name} cost {cost}: lookahead {k} stops differ"
+            stop = checked_stops(name, (cost, k), runner, outputs)
             avg = float((stop + 1).double().mean())
-            runner_s = statistics.median(samples[(cost, k)]) / per
-            runner_cpu = statistics.median(cpu_samples[(cost, k)]) / per
             ideal_time = float(cum_time[-1] / cum_time[stop].mean())
-            rows.append(
-                {
-                    "family": name,
-                    "batch": batch,
-                    "cost": cost,
-                    "lookahead": k,
-                    "avg_layers": round(avg, 3),
-                    "ideal_speedup": round(T / avg, 3),
-                    "measured_speedup": round(full_s / runner_s, 3),
-                    # The median over rounds of the ratio within a round: what load from
-                    # other processes, which slows a round as a whole, disturbs least.
-                    "measured_speedup_paired": round(
-                        statistics.median(
-                            f / r for f, r in zip(samples["full"], samples[(cost, k)], strict=True)
-                        ),
-                        3,
-                    ),
-                    "ideal_speedup_layer_time": round(ideal_time, 3),
-                    "num_layers": T,
-                    "full_ms": round(full_s * 1e3, 3),
-                    "runner_ms": round(runner_s * 1e3, 3),
-                    "measured_speedup_cpu_time": round(full_cpu / runner_cpu, 3),
-                    "repeats": repeats,
-                    "readout": runner.rule.label,
-                    "runner_parts_ms": {p: round(v / per * 1e3, 3) for p, v in parts.items()},
-                    "k": runner.lookahead,
-                }
-            )
-            r = rows[-1]
+            r = {"family": name, "batch": batch, "cost": cost, "lookahead": k,
+                 "avg_layers": round(avg, 3), "ideal_speedup": round(T / avg, 3)}  # fmt: skip
+            r |= timing_fields(samples, cpu_samples, (cost, k), per)
+            r |= {
+                "ideal_speedup_layer_time": round(ideal_time, 3),
+                "num_layers": T,
+                "repeats": repeats,
+                "readout": runner.rule.label,
+                "runner_parts_ms": {p: round(v / per * 1e3, 3) for p, v in parts.items()},
+                "k": runner.lookahead,
+            }
+            rows.append(r)
             if k == AUTO:
                 result, tune_s = tunes[(cost, batch)]
                 r["tune"] = result.to_dict()
                 r["tune_s"] = round(tune_s, 2)
-            log(
-                f"  {name} batch {batch:>4} cost {cost!s:<8} k {k!s:>4}"
-                f"{'=' + str(runner.lookahead) if k == AUTO else ''} layers {avg:5.2f}/{T} "
-                f"ideal {r['ideal_speedup']:.2f}x (layer time {ideal_time:.2f}x) measured "
-                f"{r['measured_speedup']:.2f}x  full {r['full_ms']:.2f} ms runner "
-                f"{r['runner_ms']:.2f} ms [{time.perf_counter() - started:.0f}s]"
-            )
+            log(f"  {row_line(r)} [{time.perf_counter() - started:.0f}s]")
     info = {
         "family": name,
         "num_layers": T,
@@ -651,7 +715,8 @@ def compile_check(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (``main`` checks what argparse cannot)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="JSON file for the rows (required unless --table)")
     parser.add_argument(
@@ -699,6 +764,12 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for the trained predictors and policies: reused when there (to rerun "
         "the timing alone)",
     )
+    add_run_options(parser)
+    return parser
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``--runs`` (time trained run folders) and the rest of the command line."""
     parser.add_argument(
         "--runs",
         nargs="+",
@@ -736,26 +807,53 @@ def main(argv: list[str] | None = None) -> int:
         help="a config override for every family run (repeatable), e.g. "
         "predictor.features=lean for meta learning",
     )
-    args = parser.parse_args(argv)
+
+
+def print_tables(rows: list[dict[str, Any]]) -> None:
+    """The summary table, and the tuned runner's when there is one."""
+    print(summary_table(rows))
+    if any(r["lookahead"] == AUTO for r in rows):
+        print()
+        print(tuned_table(rows))
+
+
+def machine(device: str, load_at_start: list[float]) -> dict[str, Any]:
+    """What the report says of the machine: the device, threads, load and torch version."""
+    return {
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
+    }
+
+
+def earlier_rows(files: list[str]) -> list[dict[str, Any]]:
+    """The rows of earlier runs' JSON files; a family in several files: its rows from the
+    first file that has it."""
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for f in files:
+        mine = json.loads(Path(f).read_text())["rows"]
+        rows += [r for r in mine if r["family"] not in seen]
+        seen |= {r["family"] for r in mine}
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
     if args.table:
-        # A family in several files: its rows from the first file that has it.
-        rows, seen = [], set()
-        for f in args.table:
-            mine = json.loads(Path(f).read_text())["rows"]
-            rows += [r for r in mine if r["family"] not in seen]
-            seen |= {r["family"] for r in mine}
-        print(summary_table(rows))
-        if any(r["lookahead"] == AUTO for r in rows):
-            print()
-            print(tuned_table(rows))
+        print_tables(earlier_rows(args.table))
         return 0
     if not args.out:
-        parser.error("--out is required (or --table to print earlier results)")
+        cli.error("--out is required (or --table to print earlier results)")
     for k in args.lookahead:
         if k != "T" and not (k.isdigit() and int(k) >= 1):
-            parser.error(f"--lookahead: {k!r} is neither a whole number >= 1 nor T")
+            cli.error(f"--lookahead: {k!r} is neither a whole number >= 1 nor T")
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: PyTorch sees no CUDA device")
+        cli.error("--device cuda: PyTorch sees no CUDA device")
     torch.set_num_threads(args.threads)
     for spec in args.imports:
         registry.import_module_or_file(spec)
@@ -779,14 +877,7 @@ def main(argv: list[str] | None = None) -> int:
         """The report so far: written after every family, so a crash keeps what ran."""
         result = {
             "command": "python benchmarks/early_exit_speedup.py " + " ".join(argv or sys.argv[1:]),
-            "device": args.device,
-            "device_name": (
-                torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
-            ),
-            "threads": torch.get_num_threads(),
-            "load_average_at_start": load_at_start,
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-            "torch": torch.__version__,
+            **machine(args.device, load_at_start),
             "quick": args.quick,
             "wall_s": round(time.perf_counter() - started, 1),
             "families": families,
@@ -819,10 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         result = write()
     print(markdown(rows))
     print()
-    print(summary_table(rows))
-    if any(r["lookahead"] == AUTO for r in rows):
-        print()
-        print(tuned_table(rows))
+    print_tables(rows)
     for c in compiled:
         print(
             f"torch.compile, policy MLP, {c['family']} batch {c['batch']}: eager "
