@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,6 +45,44 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
             raise SystemExit(f"--grid {item}: expected key=v1,v2,...")
         grid.append((key.strip(), [v.strip() for v in values.split(",")]))
     return grid
+
+
+def result_row(overrides: list[str], result: Any, wall: float) -> dict[str, Any]:
+    """A setting's row: its best validation point, the untrained policy's, its cost."""
+    curve = result.curve
+    best = min(curve, key=lambda p: p["val_objective"])
+    return {
+        "overrides": overrides,
+        "val_objective": best["val_objective"],
+        "val_metric": best["val_metric"],
+        "val_avg_layers": best["val_avg_layers"],
+        "initial_avg_layers": curve[0]["val_avg_layers"],
+        "initial_objective": curve[0]["val_objective"],
+        "readout": best["val_readout"],
+        "best_step": result.extra.get("best_step"),
+        "layer_evals": result.layer_evals,
+        "wall_time_s": wall,
+    }
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """The rows as a markdown table (a diverged setting: its error)."""
+    print(
+        "| overrides | val objective | val metric | val layers | untrained layers | best step "
+        "| layer evals | time (s) |"
+    )
+    print("|" + "---|" * 8)
+    for r in rows:
+        if "error" in r:
+            print(
+                f"| {' '.join(r['overrides'])} | {r['error']} | | | | | | {r['wall_time_s']:.0f} |"
+            )
+            continue
+        print(
+            f"| {' '.join(r['overrides']) or '(defaults)'} | {r['val_objective']:.5g} | "
+            f"{r['val_metric']:.4f} | {r['val_avg_layers']:.2f} | {r['initial_avg_layers']:.2f} | "
+            f"{r['best_step']} | {r['layer_evals']:,} | {r['wall_time_s']:.0f} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,39 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         if result is None:
             rows.append({"overrides": overrides, "error": error, "wall_time_s": wall})
         else:
-            curve = result.curve
-            best = min(curve, key=lambda p: p["val_objective"])
-            rows.append(
-                {
-                    "overrides": overrides,
-                    "val_objective": best["val_objective"],
-                    "val_metric": best["val_metric"],
-                    "val_avg_layers": best["val_avg_layers"],
-                    "initial_avg_layers": curve[0]["val_avg_layers"],
-                    "initial_objective": curve[0]["val_objective"],
-                    "readout": best["val_readout"],
-                    "best_step": result.extra.get("best_step"),
-                    "layer_evals": result.layer_evals,
-                    "wall_time_s": wall,
-                }
-            )
+            rows.append(result_row(overrides, result, wall))
         print(f"[{i + 1}/{len(combos)}] {' '.join(overrides) or '(defaults)'}: "
               f"{rows[-1].get('val_objective', rows[-1].get('error'))}", file=sys.stderr)  # fmt: skip
     rows.sort(key=lambda r: r.get("val_objective", math.inf))
-    head = "| overrides | val objective | val metric | val layers | untrained layers | best step | layer evals | time (s) |"
-    print(head)
-    print("|" + "---|" * 8)
-    for r in rows:
-        if "error" in r:
-            print(
-                f"| {' '.join(r['overrides'])} | {r['error']} | | | | | | {r['wall_time_s']:.0f} |"
-            )
-            continue
-        print(
-            f"| {' '.join(r['overrides']) or '(defaults)'} | {r['val_objective']:.5g} | "
-            f"{r['val_metric']:.4f} | {r['val_avg_layers']:.2f} | {r['initial_avg_layers']:.2f} | "
-            f"{r['best_step']} | {r['layer_evals']:,} | {r['wall_time_s']:.0f} |"
-        )
+    print_table(rows)
     if args.out:
         args.out.write_text(json.dumps({"config": args.config, "learner": args.learner,
                                         "cost": args.cost, "lambda": lam, "rows": rows}, indent=2))  # fmt: skip
