@@ -465,12 +465,16 @@ class FrontierConfig:
     grid's size or more: every instance at every grid price, the exact mean over the grid,
     at that many times the policy's compute)."""
     one_policy_balance: bool = True
-    """RL learners' one-policy trials: each episode's rewards times ``1 / (1 + lambda / g)``
-    (``l2s_gym.envs.batched.balanced_price_weights``, ``g`` the gain per layer), so that
-    every grid price weighs about alike in the gradient: the best policy at each price is
-    unchanged, but without it a high price's large rewards drown a low price's small ones
-    (sparse recovery, validation: PPO's one policy closed 0.06 of the oracle gap unweighted,
-    0.29 weighted; docs/deploy.md). ``false``: the rewards as at a single price."""
+    """Every grid price weighs about alike in a one-policy trial's gradient; each price's
+    objective is only scaled, so its best policy is unchanged. RL learners: each episode's
+    rewards times ``1 / (1 + lambda / g)`` (``l2s_gym.envs.batched.balanced_price_weights``,
+    ``g`` the gain per layer); without it a high price's large rewards drown a low price's
+    small ones (sparse recovery, validation: PPO's one policy closed 0.06 of the oracle gap
+    unweighted, 0.29 weighted). Imitation learners: each row's KL times the square root of
+    the grid mean of the prices' running mean KLs over its own price's
+    (``l2s_gym.agents.imitation.PriceDraws``); without it the low prices lost the most
+    (sparse recovery, validation: 0.40 of the gap unscaled, 0.43 scaled, the per-price
+    policies' 0.46; docs/deploy.md). ``false``: the rewards and KLs as at a single price."""
 
     def validate(self, path: str) -> None:
         if not self.costs:

@@ -84,12 +84,13 @@ ONE_POLICY_KEYS = (
 )
 """Config keys only a price-conditioned (one-policy) trial reads: a per-price trial's
 ``done`` marker leaves them out, so changing them retrains the one policy only."""
-ONE_POLICY_FORMAT = 3
+ONE_POLICY_FORMAT = 4
 """The version of a one-policy trial, in its ``done`` marker: a trial of another version is
 trained again (1: the one-number price code; 2: ``PRICE_CODE_DIM`` inputs, twice the steps
-by default; 3: RL learners' rewards balanced over the prices, ``frontier.one_policy_balance``)."""
+by default; 3: RL learners' rewards balanced over the prices, ``frontier.one_policy_balance``;
+4: the imitation learners' KLs balanced likewise)."""
 ONE_POLICY_LOADABLE = 2
-"""The oldest one-policy format whose checkpoints this version's policy loads (2 and 3 share
+"""The oldest one-policy format whose checkpoints this version's policy loads (2 to 4 share
 the network; 1 had a one-number price code)."""
 _FORMAT_KEY = "_one_policy_format"
 ONE_POLICY_GRID = "frontier.costs"

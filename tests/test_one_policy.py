@@ -195,7 +195,7 @@ def test_one_policy_frontier_end_to_end_and_predict_at_an_off_grid_price(tmp_pat
     record = json.loads(marker.read_text())
     record["config"].pop("_one_policy_format")
     marker.write_text(json.dumps(record))
-    with pytest.raises(CheckpointError, match="format 1, this version reads formats 2-3"):
+    with pytest.raises(CheckpointError, match="format 1, this version reads formats 2-4"):
         predict_run(cfg, run_dir, "reverse_kl", cost=0.5, one_policy=True, lookahead=1)
 
 
@@ -262,6 +262,71 @@ def test_several_prices_per_instance_are_distinct_and_all_means_every_price() ->
     lam, _ = draws.draw(50 * 2, ImitationConfig(), 0.5, 1)
     pairs = lam.reshape(50, 2)
     assert bool((pairs[:, 0] != pairs[:, 1]).all())
+
+
+def _balanced_draws(grid: list[float], balance: bool = True):  # noqa: ANN202
+    from l2s_gym.agents.imitation import PriceDraws
+
+    draws = PriceDraws.__new__(PriceDraws)
+    draws.prices, draws.grid = grid, torch.tensor(grid)
+    draws.multiples = torch.ones(len(grid), dtype=torch.float64)
+    draws.cum, draws.gen = torch.arange(1.0, 5.0), torch.Generator().manual_seed(0)
+    draws.per_instance, draws.balance = 1, balance
+    draws.running = torch.zeros(len(grid), dtype=torch.float64)
+    draws.seen = torch.zeros(len(grid), dtype=torch.bool)
+    draws.last_idx = None
+    return draws
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("power", [0.5, 1.0])
+def test_balanced_kl_weighs_the_prices_alike(seed: int, power: float) -> None:
+    """``PriceDraws.weights``: each price's running mean KL, brute force over the steps'
+    rows; each row's factor is the grid mean of those over its price's, to the power
+    ``BALANCE_POWER`` (clipped); at power 1, after the first step every price's weighted
+    mean KL is the grid mean."""
+    from l2s_gym.config import ImitationConfig
+
+    gen = torch.Generator().manual_seed(seed)
+    grid = [0.0, 0.1, 1.0, 10.0]
+    draws, decay = _balanced_draws(grid), 0.95
+    draws.BALANCE_POWER = power
+    scale = torch.tensor([0.3, 0.6, 1.0, 2.0])  # each price's KL size (within the clip)
+    running: dict[int, float] = {}
+    for step in range(1, 6):
+        lam, _ = draws.draw(400, ImitationConfig(), 0.5, step)
+        idx = (lam.unsqueeze(1) == draws.grid).int().argmax(1)  # each row's grid index
+        kl = scale[idx] * torch.rand(400, generator=gen) * 2
+        w = draws.weights(kl)
+        for j in range(len(grid)):  # brute force: one price at a time
+            rows = kl[idx == j]
+            if len(rows):
+                m = float(rows.double().mean())
+                running[j] = m if j not in running else decay * running[j] + (1 - decay) * m
+        grid_mean = sum(running.values()) / len(running)
+        want = torch.tensor([(grid_mean / running[int(j)]) ** power for j in idx])
+        want = want.clamp(0.1, 10.0)
+        assert torch.allclose(w.double(), want.double(), rtol=1e-5)
+        if step == 1 and power == 1:  # unclipped here: every price weighs the grid mean
+            assert float(want.max()) < 10.0
+            for j in range(len(grid)):
+                weighted = float((kl * w)[idx == j].double().mean())
+                assert weighted == pytest.approx(grid_mean, rel=1e-5)
+
+
+def test_unbalanced_kl_is_the_plain_mean_and_a_tiny_kl_is_clipped() -> None:
+    from l2s_gym.config import ImitationConfig
+
+    draws = _balanced_draws([0.0, 1.0], balance=False)
+    lam, _ = draws.draw(10, ImitationConfig(), 0.5, 1)
+    assert torch.equal(draws.weights(torch.rand(10)), torch.ones(10))
+    draws = _balanced_draws([0.0, 1.0])
+    draws.BALANCE_POWER = 1.0
+    lam, _ = draws.draw(200, ImitationConfig(), 0.5, 1)
+    kl = torch.where(lam == 0, torch.tensor(1e-9), torch.tensor(1.0))
+    w = draws.weights(kl)
+    assert float(w[lam == 0].min()) == pytest.approx(10.0)  # clipped, not 5e8
+    assert float(w[lam == 1].max()) == pytest.approx(0.5, rel=1e-6)
 
 
 def test_the_env_shows_the_price_only_when_asked() -> None:
