@@ -10,7 +10,7 @@ the cost-aware oracle ``q*_lambda`` of the context's layer price.
 With a grid of prices (``ctx.prices``: ``l2s frontier --one-policy``) one price-conditioned
 policy is trained for all of them: each instance of a batch gets a price drawn uniformly
 from the grid, and the loss is the mean of the exact KL of ``q_phi(. | x, lambda_i)``
-against ``q*_{lambda_i}`` (each price's KL scaled so that every price weighs alike:
+against ``q*_{lambda_i}`` (each price's KL scaled so that the prices weigh more alike:
 ``frontier.one_policy_balance``, ``PriceDraws.weights``), at the cost of one per-price step
 (the trace is the same at every price: only ``lambda C_t`` changes).
 TensorBoard: ``losses/kl``, ``losses/entropy``, ``charts/expected_depth`` plus the
