@@ -229,42 +229,9 @@ def test_config_errors_are_one_line(tmp_path: Path, command: str, extra: list, n
     assert len(lines) == 1 and needle in lines[0], proc.stderr
 
 
-def test_grid_draws_cover_the_grid() -> None:
-    """Training draws a price per instance, uniform over the grid (checked on the draws)."""
-    from l2s_gym.agents.imitation import PriceDraws
-    from l2s_gym.config import ImitationConfig
-
-    draws = PriceDraws.__new__(PriceDraws)  # its fields, without a learner context
-    draws.grid = torch.tensor([0.0, 0.1, 1.0])
-    draws.multiples = torch.ones(3, dtype=torch.float64)
-    draws.cum, draws.gen = torch.arange(1.0, 5.0), torch.Generator().manual_seed(0)
-    draws.per_instance = 1
-    lam, temp = draws.draw(3000, ImitationConfig(), 0.5, 1)
-    counts = [int((lam == g).sum()) for g in draws.grid]
-    assert sum(counts) == 3000 and min(counts) > 900
-    assert torch.allclose(temp, torch.full_like(temp, 0.5))
-    adjusted = draws.adjusted(torch.zeros(3000, 4), lam)
-    assert torch.allclose(adjusted[:, -1], 4 * lam)
-
-
-def test_several_prices_per_instance_are_distinct_and_all_means_every_price() -> None:
-    from l2s_gym.agents.imitation import PriceDraws
-    from l2s_gym.config import ImitationConfig
-
-    draws = PriceDraws.__new__(PriceDraws)
-    draws.grid = torch.tensor([0.0, 0.1, 1.0, 3.0])
-    draws.multiples = torch.ones(4, dtype=torch.float64)
-    draws.cum, draws.gen = torch.arange(1.0, 5.0), torch.Generator().manual_seed(0)
-    draws.per_instance = 9  # more than the grid: every price once
-    lam, _ = draws.draw(5 * 4, ImitationConfig(), 0.5, 1)
-    assert torch.equal(lam.reshape(5, 4), draws.grid.expand(5, 4))
-    draws.per_instance = 2
-    lam, _ = draws.draw(50 * 2, ImitationConfig(), 0.5, 1)
-    pairs = lam.reshape(50, 2)
-    assert bool((pairs[:, 0] != pairs[:, 1]).all())
-
-
-def _balanced_draws(grid: list[float], balance: bool = True):  # noqa: ANN202
+def _price_draws(grid: list[float], balance: bool = False):  # noqa: ANN202
+    """A PriceDraws' fields over ``grid``, without a learner context (one price per
+    instance; unit annealing multiples; layer costs 1-4)."""
     from l2s_gym.agents.imitation import PriceDraws
 
     draws = PriceDraws.__new__(PriceDraws)
@@ -278,6 +245,32 @@ def _balanced_draws(grid: list[float], balance: bool = True):  # noqa: ANN202
     return draws
 
 
+def test_grid_draws_cover_the_grid() -> None:
+    """Training draws a price per instance, uniform over the grid (checked on the draws)."""
+    from l2s_gym.config import ImitationConfig
+
+    draws = _price_draws([0.0, 0.1, 1.0])
+    lam, temp = draws.draw(3000, ImitationConfig(), 0.5, 1)
+    counts = [int((lam == g).sum()) for g in draws.grid]
+    assert sum(counts) == 3000 and min(counts) > 900
+    assert torch.allclose(temp, torch.full_like(temp, 0.5))
+    adjusted = draws.adjusted(torch.zeros(3000, 4), lam)
+    assert torch.allclose(adjusted[:, -1], 4 * lam)
+
+
+def test_several_prices_per_instance_are_distinct_and_all_means_every_price() -> None:
+    from l2s_gym.config import ImitationConfig
+
+    draws = _price_draws([0.0, 0.1, 1.0, 3.0])
+    draws.per_instance = 9  # more than the grid: every price once
+    lam, _ = draws.draw(5 * 4, ImitationConfig(), 0.5, 1)
+    assert torch.equal(lam.reshape(5, 4), draws.grid.expand(5, 4))
+    draws.per_instance = 2
+    lam, _ = draws.draw(50 * 2, ImitationConfig(), 0.5, 1)
+    pairs = lam.reshape(50, 2)
+    assert bool((pairs[:, 0] != pairs[:, 1]).all())
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("power", [0.5, 1.0])
 def test_balanced_kl_weighs_the_prices_alike(seed: int, power: float) -> None:
@@ -289,7 +282,7 @@ def test_balanced_kl_weighs_the_prices_alike(seed: int, power: float) -> None:
 
     gen = torch.Generator().manual_seed(seed)
     grid = [0.0, 0.1, 1.0, 10.0]
-    draws, decay = _balanced_draws(grid), 0.95
+    draws, decay = _price_draws(grid, balance=True), 0.95
     draws.BALANCE_POWER = power
     scale = torch.tensor([0.3, 0.6, 1.0, 2.0])  # each price's KL size (within the clip)
     running: dict[int, float] = {}
@@ -317,10 +310,10 @@ def test_balanced_kl_weighs_the_prices_alike(seed: int, power: float) -> None:
 def test_unbalanced_kl_is_the_plain_mean_and_a_tiny_kl_is_clipped() -> None:
     from l2s_gym.config import ImitationConfig
 
-    draws = _balanced_draws([0.0, 1.0], balance=False)
+    draws = _price_draws([0.0, 1.0])
     lam, _ = draws.draw(10, ImitationConfig(), 0.5, 1)
     assert torch.equal(draws.weights(torch.rand(10)), torch.ones(10))
-    draws = _balanced_draws([0.0, 1.0])
+    draws = _price_draws([0.0, 1.0], balance=True)
     draws.BALANCE_POWER = 1.0
     lam, _ = draws.draw(200, ImitationConfig(), 0.5, 1)
     kl = torch.where(lam == 0, torch.tensor(1e-9), torch.tensor(1.0))
