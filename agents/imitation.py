@@ -225,9 +225,9 @@ class PriceDraws:
     that the grid prices weigh more alike in the gradient: by the grid mean of the prices'
     running mean KLs over its own price's, to the power ``BALANCE_POWER`` (``BALANCE_DECAY``;
     within ``BALANCE_CLIP`` of 1 either way). Each price's objective is only scaled (its best
-    policy is the same); unscaled, the high prices, whose KL is the largest (ten times price
-    0's on sparse recovery), set the shared weights and the low prices, whose decisions sit
-    near full depth, lost the most (docs/deploy.md)."""
+    policy is the same); unscaled, the high prices, whose KL is the largest (eight to ten
+    times price 0's on sparse recovery), set the shared weights and the low prices, whose
+    decisions sit near full depth, lost the most (docs/deploy.md)."""
 
     BALANCE_DECAY = 0.95
     """The running mean's decay per step."""
