@@ -18,6 +18,7 @@ from l2s_gym.rules import (
     PAPER_RULE,
     THRESHOLD_RULES,
     ReadoutRule,
+    candidate_stops,
     default_thresholds,
     fixed_depth_stop,
     readout_candidates,
@@ -107,9 +108,10 @@ def choose_readout(
     best: tuple[float, float, int] | None = None
     chosen = PAPER_RULE
     table = []
-    for i, rule in enumerate(candidates or readout_candidates()):
-        stop = rule.stop(logits)
-        objective = stop_objective(val_trace, stop, cost, cum_costs)
+    rules = candidates or readout_candidates()
+    adjusted = cost_adjusted_losses(val_trace.losses, cost, cum_costs)
+    for i, (rule, stop) in enumerate(zip(rules, candidate_stops(logits, rules), strict=True)):
+        objective = float(adjusted.gather(1, stop.long().unsqueeze(1)).double().mean())
         layers = float((stop + 1).double().mean())
         table.append(
             {

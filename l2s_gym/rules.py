@@ -179,6 +179,25 @@ FULL_DEPTH_RULE = ReadoutRule("quantile", 1.0)
 read-out falls back to where no earlier setting is certified (``l2s_gym.risk``)."""
 
 
+def candidate_stops(stop_logits: Tensor, rules: list[ReadoutRule]) -> list[Tensor]:
+    """``[rule.stop(stop_logits) for rule in rules]`` for deterministic rules, the same
+    tensors, with what the quantile rules share computed once: ``q_phi``'s cumulative
+    distribution (a sweep of 19 quantiles recomputed it 19 times; validation at every
+    checkpoint chooses among them)."""
+    log_cdf: Tensor | None = None
+    out = []
+    for rule in rules:
+        if rule.kind == "quantile" and rule.value < 1.0:
+            if log_cdf is None:
+                log_cdf = torch.logcumsumexp(stop_log_q(stop_logits), dim=-1)
+            reached = log_cdf >= math.log(rule.value)
+            reached[..., -1] = True
+            out.append(reached.to(torch.int8).argmax(dim=-1))
+        else:
+            out.append(rule.stop(stop_logits))
+    return out
+
+
 def readout_candidates(quantiles: list[float] | None = None) -> list[ReadoutRule]:
     """The deterministic read-outs a validation set chooses among: the paper's threshold
     rule and the quantile rule at ``quantiles`` (default ``0.05, 0.10, ..., 0.95``)."""
@@ -191,6 +210,7 @@ __all__ = [
     "PAPER_RULE",
     "THRESHOLD_RULES",
     "ReadoutRule",
+    "candidate_stops",
     "default_thresholds",
     "fixed_depth_stop",
     "oracle_stop",

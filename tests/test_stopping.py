@@ -205,3 +205,46 @@ def test_reverse_kl_gradient_is_finite_where_the_oracle_gives_zero_mass(logits, 
     kl.sum().backward()
     assert float(kl.detach()) == pytest.approx(0.0, abs=1e-6)
     assert torch.isfinite(s.grad).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 9),
+    st.integers(1, 6),
+    st.sampled_from([0.0, 0.3, 5.0]),
+    st.integers(0, 10_000),
+)
+def test_candidate_stops_and_choose_readout_are_the_rule_by_rule_loop(T, B, cost, seed) -> None:
+    """The read-out sweep's shared computation changes no stop and no choice: every
+    candidate's stops equal ``rule.stop``'s, and ``choose_readout`` picks what a loop over
+    ``rule.stop`` and ``stop_objective`` picks, with the same table."""
+    from l2s_gym.evaluation import choose_readout, stop_objective
+    from l2s_gym.predictor import Trace
+    from l2s_gym.rules import (
+        FULL_DEPTH_RULE,
+        ReadoutRule,
+        candidate_stops,
+        readout_candidates,
+    )
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, generator=g) * 4
+    logits[0, 0] = math.inf if T > 1 else logits[0, 0]  # a certain stop
+    logits[-1, -1] = -40.0
+    logits[-1, 0] = 0.0  # q(1) = 1/2 exactly: the median's ">=" decides
+    rules = [*readout_candidates(), ReadoutRule("threshold", 0.2), FULL_DEPTH_RULE]
+    for rule, stop in zip(rules, candidate_stops(logits, rules), strict=True):
+        assert torch.equal(stop, rule.stop(logits)), rule
+    losses = torch.rand(B, T, generator=g)
+    trace = Trace(losses, losses, torch.zeros(B, T, 1), torch.zeros(B, dtype=torch.long))
+    cum = torch.arange(1, T + 1, dtype=torch.float32)
+    chosen, table = choose_readout(trace, logits, cost, cum, rules)
+    best, expected = None, None
+    for i, rule in enumerate(rules):
+        stop = rule.stop(logits)
+        objective = stop_objective(trace, stop, cost, cum)
+        layers = float((stop + 1).double().mean())
+        assert table[i]["objective"] == objective and table[i]["avg_layers"] == layers
+        if best is None or (objective, layers, i) < best:
+            best, expected = (objective, layers, i), rule
+    assert chosen == expected
