@@ -84,13 +84,15 @@ ONE_POLICY_KEYS = (
 )
 """Config keys only a price-conditioned (one-policy) trial reads: a per-price trial's
 ``done`` marker leaves them out, so changing them retrains the one policy only."""
-ONE_POLICY_FORMAT = 4
+ONE_POLICY_FORMAT = 5
 """The version of a one-policy trial, in its ``done`` marker: a trial of another version is
 trained again (1: the one-number price code; 2: ``PRICE_CODE_DIM`` inputs, twice the steps
 by default; 3: RL learners' rewards balanced over the prices, ``frontier.one_policy_balance``;
-4: the imitation learners' KLs balanced likewise)."""
+4: the imitation learners' KLs balanced likewise; 5: an imitation trial on fresh batches
+funded for all its steps, ``one_policy_config``). A format-4 trial that format 5 does not
+change (an RL learner's, or one with a trace buffer) is still current."""
 ONE_POLICY_LOADABLE = 2
-"""The oldest one-policy format whose checkpoints this version's policy loads (2 to 4 share
+"""The oldest one-policy format whose checkpoints this version's policy loads (2 to 5 share
 the network; 1 had a one-number price code)."""
 _FORMAT_KEY = "_one_policy_format"
 ONE_POLICY_GRID = "frontier.costs"
@@ -255,7 +257,7 @@ def is_done(folder: Path, cfg_dict: dict[str, Any], kind: DigestKind = "stage2")
     saved = _marker_config(folder / DONE)
     if saved is None:
         return False
-    if kind == "one_policy" and saved.pop(_FORMAT_KEY, None) != ONE_POLICY_FORMAT:
+    if kind == "one_policy" and not _format_current(saved.pop(_FORMAT_KEY, None), saved, folder):
         return False
     current = _trial_digest(cfg_dict, kind)
     if _digest_keys(saved, kind) == current:
@@ -267,6 +269,17 @@ def is_done(folder: Path, cfg_dict: dict[str, Any], kind: DigestKind = "stage2")
         {k: v for k, v in flat.items() if not is_under(k, STAGE1_KEYS)} if kind == "stage1" else {}
     )
     return _trial_digest(through_schema(_unflatten({**filler, **saved})), kind) == current
+
+
+def _format_current(fmt: object, saved: dict[str, Any], folder: Path) -> bool:
+    """Whether a one-policy trial of format ``fmt`` (its marker's digest ``saved``, in
+    ``folder``: ``seed-<s>/<learner>/one-policy``) computes what this version would."""
+    if fmt == ONE_POLICY_FORMAT:
+        return True
+    if fmt != 4:
+        return False
+    fresh = saved.get("imitation.buffer_size") == 0
+    return registry.LEARNER_KINDS.get(Path(folder).parent.name) != "imitation" or not fresh
 
 
 def _mark_done(folder: Path, cfg_dict: dict[str, Any], kind: DigestKind) -> None:
@@ -383,15 +396,25 @@ def one_policy_imitation(cfg: ExperimentConfig) -> ImitationConfig:
 
 def one_policy_config(cfg: ExperimentConfig, learner: str) -> ExperimentConfig:
     """The config a one-policy trial of ``learner`` runs under: ``imitation`` as
-    ``one_policy_imitation`` says and, for an RL learner, ``ONE_POLICY_STEPS`` x
-    ``compare.layer_budget`` (its episodes spread over the grid's prices; on sparse
-    recovery's validation set REINFORCE's one policy closed -0.19 / -0.21 of the gap on one
-    budget, -0.02 / 0.07 on two, seeds 0 / 1)."""
+    ``one_policy_imitation`` says, and the layer budget its steps need:
+
+    - an RL learner: ``ONE_POLICY_STEPS`` x ``compare.layer_budget`` (its episodes spread
+      over the grid's prices; on sparse recovery's validation set REINFORCE's one policy
+      closed -0.19 / -0.21 of the gap on one budget, -0.02 / 0.07 on two, seeds 0 / 1);
+    - an imitation learner on fresh batches (``imitation.buffer_size: 0``): the budget
+      scaled as its steps are, so that its steps are funded as a per-price trial's are
+      (until one-policy format 5 the per-price budget cut it to a per-price trial's steps);
+      with a trace buffer the budget pays for the buffer only, and stays.
+    """
+    kind = registry.LEARNER_KINDS.get(learner)
+    icfg = cfg.imitation
     cfg = replace(cfg, imitation=one_policy_imitation(cfg))
-    if registry.LEARNER_KINDS.get(learner) == "rl":
-        budget = ONE_POLICY_STEPS * cfg.compare.layer_budget
-        cfg = replace(cfg, compare=replace(cfg.compare, layer_budget=budget))
-    return cfg
+    budget = cfg.compare.layer_budget
+    if kind == "rl":
+        budget = ONE_POLICY_STEPS * budget
+    elif kind == "imitation" and icfg.buffer_size == 0:
+        budget = max(budget, -(-budget * cfg.imitation.steps // max(1, icfg.steps)))
+    return replace(cfg, compare=replace(cfg.compare, layer_budget=budget))
 
 
 def _run_stage2(

@@ -195,7 +195,7 @@ def test_one_policy_frontier_end_to_end_and_predict_at_an_off_grid_price(tmp_pat
     record = json.loads(marker.read_text())
     record["config"].pop("_one_policy_format")
     marker.write_text(json.dumps(record))
-    with pytest.raises(CheckpointError, match="format 1, this version reads formats 2-4"):
+    with pytest.raises(CheckpointError, match="format 1, this version reads formats 2-5"):
         predict_run(cfg, run_dir, "reverse_kl", cost=0.5, one_policy=True, lookahead=1)
 
 

@@ -5,6 +5,7 @@ check. No training: every test reads or writes a few small files at most."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -168,7 +169,6 @@ def test_one_policy_trial_trains_twice_the_steps_and_validates_as_often() -> Non
     """A one-policy trial's ``imitation``: ``ONE_POLICY_STEPS`` x the steps by default (or
     ``frontier.one_policy_steps``), ``val_every`` scaled by as much (as many validations as a
     per-price trial, each over the whole grid); nothing else changes."""
-    from dataclasses import replace
 
     from l2s_gym.trials import ONE_POLICY_STEPS, one_policy_imitation
 
@@ -181,15 +181,50 @@ def test_one_policy_trial_trains_twice_the_steps_and_validates_as_often() -> Non
     assert (one_policy_imitation(chosen).steps, one_policy_imitation(chosen).val_every) == (60, 15)
 
 
-def test_an_rl_one_policy_trial_gets_twice_the_layer_budget() -> None:
+def test_a_one_policy_trial_gets_the_layer_budget_its_steps_need() -> None:
     """An RL learner's one-policy trial runs on ``ONE_POLICY_STEPS`` x the layer budget (its
-    episodes are spread over the grid); an imitation learner's budget is unchanged."""
+    episodes are spread over the grid); an imitation learner's on fresh batches on the
+    budget scaled as its steps are (so the budget does not cut it back to a per-price
+    trial's steps); with a trace buffer, which the budget pays for once, it is unchanged."""
     import l2s_gym.agents  # noqa: F401  (registers the learners)
+    from l2s_gym.config import check_layer_budget
     from l2s_gym.trials import ONE_POLICY_STEPS, one_policy_config
 
-    cfg = from_dict(toy_dict())
+    cfg = from_dict(toy_dict(imitation__buffer_size=64))
+    budget = cfg.compare.layer_budget
     rl = one_policy_config(cfg, "reinforce")
-    assert rl.compare.layer_budget == ONE_POLICY_STEPS * cfg.compare.layer_budget
+    assert rl.compare.layer_budget == ONE_POLICY_STEPS * budget
     imitation = one_policy_config(cfg, "reverse_kl")
-    assert imitation.compare.layer_budget == cfg.compare.layer_budget
+    assert imitation.compare.layer_budget == budget
     assert imitation.imitation.steps == ONE_POLICY_STEPS * cfg.imitation.steps
+    steps, batch = cfg.imitation.steps, cfg.imitation.batch_size
+    T = 5  # check_layer_budget takes the depth as given
+    fresh = from_dict(toy_dict(imitation__buffer_size=0, compare__layer_budget=steps * batch * T))
+    one = one_policy_config(fresh, "forward_kl")
+    assert one.compare.layer_budget == ONE_POLICY_STEPS * steps * batch * T
+    check_layer_budget(one, T, imitation=True)  # funds every step: no ConfigError
+    with pytest.raises(ConfigError, match="imitation.steps"):
+        check_layer_budget(replace(one, compare=fresh.compare), T, imitation=True)
+    fewer = replace(fresh, frontier=replace(fresh.frontier, one_policy_steps=steps // 2))
+    assert one_policy_config(fewer, "reverse_kl").compare.layer_budget == steps * batch * T
+
+
+def test_a_format_4_one_policy_is_current_where_format_5_changed_nothing(tmp_path) -> None:
+    """Format 5 funded the steps of imitation one-policy trials on fresh batches: those of
+    format 4 train again; a format-4 trial with a trace buffer, or an RL learner's, is
+    reused."""
+    import l2s_gym.agents  # noqa: F401  (registers the learners)
+
+    def folder(learner: str, cfg: dict) -> object:
+        path = tmp_path / str(cfg["imitation"]["buffer_size"]) / learner / "one-policy"
+        path.mkdir(parents=True)
+        _mark_done(path, cfg, "one_policy")
+        record = json.loads((path / DONE).read_text())
+        record["config"]["_one_policy_format"] = 4
+        (path / DONE).write_text(json.dumps(record))
+        return path
+
+    fresh, buffered = toy_dict(imitation__buffer_size=0), toy_dict(imitation__buffer_size=64)
+    assert not is_done(folder("reverse_kl", fresh), fresh, "one_policy")
+    assert is_done(folder("ppo", fresh), fresh, "one_policy")
+    assert is_done(folder("reverse_kl", buffered), buffered, "one_policy")
