@@ -186,6 +186,46 @@ def paired_table(results: RunResults) -> str:
     return "\n".join(lines) + "\n"
 
 
+def one_policy_paired_table(results: RunResults) -> str:
+    """Each one policy minus its learner's per-price policy, price by price, paired over
+    the test instances (and over seeds when there are several)."""
+    if not results.one_policy_paired:
+        return ""
+    from l2s_gym.registry import LEARNER_LABELS
+
+    lines = [
+        f"One policy against the per-price policies, price by price (one policy minus "
+        f"per-price; {results.metric}, and the objective, lower is better), on the same test "
+        "instances: the mean, its interval over seeds, and per seed the difference with its "
+        "paired bootstrap interval over the test instances.",
+    ]
+    for learner, rows in results.one_policy_paired.items():
+        body = []
+        for cost, d in rows.items():
+            seeds = d.per_seed or [d]
+            body.append(
+                [
+                    cost,
+                    _fmt(d.difference, 3),
+                    _interval(d.ci95) if d.per_seed else "-",
+                    "; ".join(f"{_fmt(x.difference, 3)} {_interval(x.ci95)}" for x in seeds),
+                    _sig(d.objective_difference),
+                    _sig_interval(d.objective_ci95) if d.per_seed else "-",
+                    "; ".join(
+                        f"{_sig(x.objective_difference)} {_sig_interval(x.objective_ci95)}"
+                        for x in seeds
+                    ),
+                ]
+            )
+        head = [
+            "price", "difference", "95% over seeds", "per seed [95% over instances]",
+            "objective difference", "95% over seeds", "per seed [95% over instances]",
+        ]  # fmt: skip
+        lines += ["", f"{LEARNER_LABELS.get(learner, learner)}:", ""]
+        lines += _table(head, body)
+    return "\n".join(lines) + "\n"
+
+
 def time_to_target_table(results: RunResults) -> str:
     ttt = results.time_to_target
     if not ttt:
@@ -358,6 +398,7 @@ def full_report(results: RunResults) -> str:
         paired_table(results),
         time_to_target_table(results),
         frontier_tables(results),
+        one_policy_paired_table(results),
         failed_text(results),
     ):
         if text:

@@ -124,6 +124,9 @@ class Curve:
     stats: list[Any] | None = field(default=None, repr=False, metadata={"skip": True})
     """Each point's per-instance metric statistics (one seed's curves only; not written to
     ``results.json``): the frontier maths mixes two points' rules with them."""
+    objective_values: list[Any] | None = field(default=None, repr=False, metadata={"skip": True})
+    """Learned curves, one seed's: each point's per-instance ``l_stop + lambda C_stop`` (not
+    written): the one policy is compared with the per-price policies with them."""
 
 
 @dataclass
@@ -242,6 +245,11 @@ class SeedResult:
     time_to_target: dict[str, TimeToTarget]
     health: list[Health] = field(default_factory=list)
     metric_follows_loss: bool = False
+    one_policy_paired: dict[str, dict[str, PairedDifference]] = field(
+        default_factory=dict, metadata={"skip_empty": True}
+    )
+    """Per learner with a one policy, per grid price (``format_cost``): the one policy minus
+    the learner's per-price policy at that price, paired over the test instances."""
 
 
 @dataclass
@@ -282,6 +290,10 @@ class RunResults:
     frontier_summary: dict[str, FrontierSummary] = field(default_factory=dict)
     frontier_sweep_summary: dict[str, FrontierSummary] = field(default_factory=dict)
     frontier_reference: dict[str, LayersToMatch] = field(default_factory=dict)
+    one_policy_paired: dict[str, dict[str, PairedDifference]] = field(
+        default_factory=dict, metadata={"skip_empty": True}
+    )
+    """``SeedResult.one_policy_paired`` over seeds (mean, t interval; ``per_seed``)."""
     full_depth_metric: float | None = None
     depth_curves: dict[str, list[float]] = field(default_factory=dict)
     heuristic_curves: dict[str, ThresholdCurve] = field(default_factory=dict)

@@ -398,12 +398,14 @@ def _add_point(s: _Seed, pts: Curve, cost: float, lam: float, stop: Tensor, summ
     stats = _stats_at(s.test, stop)
     lo, hi = s.boot.interval(stats)
     adjusted = cost_adjusted_losses(s.test.losses, lam, s.cum)
+    objective = adjusted.gather(1, stop.unsqueeze(1)).squeeze(1)
     pts.stats.append(stats)  # type: ignore[union-attr]
     for target, value in (
         (pts.cost, cost), (pts.lambdas, lam),
         (pts.avg_layers, summary["avg_layers"]), (pts.metric, summary["metric"]),
         (pts.ci_low, lo), (pts.ci_high, hi),
-        (pts.objective, float(adjusted.gather(1, stop.unsqueeze(1)).double().mean())),
+        (pts.objective, float(objective.double().mean())),
+        (pts.objective_values, objective),
     ):  # fmt: skip
         target.append(value)  # type: ignore[union-attr]
     return stats
@@ -420,7 +422,8 @@ def _risk_row(s: _Seed, val_logits: Tensor, logits: Tensor) -> None:
 
 def _empty_learned_curve(learner: str) -> Curve:
     return Curve(kind="learned", param=[], avg_layers=[], metric=[], ci_low=[], ci_high=[],
-                 learner=learner, cost=[], lambdas=[], objective=[], stats=[])  # fmt: skip
+                 learner=learner, cost=[], lambdas=[], objective=[], stats=[],
+                 objective_values=[])  # fmt: skip
 
 
 def _learner_row(s: _Seed, trial: Trial, result: dict, summary: dict, stop: Tensor, health) -> None:  # noqa: ANN001
@@ -470,6 +473,35 @@ def paired_differences(s: _Seed) -> dict[str, PairedDifference]:
             objective_ci95=s.boot.mean_difference(obj, ref_obj),
             seed=s.seed,
         )
+    return out
+
+
+def one_policy_paired(s: _Seed, learned: _Learned) -> dict[str, dict[str, PairedDifference]]:
+    """Each one policy against its learner's per-price policies, price by price: its metric
+    and objective (``l_stop + lambda C_stop``) minus theirs on the same test instances,
+    with paired bootstrap intervals (``s.boot``: the same resamples for every price)."""
+    out: dict[str, dict[str, PairedDifference]] = {}
+    for key, one in learned.points.items():
+        learner = key.removesuffix(ONE_POLICY_SUFFIX)
+        per_price = learned.points.get(learner)
+        if key == learner or per_price is None:
+            continue
+        at = {c: i for i, c in enumerate(per_price.cost or [])}
+        rows = {}
+        for i, cost in enumerate(one.cost or []):
+            j = at.get(cost)
+            if j is None:
+                continue
+            a, b = one.objective_values[i], per_price.objective_values[j]  # type: ignore[index]
+            rows[format_cost(cost)] = PairedDifference(
+                method=f"{one_policy_curve_name(learner)} - per-price policy, price {format_cost(cost)}",  # fmt: skip
+                difference=one.metric[i] - per_price.metric[j],
+                ci95=s.boot.difference(one.stats[i], per_price.stats[j]),  # type: ignore[index]
+                objective_difference=float(a.double().mean() - b.double().mean()),
+                objective_ci95=s.boot.mean_difference(a, b),
+                seed=s.seed,
+            )
+        out[learner] = rows
     return out
 
 
@@ -612,6 +644,7 @@ def evaluate_seed(
         time_to_target=time_to_target(s.task, learned.results, trials, compare_cost, s.lam),
         health=learned.health,
         metric_follows_loss=metric_follows_loss(s.task, s.test),
+        one_policy_paired=one_policy_paired(s, learned),
     )
 
 
@@ -840,6 +873,30 @@ def _aggregate_paired(per_seed: list[SeedResult]) -> dict[str, PairedDifference]
     return out
 
 
+def _aggregate_one_policy_paired(per_seed: list[SeedResult]) -> dict[str, dict[str, PairedDifference]]:  # fmt: skip
+    """``one_policy_paired`` over seeds, as ``_aggregate_paired`` (a price some seed lacks
+    is left out)."""
+    out: dict[str, dict[str, PairedDifference]] = {}
+    for learner in per_seed[0].one_policy_paired:
+        tables = [res.one_policy_paired.get(learner, {}) for res in per_seed]
+        prices = [c for c in tables[0] if all(c in t for t in tables)]
+        out[learner] = {}
+        for cost in prices:
+            ds = [t[cost] for t in tables]
+            diffs, objs = [d.difference for d in ds], [d.objective_difference for d in ds]
+            many = len(ds) > 1
+            out[learner][cost] = PairedDifference(
+                method=ds[0].method,
+                difference=_mean(diffs),  # type: ignore[arg-type]
+                ci95=seed_interval(diffs) if many else ds[0].ci95,
+                objective_difference=_mean(objs),  # type: ignore[arg-type]
+                objective_ci95=seed_interval(objs) if many else ds[0].objective_ci95,
+                ci_over=f"{len(ds)} seeds" if many else "test instances (paired)",
+                per_seed=[replace(d, method="", ci_over="") for d in ds],
+            )
+    return out
+
+
 def _aggregate_time_to_target(per_seed: list[SeedResult]) -> dict[str, TimeToTarget]:
     grouped: dict[str, list[TimeToTarget]] = {}
     for res in per_seed:
@@ -920,6 +977,7 @@ def _fill_over_seeds(results: RunResults, per_seed: list[SeedResult], compare_co
     results.frontier_summary = _aggregate_summary(per_seed)
     results.frontier_sweep_summary = _aggregate_summary(per_seed, sweep=True)
     results.frontier_reference = _aggregate_reference(per_seed)
+    results.one_policy_paired = _aggregate_one_policy_paired(per_seed)
     results.full_depth_metric = _mean([res.full_depth_metric for res in per_seed])
     results.depth_curves = first.depth_curves
     results.heuristic_curves = first.heuristic_curves

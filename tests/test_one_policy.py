@@ -163,6 +163,19 @@ def test_one_policy_frontier_end_to_end_and_predict_at_an_off_grid_price(tmp_pat
     assert res["costs"] == [0, 1]
     text = (run_dir / "results.md").read_text()
     assert "| reverse_kl (one policy) |" in text
+    # Price by price, the one policy against the per-price policy, paired over instances.
+    paired = res["one_policy_paired"]["reverse_kl"]
+    per_price = res["frontiers"]["reverse KL"]
+    assert set(paired) == {"0", "1"}
+    for i, cost in enumerate(["0", "1"]):
+        d = paired[cost]
+        j = per_price["cost"].index(curve["cost"][i])
+        assert d["difference"] == pytest.approx(curve["metric"][i] - per_price["metric"][j])
+        assert d["objective_difference"] == pytest.approx(
+            curve["objective"][i] - per_price["objective"][j], abs=1e-9
+        )
+        assert d["ci_over"] == "test instances (paired)" and d["ci95"][0] <= d["ci95"][1]
+    assert "One policy against the per-price policies, price by price" in text
     assert (run_dir / "frontier.png").is_file()
     trial = json.loads((run_dir / "seed-0/reverse_kl/one-policy/result.json").read_text())
     assert trial["one_policy"] and trial["costs"] == [0, 1]

@@ -223,3 +223,28 @@ def test_budget_curve_keeps_the_best_of_points_at_one_depth_and_drops_nans() -> 
     grid = np.array([1.0, 2.0, 3.0])
     f = fr.budget_curve([1.0, 2.0, 2.0, 3.0, 3.0], [0.0, 1.0, 5.0, math.nan, 2.0], grid, True)
     assert f.tolist() == [0.0, 5.0, 5.0]
+
+
+def test_one_policy_paired_over_seeds_is_the_seed_mean_with_a_t_interval() -> None:
+    """Over seeds, each price's difference is the seeds' mean with their t interval, each
+    seed's own (with its interval over instances) kept; a price one seed lacks is dropped."""
+    from types import SimpleNamespace
+
+    from l2s_gym.results import _aggregate_one_policy_paired, seed_interval
+
+    def seed(diffs: dict[str, float]) -> SimpleNamespace:
+        rows = {
+            c: PairedDifference("m", d, [d - 0.1, d + 0.1], 2 * d, [2 * d - 1, 2 * d + 1], seed=0)
+            for c, d in diffs.items()
+        }
+        return SimpleNamespace(one_policy_paired={"reverse_kl": rows})
+
+    out = _aggregate_one_policy_paired(
+        [seed({"0": 0.1, "1": -0.2}), seed({"0": 0.3, "1": 0.0}), seed({"0": 0.2})]
+    )
+    assert set(out["reverse_kl"]) == {"0"}
+    d = out["reverse_kl"]["0"]
+    assert d.difference == pytest.approx(0.2) and d.objective_difference == pytest.approx(0.4)
+    assert d.ci95 == seed_interval([0.1, 0.3, 0.2]) and d.ci_over == "3 seeds"
+    kept = [x.ci95 for x in d.per_seed]
+    assert kept == [[v - 0.1, v + 0.1] for v in (0.1, 0.3, 0.2)]
