@@ -252,7 +252,7 @@ class StopRunner:
         # layer is a few kernel launches, and the loop calls it five times a layer).
         lap = (_Laps(profile, device) if profile is not None else _NO_LAPS).__call__
         if self.plain:
-            return self._plain(batch, return_probabilities, lap)
+            return self._plain(batch, return_probabilities, lap, device)
         T, k = self.num_layers, self.lookahead
         inputs, out, active, log_survival, state = self._start(batch, return_probabilities)
         ask = self._ask_chunk if k > 1 else partial(self._ask, self.policy.frozen_layer_logits())
@@ -413,11 +413,13 @@ class StopRunner:
         batch: Batch | dict[str, Tensor],
         return_probabilities: bool,
         lap: Callable[[str], None],
+        device: torch.device,
     ) -> RunnerOutput:
         """``lookahead == T``: the plain model (``predict_full_depth``), the policy never
-        asked; every instance stops at the last layer."""
+        asked; every instance stops at the last layer. ``device``: the predictor's, as
+        ``__call__`` read it (``LayeredPredictor.device`` walks the parameters: at batch 1
+        on a CPU 2-4 us, a percent of a small model's call)."""
         predictor = self.predictor
-        device = predictor.device
         inputs = {k: v.to(device) for k, v in _inputs_of(batch).items()}
         n, T = _batch_size(inputs), self.num_layers
         predictions = predictor.predict_full_depth(inputs)
