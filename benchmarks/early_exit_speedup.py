@@ -388,21 +388,33 @@ def batch_chunks(task: Task, batch: int, instances_b1: int) -> list[dict[str, to
 
 
 def timed_rounds(
-    fns: dict[Any, Callable[[], Any]], repeats: int, warm_up: bool, device: torch.device
+    fns: dict[Any, Callable[[], Any]],
+    repeats: int,
+    warm_up: bool,
+    device: torch.device,
+    min_sample_s: float = 0.0,
 ) -> tuple[dict[Any, list[float]], dict[Any, list[float]]]:
-    """Wall and CPU seconds of every function in ``repeats`` rounds (after a warm-up round
-    when asked), in a new seeded order every round: no variant always runs first, or after
-    the same one (what ran before moves a run's time by a few percent on a CPU)."""
+    """Wall and CPU seconds of one call of every function in ``repeats`` rounds (after a
+    warm-up round when asked), in a new seeded order every round: no variant always runs
+    first, or after the same one (what ran before moves a run's time by a few percent on a
+    CPU). With a warm-up, each sample runs a function as many times as its warm-up call
+    needs to last ``min_sample_s`` (a pass over 32 single instances of a small model takes
+    15 ms: on a busy CPU two identical computations timed that briefly differ by 10%), and
+    is divided by that count."""
     samples: dict[Any, list[float]] = {k: [] for k in fns}
     cpu_samples: dict[Any, list[float]] = {k: [] for k in fns}
+    passes = dict.fromkeys(fns, 1)
     for round_ in range(-1 if warm_up else 0, repeats):  # round -1: warm-up
         order = list(fns)
         random.Random(round_).shuffle(order)
         for key in order:
-            elapsed, cpu = timed(fns[key], device)
-            if round_ >= 0:
-                samples[key].append(elapsed)
-                cpu_samples[key].append(cpu)
+            n = passes[key]
+            elapsed, cpu = timed(lambda f=fns[key], n=n: [f() for _ in range(n)], device)
+            if round_ < 0:
+                passes[key] = max(1, math.ceil(min_sample_s / max(elapsed, 1e-9)))
+            else:
+                samples[key].append(elapsed / n)
+                cpu_samples[key].append(cpu / n)
     return samples, cpu_samples
 
 
@@ -520,7 +532,9 @@ def bench_family(
         profiles: dict[Any, dict[str, float]] = {c: {} for c in variants}
         outputs: dict[Any, list[Any]] = {}
         fns = timed_functions(predictor, variants, chunks, outputs, profiles if single else None)
-        samples, cpu_samples = timed_rounds(fns, repeats, warm_up=not single, device=device)
+        samples, cpu_samples = timed_rounds(
+            fns, repeats, warm_up=not single, device=device, min_sample_s=args.min_sample_ms / 1e3
+        )
         # Relative layer costs (batch 1: over the same instances; else on up to 256).
         probe = chunks if batch == 1 else [take(task, min(batch, 256))]
         per_layer = layer_times(predictor, probe, max(1, min(repeats, 3)))
@@ -788,6 +802,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--repeats", type=int, help="timed repeats at every batch size")
     parser.add_argument(
+        "--min-sample-ms",
+        type=float,
+        default=50.0,
+        help="each timed sample runs a variant's pass over its instances as often as its "
+        "warm-up pass needs to last this long, and is divided by the count (default 50; "
+        "0: one pass; no effect without a warm-up round: one repeat at a large batch)",
+    )
+    parser.add_argument(
         "--no-auto", action="store_true", help="leave out the tuned runner (lookahead auto)"
     )
     parser.add_argument(
@@ -879,6 +901,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python benchmarks/early_exit_speedup.py " + " ".join(argv or sys.argv[1:]),
             **machine(args.device, load_at_start),
             "quick": args.quick,
+            "min_sample_ms": args.min_sample_ms,
             "wall_s": round(time.perf_counter() - started, 1),
             "families": families,
             "rows": rows,

@@ -336,3 +336,36 @@ def test_predict_with_risk_reads_out_by_the_calibrated_rule(toy_run) -> None:  #
     assert f"set of {n} fresh instances" in format_summary(served)
     with pytest.raises(ConfigError, match="--risk-set"):
         predict_run(cfg, run, "reverse_kl", lookahead=1, risk_set=True)
+
+
+def test_speedup_benchmark_samples_last_min_sample_and_are_per_pass(monkeypatch) -> None:  # noqa: ANN001
+    """``timed_rounds`` with ``min_sample_s``: each sample runs a function as often as its
+    warm-up call needs to last that long and reports the time of one call (a fake clock:
+    every call of a function takes 1 ms)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "early_exit_speedup.py"
+    spec = importlib.util.spec_from_file_location("early_exit_speedup", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    calls = {"a": 0, "b": 0}
+
+    def fake_timed(fn, device):  # noqa: ANN001, ANN202
+        before = sum(calls.values())
+        fn()
+        took = (sum(calls.values()) - before) * 1e-3
+        return took, took
+
+    monkeypatch.setattr(bench, "timed", fake_timed)
+    fns = {k: (lambda k=k: calls.__setitem__(k, calls[k] + 1)) for k in calls}
+    samples, cpu = bench.timed_rounds(fns, 3, True, torch.device("cpu"), min_sample_s=0.0105)
+    assert calls == {"a": 1 + 3 * 11, "b": 1 + 3 * 11}  # warm-up once, then 11 calls a sample
+    for key in calls:
+        assert samples[key] == pytest.approx([1e-3] * 3)
+        assert cpu[key] == pytest.approx([1e-3] * 3)
+    samples, _ = bench.timed_rounds(fns, 2, False, torch.device("cpu"), min_sample_s=1.0)
+    assert samples["a"] == pytest.approx([1e-3, 1e-3])  # no warm-up: one call a sample
