@@ -203,10 +203,9 @@ def test_predict_on_a_real_family(tmp_path, sparse_tiny_config) -> None:  # noqa
     assert 1 <= summary["avg_layers"] < summary["num_layers"]
 
 
-def test_speedup_benchmark_runs_and_writes_its_rows(tmp_path, toy_config) -> None:  # noqa: ANN001
-    """benchmarks/early_exit_speedup.py end to end, on the toy config (seconds)."""
+def speedup_benchmark():  # noqa: ANN201
+    """``benchmarks/early_exit_speedup.py`` as a module (it is a script, not a package)."""
     import importlib.util
-    import json
     import sys
     from pathlib import Path
 
@@ -216,6 +215,12 @@ def test_speedup_benchmark_runs_and_writes_its_rows(tmp_path, toy_config) -> Non
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench  # dataclasses look their module up by name
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_speedup_benchmark_runs_and_writes_its_rows(tmp_path, toy_config) -> None:  # noqa: ANN001
+    """benchmarks/early_exit_speedup.py end to end, on the toy config (seconds)."""
+    bench = speedup_benchmark()
     out = tmp_path / "speed.json"
     argv = ["--out", str(out), "--quick", "--threads", "1", "--configs", str(toy_config)]
     argv += ["--batch-sizes", "1", "16", "--instances-b1", "3", "--import", "l2s_gym.testing"]
@@ -261,17 +266,9 @@ def test_speedup_benchmark_runs_and_writes_its_rows(tmp_path, toy_config) -> Non
 def test_speedup_benchmark_times_a_run_folder(tmp_path, toy_config) -> None:  # noqa: ANN001
     """--runs: a trained run folder's policies (here one price), no training; the tuned
     runner next to k = 1; --try-compile is left to the real runs (it compiles)."""
-    import importlib.util
     import shutil
-    import sys
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "early_exit_speedup.py"
-    spec = importlib.util.spec_from_file_location("early_exit_speedup", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = speedup_benchmark()
     _, run, _, _ = write_run_folder(tmp_path, toy_config)
     shutil.copy(toy_config, run / "config.yaml")
     out = tmp_path / "runs.json"
@@ -342,16 +339,7 @@ def test_speedup_benchmark_samples_last_min_sample_and_are_per_pass(monkeypatch)
     """``timed_rounds`` with ``min_sample_s``: each sample runs a function as often as its
     warm-up call needs to last that long and reports the time of one call (a fake clock:
     every call of a function takes 1 ms)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "early_exit_speedup.py"
-    spec = importlib.util.spec_from_file_location("early_exit_speedup", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = speedup_benchmark()
     calls = {"a": 0, "b": 0}
 
     def fake_timed(fn, device):  # noqa: ANN001, ANN202
