@@ -33,6 +33,8 @@ last layer, checked); ``"auto"``: the runner tuned for the batch size by
 that ran: the chosen one for ``"auto"``, whose rows also carry the ``tune`` figures and
 ``tune_s``), ``measured_speedup_paired`` (the median over rounds of the full-depth time
 over the runner's within a round: what load from other processes disturbs least),
+``measured_speedup_rounds`` (the lowest and highest of those ratios: the spread of the
+measurement itself),
 ``readout`` (the rule chosen on validation) and ``runner_parts_ms`` (where the runner's
 time goes: ``layer``, ``readout``, ``features``, ``policy``, ``decide``, ``compact``; from
 a separate profiled run).
@@ -427,12 +429,16 @@ def timing_fields(
     runner_s = statistics.median(samples[key]) / per
     full_cpu = statistics.median(cpu_samples["full"]) / per
     runner_cpu = statistics.median(cpu_samples[key]) / per
-    paired = statistics.median(f / r for f, r in zip(samples["full"], samples[key], strict=True))
+    ratios = [f / r for f, r in zip(samples["full"], samples[key], strict=True)]
     return {
         "measured_speedup": round(full_s / runner_s, 3),
         # The median over rounds of the ratio within a round: what load from other
         # processes, which slows a round as a whole, disturbs least.
-        "measured_speedup_paired": round(paired, 3),
+        "measured_speedup_paired": round(statistics.median(ratios), 3),
+        # The lowest and highest ratio of a round: how far two samples of the same pair
+        # can differ here (at 7 rounds the median lies between them with probability
+        # 1 - 2 / 2**7 = 98%, for any distribution of the rounds).
+        "measured_speedup_rounds": [round(min(ratios), 3), round(max(ratios), 3)],
         "full_ms": round(full_s * 1e3, 3),
         "runner_ms": round(runner_s * 1e3, 3),
         "measured_speedup_cpu_time": round(full_cpu / runner_cpu, 3),
@@ -639,10 +645,18 @@ def _k_label(row: dict[str, Any]) -> str:
     return f"auto (k={row['k']})" if row["lookahead"] == AUTO else str(row["lookahead"])
 
 
+def _rounds(row: dict[str, Any]) -> str:
+    """`` (lo-hi)``: the lowest and highest paired ratio of a round, where the row has
+    more than one round (rows of earlier runs have none: nothing)."""
+    lo, hi = row.get("measured_speedup_rounds") or (None, None)
+    return "" if lo is None or row.get("repeats", 1) < 2 else f" ({lo:.2f}-{hi:.2f})"
+
+
 def tuned_table(rows: list[dict[str, Any]]) -> str:
     """One line per (family, batch, price): the full-depth model, the runner at ``k = 1`` and
     tuned (``StopRunner.tune``): their times (medians), speed-ups (the paired ratios,
-    ``measured_speedup_paired``, where the rows have them) and shares of ``T / avg_layers``."""
+    ``measured_speedup_paired``, where the rows have them; in brackets the lowest and
+    highest ratio of a round) and shares of ``T / avg_layers``."""
     head = (
         "| family | batch | price | avg layers (k=1) | ideal T/avg | full ms | k=1 ms | k=1 "
         "speed-up | k=1 / ideal | tuned k | tuned ms | tuned speed-up | tuned / ideal |\n"
@@ -665,8 +679,9 @@ def tuned_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['family']} | {r['batch']} | {r['cost']} | {r['avg_layers']:.2f} / "
             f"{r['num_layers']} | {r['ideal_speedup']:.2f}x | {r['full_ms']:.3f} | "
-            f"{r['runner_ms']:.3f} | {one:.2f}x | {one / r['ideal_speedup']:.0%} | {k} | "
-            f"{a['runner_ms']:.3f} | {tuned:.2f}x | {tuned / r['ideal_speedup']:.0%} |"
+            f"{r['runner_ms']:.3f} | {one:.2f}x{_rounds(r)} | {one / r['ideal_speedup']:.0%} | "
+            f"{k} | {a['runner_ms']:.3f} | {tuned:.2f}x{_rounds(a)} | "
+            f"{tuned / r['ideal_speedup']:.0%} |"
         )
     return "\n".join(lines)
 

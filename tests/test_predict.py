@@ -236,6 +236,8 @@ def test_speedup_benchmark_runs_and_writes_its_rows(tmp_path, toy_config) -> Non
         assert 1 <= row["avg_layers"] <= 6
         assert row["ideal_speedup"] == pytest.approx(6 / row["avg_layers"], rel=1e-3)
         assert row["measured_speedup"] > 0 and row["runner_parts_ms"]["layer"] > 0
+        lo, hi = row["measured_speedup_rounds"]
+        assert lo <= row["measured_speedup_paired"] <= hi
     # Look-aheads 1, 4 and T=6 (the plain model) at both batch sizes, and the tuned runner
     # (the same stops, or the last layer for the plain model: the script checks).
     assert {(r["batch"], r["lookahead"]) for r in rows} == {
@@ -357,3 +359,41 @@ def test_speedup_benchmark_samples_last_min_sample_and_are_per_pass(monkeypatch)
         assert cpu[key] == pytest.approx([1e-3] * 3)
     samples, _ = bench.timed_rounds(fns, 2, False, torch.device("cpu"), min_sample_s=1.0)
     assert samples["a"] == pytest.approx([1e-3, 1e-3])  # no warm-up: one call a sample
+
+
+def test_speedup_benchmark_rows_carry_the_spread_of_their_rounds() -> None:
+    """``measured_speedup_rounds``: the lowest and highest within-round ratio (full over
+    runner); the tuned table prints them beside the paired median where there are rounds."""
+    bench = speedup_benchmark()
+    samples = {"full": [2.0, 4.0, 3.0], "k": [1.0, 1.0, 2.0]}  # ratios 2, 4, 1.5
+    fields = bench.timing_fields(samples, samples, "k", per=1)
+    assert fields["measured_speedup_paired"] == 2.0
+    assert fields["measured_speedup_rounds"] == [1.5, 4.0]
+    assert bench._rounds({"measured_speedup_rounds": [1.5, 4.0], "repeats": 3}) == " (1.50-4.00)"
+    assert bench._rounds({"measured_speedup_rounds": [2.0, 2.0], "repeats": 1}) == ""
+    assert bench._rounds({"measured_speedup": 2.0}) == ""  # a row of an earlier run
+
+
+def test_runner_overhead_script_times_the_plain_path(tmp_path, toy_config) -> None:  # noqa: ANN001
+    """benchmarks/runner_overhead.py on a toy run folder: three timings, the overhead and
+    the paired ratio written out (the figures are the machine's; only their shape here)."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "runner_overhead.py"
+    spec = importlib.util.spec_from_file_location("runner_overhead", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    _, run, _, _ = write_run_folder(tmp_path, toy_config)
+    shutil.copy(toy_config, run / "config.yaml")
+    out = tmp_path / "overhead.json"
+    argv = [str(run), "--rounds", "3", "--instances", "4", "--import", "l2s_gym.testing"]
+    assert script.main([*argv, "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert set(figures["us_per_instance"]) == {"direct", "full", "plain"}
+    assert all(v > 0 for v in figures["us_per_instance"].values())
+    assert figures["paired_full_over_plain"] > 0 and figures["instances"] == 4
+    with pytest.raises(SystemExit):
+        script.main([str(run), "--rounds", "0"])
