@@ -5,8 +5,8 @@ Where ``StopRunner.tune`` picks the plain model (``k = T``, the policy never ask
 runner calls ``predictor.predict_full_depth`` and writes out the stops; what it adds to
 the plain model is Python a call. This script measures that addition on a trained run
 folder's predictor (``l2s compare`` / ``l2s frontier``), at batch 1 on one thread, three
-ways, interleaved in a new seeded order every round, each sample repeating a pass over
-the instances until it lasts ``--min-sample-ms`` (divided by the count):
+ways, call by call (the three on the same instance back to back, in a new seeded order
+each time; ``--calls`` of each):
 
 - ``direct``: ``predictor.predict_full_depth`` under ``torch.inference_mode``;
 - ``full``: ``l2s_gym.runner.run_full_depth`` (the early-exit benchmark's full-depth
@@ -14,23 +14,22 @@ the instances until it lasts ``--min-sample-ms`` (divided by the count):
 - ``plain``: ``StopRunner(predictor, policy, rule, lookahead=T)`` (the tuned runner's
   plain path).
 
-It prints the medians per instance (us), the runner's overhead over ``full`` and
-``direct`` (us a call and percent: the median of the within-round differences, which load
-that slows a round as a whole disturbs least), and the median paired ratio ``full / plain`` (what
-``benchmarks/early_exit_speedup.py`` reports as the plain model's speed-up). The spread
-of that benchmark's plain-model rows at batch 1 (0.90-1.04x on a busy 2-core machine) is
-the machine's, not the runner's, where this overhead is a few percent.
+It prints the medians of a call (us), the runner's overhead over ``full`` and ``direct``
+(the median of the per-call differences, us and percent) and the median per-call ratio
+``full / plain``. Timed this way, next to one another, the overhead shows at the
+microsecond; the early-exit benchmark's samples (passes over 32 instances, 50 ms or more)
+drift with the load of a shared machine, and its plain-model rows at batch 1 spread by
+several percent either side of 1 for what is the same computation.
 
 Usage::
 
-    python benchmarks/runner_overhead.py runs/recognition_small/latest --rounds 31
+    python benchmarks/runner_overhead.py runs/recognition_small/latest
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
 import sys
@@ -39,6 +38,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,19 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learner", default="reverse_kl")
     parser.add_argument("--seed", type=int, help="seed-<s> (default the config's)")
     parser.add_argument("--instances", type=int, default=32, help="single instances a pass")
-    parser.add_argument("--rounds", type=int, default=31, help="timed rounds (default 31)")
     parser.add_argument(
-        "--min-sample-ms",
-        type=float,
-        default=50.0,
-        help="a sample repeats a pass until it lasts this long (default 50)",
+        "--calls", type=int, default=3000, help="timed calls of each (default 3000)"
     )
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--import", dest="imports", action="append", default=[])
     parser.add_argument("--out", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.instances < 1:
-        parser.error("--rounds and --instances must be at least 1")
+    if args.calls < 1 or args.instances < 1:
+        parser.error("--calls and --instances must be at least 1")
     import importlib
 
     for module in args.imports:
@@ -81,40 +78,40 @@ def main(argv: list[str] | None = None) -> int:
     runner.lookahead = predictor.num_layers  # the plain path
     chunks = bench.batch_chunks(task, 1, args.instances)
 
-    def full() -> None:
-        for c in chunks:
-            run_full_depth(predictor, c)
+    def full(c: dict[str, torch.Tensor]) -> None:
+        run_full_depth(predictor, c)
 
-    def plain() -> None:
-        for c in chunks:
-            runner(c)
+    def plain(c: dict[str, torch.Tensor]) -> None:
+        runner(c)
 
-    def direct() -> None:
+    def direct(c: dict[str, torch.Tensor]) -> None:
         with torch.inference_mode():
-            for c in chunks:
-                predictor.predict_full_depth(c)
+            predictor.predict_full_depth(c)
 
     fns = {"direct": direct, "full": full, "plain": plain}
-    passes = {}
-    for key, fn in fns.items():  # warm-up: how many passes make a sample of --min-sample-ms
-        start = time.perf_counter()
-        fn()
-        passes[key] = max(1, math.ceil(args.min_sample_ms / 1e3 / (time.perf_counter() - start)))
+    for c in chunks:  # warm-up
+        for fn in fns.values():
+            fn(c)
+    # Call by call: the three on the same instance back to back, in a new seeded order
+    # each time. Load on a shared machine drifts over tens of milliseconds; a sample
+    # that long (a pass over the instances) moves two identical computations apart by
+    # several percent, a single call's neighbour by far less.
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(args.rounds):
+    clock = time.perf_counter
+    for i in tqdm(range(args.calls), desc="calls", disable=not args.progress, mininterval=1):
+        c = chunks[i % len(chunks)]
         order = list(fns)
-        random.Random(r).shuffle(order)
+        random.Random(i).shuffle(order)
         for key in order:
-            start = time.perf_counter()
-            for _ in range(passes[key]):
-                fns[key]()
-            samples[key].append((time.perf_counter() - start) / passes[key] / len(chunks))
+            start = clock()
+            fns[key](c)
+            samples[key].append(clock() - start)
     us = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
     paired = statistics.median(
         f / p for f, p in zip(samples["full"], samples["plain"], strict=True)
     )
 
-    def over(ref: str) -> float:  # the median within-round difference, us a call
+    def over(ref: str) -> float:  # the median difference of a call, us
         return (
             statistics.median(p - r for p, r in zip(samples["plain"], samples[ref], strict=True))
             * 1e6
@@ -123,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = {
         "run": args.run,
         "instances": len(chunks),
-        "rounds": args.rounds,
-        "passes_a_sample": passes,
+        "calls": args.calls,
         "threads": args.threads,
         "us_per_instance": {k: round(v, 2) for k, v in us.items()},
         "plain_over_full_us": round(over("full"), 2),
@@ -135,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:>6}: {v:8.1f} us an instance")
     for ref in ("full", "direct"):
         d = over(ref)
-        print(f"plain - {ref}: {d:+.1f} us a call ({d / us[ref]:+.1%}; median within a round)")
-    print(f"paired full / plain (median of {args.rounds} rounds): {paired:.3f}x")
+        print(f"plain - {ref}: {d:+.1f} us a call ({d / us[ref]:+.1%}; median of the differences)")
+    print(f"paired full / plain (median of {args.calls} calls): {paired:.3f}x")
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -389,11 +389,12 @@ def test_runner_overhead_script_times_the_plain_path(tmp_path, toy_config) -> No
     _, run, _, _ = write_run_folder(tmp_path, toy_config)
     shutil.copy(toy_config, run / "config.yaml")
     out = tmp_path / "overhead.json"
-    argv = [str(run), "--rounds", "3", "--instances", "4", "--import", "l2s_gym.testing"]
+    argv = [str(run), "--calls", "5", "--instances", "4", "--no-progress"]
+    argv += ["--import", "l2s_gym.testing"]
     assert script.main([*argv, "--out", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert set(figures["us_per_instance"]) == {"direct", "full", "plain"}
     assert all(v > 0 for v in figures["us_per_instance"].values())
     assert figures["paired_full_over_plain"] > 0 and figures["instances"] == 4
     with pytest.raises(SystemExit):
-        script.main([str(run), "--rounds", "0"])
+        script.main([str(run), "--calls", "0"])
