@@ -852,6 +852,19 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
     if any(r["lookahead"] == AUTO for r in rows):
         print()
         print(tuned_table(rows))
+    single = sorted({(r["family"], r["batch"]) for r in rows if r.get("repeats", 1) < 2})
+    if single:
+        print(f"\n{single_sample_note(single)}")
+
+
+def single_sample_note(single: list[tuple[str, int]]) -> str:
+    """What a reader must know of rows timed once: they carry no spread."""
+    which = ", ".join(f"{f} at batch {b}" for f, b in single)
+    return (
+        f"one timed sample a variant ({which}): no range of rounds; two timings of one "
+        "computation can differ by several percent, so compare such rows loosely or rerun "
+        "with --repeats"
+    )
 
 
 def machine(device: str, load_at_start: list[float]) -> dict[str, Any]:

@@ -372,6 +372,8 @@ def test_speedup_benchmark_rows_carry_the_spread_of_their_rounds() -> None:
     assert bench._rounds({"measured_speedup_rounds": [1.5, 4.0], "repeats": 3}) == " (1.50-4.00)"
     assert bench._rounds({"measured_speedup_rounds": [2.0, 2.0], "repeats": 1}) == ""
     assert bench._rounds({"measured_speedup": 2.0}) == ""  # a row of an earlier run
+    note = bench.single_sample_note([("denoising", 1024)])
+    assert "denoising at batch 1024" in note and "--repeats" in note
 
 
 def test_runner_overhead_script_times_the_plain_path(tmp_path, toy_config) -> None:  # noqa: ANN001
