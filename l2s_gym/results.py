@@ -280,7 +280,7 @@ def baseline_rows(s: _Seed, split: str) -> dict[str, ThresholdCurve]:
         tr = baseline.to("cpu").trace_eval(task.eval_set(split), task, bs)
         s.add_row(f"classical:{label}", label, "classical", tr, fixed_depth_stop(tr, baseline.num_layers))  # fmt: skip
     s1 = s.stage1
-    trained = s1["oracle"].get("trained", True)
+    trained = _trained(s)
     s.add_row("fixed_T", f"{P} (T={T})", "fixed", s.test_fixed, fixed_depth_stop(s.test_fixed, T),
               train_wall_time_s=s1["fixed"]["wall_time_s"], layer_evals=s1["fixed"]["layer_evals"])  # fmt: skip
     # The strongest honest fixed-depth rival: the best (model, depth) on validation.
@@ -519,6 +519,12 @@ def _points(s: _Seed, trace: Trace, stops: list[Tensor], kind: str, param: list)
     return curve
 
 
+def _trained(s: _Seed) -> bool:
+    """Whether stage 1 trained the predictor (false for one with nothing to train, where
+    the oracle-trained and fixed-depth-trained models are the same untrained one)."""
+    return bool(s.stage1["oracle"].get("trained", True))
+
+
 def mixture(task: Task) -> fr.Mix:
     """The task's metric of running one rule on a share ``a`` of the instances and another
     on the rest: its aggregate of ``a stats_a + (1 - a) stats_b`` (exact in expectation for
@@ -533,15 +539,19 @@ def mixture(task: Task) -> fr.Mix:
 def frontier_curves(s: _Seed, learned: _Learned, frontier_mode: bool, compare_cost: float) -> dict[str, Curve]:  # fmt: skip
     """The frontier: every label-free baseline, the oracle, every learner, the sweeps."""
     T, P = s.T, s.name
-    frontiers = {
-        "fixed depth (oracle-trained)": _points(
-            s, s.test, [fixed_depth_stop(s.test, k) for k in range(1, T + 1)], "fixed",
-            list(range(1, T + 1)),
-        ),
-        f"{P} (T={T}), fixed-depth training": _points(
-            s, s.test_fixed, [fixed_depth_stop(s.test_fixed, T)], "fixed", [T]
-        ),
-    }  # fmt: skip
+    every_depth = _points(
+        s, s.test, [fixed_depth_stop(s.test, k) for k in range(1, T + 1)], "fixed",
+        list(range(1, T + 1)),
+    )  # fmt: skip
+    if not _trained(s):  # nothing to train (a hand-written solver): one model, untrained
+        frontiers = {"fixed depth (untrained model)": every_depth}
+    else:
+        frontiers = {
+            "fixed depth (oracle-trained)": every_depth,
+            f"{P} (T={T}), fixed-depth training": _points(
+                s, s.test_fixed, [fixed_depth_stop(s.test_fixed, T)], "fixed", [T]
+            ),
+        }
     for key in THRESHOLD_RULES:
         if key in s.test.extras:
             # Points named by their validation quantile level, not by the threshold's value
@@ -631,10 +641,14 @@ def evaluate_seed(
         rows=s.rows,
         paired_differences=paired_differences(s),
         heuristic_curves=heuristic_curves,
-        depth_curves={
-            f"{s.name}, fixed-depth training": depth_curve(s.task, s.test_fixed),
-            f"{s.name}, oracle training (truncated)": depth_curve(s.task, s.test),
-        },
+        depth_curves=(
+            {
+                f"{s.name}, fixed-depth training": depth_curve(s.task, s.test_fixed),
+                f"{s.name}, oracle training (truncated)": depth_curve(s.task, s.test),
+            }
+            if _trained(s)
+            else {f"{s.name}, untrained (truncated)": depth_curve(s.task, s.test)}
+        ),
         frontiers=frontiers,
         frontier_summary=summary,
         frontier_sweep_summary=sweeps,

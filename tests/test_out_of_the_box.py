@@ -111,6 +111,11 @@ def test_a_parameter_free_predictor_runs_compare_frontier_and_predict(tmp_path, 
         results = json.loads((run_dir / "results.json").read_text())
         assert {r["id"] for r in results["rows"]} >= {"fixed_T", "oracle", "learner:reverse_kl"}
     assert results["frontier_summary"]["reverse_kl"]["dominance"] is not None
+    # One model, untrained: the curves say so (not "oracle-trained", no second model).
+    assert "fixed depth (untrained model)" in results["frontiers"]
+    assert not any("trained" in k and "untrained" not in k for k in results["frontiers"])
+    curves = list(results["depth_curves"])
+    assert len(curves) == 1 and curves[0].endswith(", untrained (truncated)")
     proc = run_cli("predict", str(path), "--run", str(run_dir), "--learner", "reverse_kl",
                    "--cost", "0", "--no-progress")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
