@@ -31,6 +31,7 @@ from l2s_gym.report import (
 )
 from l2s_gym.result_types import RunResults
 from l2s_gym.results import evaluate_run
+from l2s_gym.training import trainable
 from l2s_gym.trials import LocalRunner, Trial, TrialOutcome, make_plan, prepare_run
 
 Mode = Literal["compare", "frontier"]
@@ -55,15 +56,17 @@ def experiment_plan(cfg: ExperimentConfig, mode: Mode) -> tuple[list[Trial], flo
     return plan, min(costs)
 
 
-def preflight(cfg: ExperimentConfig, device: torch.device, plan: list[Trial]) -> int:
+def preflight(cfg: ExperimentConfig, device: torch.device, plan: list[Trial]) -> tuple[int, bool]:
     """Build the task and the predictor once before any folder is written (their own
     checks run; a bad value is one ``ConfigError`` line) and check what the layer budget
-    must fund (``l2s_gym.config.check_layer_budget``). Returns the predictor's ``T``."""
+    must fund (``l2s_gym.config.check_layer_budget``). Returns the predictor's ``T`` and
+    whether stage 1 will train it (``stage1.steps > 0`` and a trainable parameter)."""
     task = make_task(cfg.task, cfg.run_seeds[0], device)
-    num_layers = make_predictor(cfg.predictor, task, seed=cfg.run_seeds[0]).num_layers
+    predictor = make_predictor(cfg.predictor, task, seed=cfg.run_seeds[0])
+    num_layers = predictor.num_layers
     kinds = {registry.LEARNER_KINDS.get(t.learner) for t in plan if t.kind == "stage2"}
     check_layer_budget(cfg, num_layers, imitation="imitation" in kinds)
-    return num_layers
+    return num_layers, cfg.stage1.steps > 0 and trainable(predictor)
 
 
 def run_experiment(
@@ -87,13 +90,15 @@ def run_experiment(
     plugins.load_plugins()
     device = resolve_device(cfg.device)  # fails before any folder is written
     plan, _ = experiment_plan(cfg, mode)
-    num_layers = preflight(cfg, device, plan)
+    num_layers, stage1_trains = preflight(cfg, device, plan)
     run_dir, cfg, cfg_dict = prepare_run(cfg, runs_root, resume)  # a resume keeps its seeds
     plan, compare_cost = experiment_plan(cfg, mode)
     seeds = ", ".join(map(str, cfg.run_seeds))
     log(f"[l2s] {cfg.experiment} ({mode}): task {cfg.task.name} on {device}; seeds {seeds}")
     log(f"[l2s] run folder {run_dir}")
-    runner = runner or LocalRunner(progress=progress, log=log, num_layers=num_layers)
+    runner = runner or LocalRunner(
+        progress=progress, log=log, num_layers=num_layers, stage1_trains=stage1_trains
+    )
     outcomes: list[TrialOutcome] = runner.run(plan, run_dir, cfg_dict)
     results = evaluate_run(run_dir, cfg, plan, outcomes, mode, compare_cost, eval_split)
     results.device = str(device)

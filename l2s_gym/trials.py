@@ -535,12 +535,17 @@ def write_trials_file(run_dir: Path, outcomes: list[TrialOutcome]) -> None:
     write_json(run_dir / "trials.json", {"trials": [o.to_dict() for o in outcomes]})
 
 
-def trial_work(trial: Trial, cfg: ExperimentConfig, num_layers: int) -> tuple[str, float]:
+def trial_work(
+    trial: Trial, cfg: ExperimentConfig, num_layers: int, stage1_trains: bool = True
+) -> tuple[str, float]:
     """A trial's kind of work (``stage1`` or its learner) and its size in layer evaluations:
-    stage 1 trains two predictors of ``steps * batch_size * T`` each; a learner may spend
-    ``compare.layer_budget``. What ``l2s_gym.progress.WorkMeter`` counts."""
+    stage 1 trains two predictors of ``steps * batch_size * T`` each (nothing where it
+    trains nothing: ``stage1_trains`` false; counted as ``T``, its traces); a learner may
+    spend ``compare.layer_budget``. What ``l2s_gym.progress.WorkMeter`` counts."""
     if trial.kind == "stage1":
         s1 = cfg.stage1
+        if not stage1_trains:
+            return "stage1", float(max(1, num_layers))
         return "stage1", float(max(1, 2 * s1.steps * s1.batch_size * num_layers))
     return trial.learner, float(cfg.compare.layer_budget)
 
@@ -554,7 +559,8 @@ class LocalRunner:
     their ``done`` markers, so ``--resume`` continues from there).
 
     Progress (``progress``) is counted in work, not trials (``trial_work``; ``num_layers``,
-    the predictor's ``T``, sizes stage 1): a bar on a terminal, plain lines otherwise.
+    the predictor's ``T``, sizes stage 1, and ``stage1_trains`` false counts it as
+    nothing to train): a bar on a terminal, plain lines otherwise.
     """
 
     retries = 1
@@ -564,14 +570,16 @@ class LocalRunner:
         progress: bool = True,
         log: Callable[[str], None] = print,
         num_layers: int = 1,
+        stage1_trains: bool = True,
     ) -> None:
         self.progress = progress
         self.log = log
         self.num_layers = num_layers
+        self.stage1_trains = stage1_trains
 
     def run(self, plan: list[Trial], run_dir: Path, cfg_dict: dict[str, Any]) -> list[TrialOutcome]:
         cfg = from_dict(json.loads(json.dumps(cfg_dict)))  # once: the trials take it typed
-        work = {t.key: trial_work(t, cfg, self.num_layers) for t in plan}
+        work = {t.key: trial_work(t, cfg, self.num_layers, self.stage1_trains) for t in plan}
         meter = WorkMeter(work, enabled=self.progress)
         outcomes: dict[Trial, TrialOutcome] = {}
         try:

@@ -268,6 +268,23 @@ def test_a_learner_that_never_moved_is_flagged_in_the_log_the_table_and_results(
 # --- progress ---------------------------------------------------------------------------------
 
 
+def test_stage1_with_nothing_to_train_is_no_share_of_the_work() -> None:
+    """A predictor stage 1 will not train (no parameter, or stage1.steps 0) is not sized as
+    two trainings: the progress line would open at a share of work that never runs."""
+    from l2s_gym.compare import preflight
+    from l2s_gym.trials import trial_work
+
+    cfg = from_dict(toy(stage1={"steps": 5, "batch_size": 8}))
+    stage1 = Trial("stage1", 0)
+    assert trial_work(stage1, cfg, 6) == ("stage1", 2 * 5 * 8 * 6)
+    assert trial_work(stage1, cfg, 6, stage1_trains=False) == ("stage1", 6.0)
+    plan = [stage1]
+    assert preflight(cfg, torch.device("cpu"), plan) == (6, True)
+    frozen = from_dict(toy(predictor={"learnable": False}, stage1={"steps": 5}))
+    assert preflight(frozen, torch.device("cpu"), plan) == (6, False)
+    assert preflight(from_dict(toy(stage1={"steps": 0})), torch.device("cpu"), plan)[1] is False
+
+
 def test_work_meter_counts_work_and_prints_plain_lines_off_a_terminal() -> None:
     lines: list[str] = []
     meter = WorkMeter(
