@@ -69,6 +69,26 @@ def preflight(cfg: ExperimentConfig, device: torch.device, plan: list[Trial]) ->
     return num_layers, cfg.stage1.steps > 0 and trainable(predictor)
 
 
+def plan_line(plan: list[Trial]) -> str:
+    """What the run will train, in one line: the learners, the prices, the trials (the
+    learners default to ``compare.learners``, all five: a config that names none trains
+    RL agents too, which take longest)."""
+    stage2 = [t for t in plan if t.kind == "stage2"]
+    per_price = [t for t in stage2 if not t.one_policy]
+    learners = ", ".join(dict.fromkeys(t.learner for t in stage2))
+    prices = len({t.cost for t in per_price})
+    one = len(stage2) - len(per_price)
+    seeds = len({t.seed for t in plan})
+    what = f"{_n(len(per_price), 'stage-2 trial')} ({learners} at {_n(prices, 'price')})"
+    if one:
+        what += f" and {_n(one, 'one-policy trial')}"
+    return f"{what} over {_n(seeds, 'seed')}; learners: frontier.learners, else compare.learners"
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     runs_root: str | Path = "runs",
@@ -96,6 +116,7 @@ def run_experiment(
     seeds = ", ".join(map(str, cfg.run_seeds))
     log(f"[l2s] {cfg.experiment} ({mode}): task {cfg.task.name} on {device}; seeds {seeds}")
     log(f"[l2s] run folder {run_dir}")
+    log(f"[l2s] {plan_line(plan)}")
     runner = runner or LocalRunner(
         progress=progress, log=log, num_layers=num_layers, stage1_trains=stage1_trains
     )

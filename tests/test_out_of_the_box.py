@@ -285,6 +285,22 @@ def test_stage1_with_nothing_to_train_is_no_share_of_the_work() -> None:
     assert preflight(from_dict(toy(stage1={"steps": 0})), torch.device("cpu"), plan)[1] is False
 
 
+def test_the_run_says_what_it_will_train() -> None:
+    from l2s_gym.compare import plan_line
+
+    plan = [Trial("stage1", 0), Trial("stage1", 1)]
+    plan += [
+        Trial("stage2", s, l, c) for s in (0, 1) for l in ("reverse_kl", "ppo") for c in (0, 1, 3)
+    ]
+    plan += [Trial("stage2", 0, "reverse_kl", one_policy=True)]
+    line = plan_line(plan)
+    assert line.startswith("12 stage-2 trials (reverse_kl, ppo at 3 prices) and 1 one-policy trial")
+    assert "over 2 seeds" in line and "compare.learners" in line
+    assert plan_line([plan[0], plan[2]]).startswith(
+        "1 stage-2 trial (reverse_kl at 1 price) over 1 seed"
+    )
+
+
 def test_work_meter_counts_work_and_prints_plain_lines_off_a_terminal() -> None:
     lines: list[str] = []
     meter = WorkMeter(
