@@ -30,6 +30,7 @@ PROBLEMS = {
     "cg_deblur": "tuned on",
     "early_stopped_regression": "tuned on",
     "diffusion_denoise": "held out",
+    "power_iteration": "held out (written from the docs alone, 2026-12-07)",
 }
 """Problem name (``problems/<name>.py`` and ``.yaml``) -> its role in choosing the defaults."""
 
