@@ -522,7 +522,7 @@ def _points(s: _Seed, trace: Trace, stops: list[Tensor], kind: str, param: list)
 def _trained(s: _Seed) -> bool:
     """Whether stage 1 trained the predictor (false for one with nothing to train, where
     the oracle-trained and fixed-depth-trained models are the same untrained one)."""
-    return bool(s.stage1["oracle"].get("trained", True))
+    return bool(s.stage1.get("oracle", {}).get("trained", True))
 
 
 def mixture(task: Task) -> fr.Mix:
