@@ -52,15 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--import", dest="imports", action="append", default=[])
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="FILE_OR_MODULE"
+    )
     parser.add_argument("--out", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.instances < 1:
         parser.error("--calls and --instances must be at least 1")
-    import importlib
+    from l2s_gym import registry
+    from l2s_gym.config import ConfigError
 
-    for module in args.imports:
-        importlib.import_module(module)
+    for spec in args.imports:  # a module or a file, as every --import of the project
+        registry.import_module_or_file(spec)
+    registry.load_plugins()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import early_exit_speedup as bench
 
@@ -68,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     opts = Namespace(device="cpu", set=[], seed=args.seed, learner=args.learner, run_costs=None)
-    from l2s_gym.config import ConfigError
-
     try:
         _, task, predictor, runners, _ = bench.prepare_run(args.run, opts, lambda m: None)
     except (ConfigError, FileNotFoundError) as exc:  # not a run folder: one line
