@@ -203,19 +203,24 @@ def test_predict_on_a_real_family(tmp_path, sparse_tiny_config) -> None:  # noqa
     assert 1 <= summary["avg_layers"] < summary["num_layers"]
 
 
-def speedup_benchmark():  # noqa: ANN201
-    """``benchmarks/early_exit_speedup.py`` as a module (it is a script, not a package)."""
+def benchmark_script(name: str):  # noqa: ANN201
+    """``benchmarks/<name>.py`` as a module (a script, not a package)."""
     import importlib.util
     import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "early_exit_speedup.py"
-    spec = importlib.util.spec_from_file_location("early_exit_speedup", path)
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up by name
-    spec.loader.exec_module(bench)
-    return bench
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def speedup_benchmark():  # noqa: ANN201
+    """``benchmarks/early_exit_speedup.py`` as a module."""
+    return benchmark_script("early_exit_speedup")
 
 
 def test_speedup_benchmark_runs_and_writes_its_rows(tmp_path, toy_config) -> None:  # noqa: ANN001
@@ -379,15 +384,9 @@ def test_speedup_benchmark_rows_carry_the_spread_of_their_rounds() -> None:
 def test_runner_overhead_script_times_the_plain_path(tmp_path, toy_config) -> None:  # noqa: ANN001
     """benchmarks/runner_overhead.py on a toy run folder: three timings, the overhead and
     the paired ratio written out (the figures are the machine's; only their shape here)."""
-    import importlib.util
     import shutil
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "runner_overhead.py"
-    spec = importlib.util.spec_from_file_location("runner_overhead", path)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("runner_overhead")
     _, run, _, _ = write_run_folder(tmp_path, toy_config)
     shutil.copy(toy_config, run / "config.yaml")
     out = tmp_path / "overhead.json"
